@@ -1,0 +1,109 @@
+"""The Mosaic Learning gossip protocol as a stateful object: fragmentation + per-round graphs + mixing.
+
+Pure tensor code (no Lightning); :class:`~lightning_mosaic.callbacks.MosaicGossip` is the Lightning glue around it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lightning_mosaic.gossip.fragmentation import Fragmentation, make_fragmentation
+from lightning_mosaic.gossip.mixing import mix_
+from lightning_mosaic.gossip.topology import (
+    mixing_matrices_from_adjacency,
+    sample_adjacency,
+    validate_topology,
+)
+
+
+def derive_seed(seed: int, stream: int) -> int:
+    """An independent 63-bit seed for random stream ``stream`` of run seed ``seed`` (numpy ``SeedSequence``)."""
+    state = np.random.SeedSequence(int(seed), spawn_key=(int(stream),)).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+FRAGMENTATION_STREAM = 0
+TOPOLOGY_STREAM = 1
+
+
+class FragmentGossip:
+    """Mosaic Learning's communication step for n nodes (arXiv 2602.04352, Algorithm 1; K = 1 is EL).
+
+    Holds the fixed fragmentation, the ``torch.Generator`` that draws one graph per fragment per round, and the
+    round counter. :meth:`round_` mixes an ``(n, d)`` parameter matrix in place.
+
+    Args:
+        tensor_sizes: Element counts of the trainable tensors in ``named_parameters()`` order (d = their sum).
+        num_nodes: n >= 2.
+        fragments: K in [1, d] (``"layer"``: at most the number of tensors).
+        peers: s in [1, n - 1].
+        topology: ``"el-local"`` or ``"el-oracle"`` (n * s even).
+        fragmentation: ``"random"``, ``"contiguous"`` or ``"layer"``.
+        seed: Run seed. The fragmentation and the graph stream use independent seeds derived from it, so every node
+            (and every process) that uses the same seed draws the same fragments and graphs.
+
+    Raises:
+        ValueError: For any argument outside the ranges above, naming it.
+    """
+
+    def __init__(
+        self,
+        tensor_sizes: Sequence[int],
+        num_nodes: int,
+        fragments: int = 1,
+        peers: int = 1,
+        topology: str = "el-local",
+        fragmentation: str = "random",
+        seed: int = 0,
+    ) -> None:
+        validate_topology(topology, num_nodes, peers)
+        self.num_nodes = num_nodes
+        self.peers = peers
+        self.topology = topology
+        self.seed = seed
+        self.fragmentation: Fragmentation = make_fragmentation(
+            tensor_sizes, fragments, fragmentation, seed=derive_seed(seed, FRAGMENTATION_STREAM)
+        )
+        self.generator = torch.Generator().manual_seed(derive_seed(seed, TOPOLOGY_STREAM))
+        self.rounds = 0
+
+    @property
+    def num_fragments(self) -> int:
+        """K."""
+        return self.fragmentation.num_fragments
+
+    @property
+    def num_coordinates(self) -> int:
+        """d."""
+        return self.fragmentation.num_coordinates
+
+    def next_matrices(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Draw the next round's ``(K, n, n)`` mixing matrices in ``dtype`` and advance the round counter."""
+        adjacency = sample_adjacency(
+            self.topology, self.num_nodes, self.peers, self.num_fragments, self.generator
+        )
+        self.rounds += 1
+        return mixing_matrices_from_adjacency(adjacency.to(dtype))
+
+    def round_(self, params: Tensor) -> Tensor:
+        """Run one gossip round in place on ``params`` of shape ``(n, d)``; returns the ``(K, n, n)`` matrices used
+        (in ``params.dtype``, so that EL-Oracle's matrices are doubly stochastic to that precision)."""
+        matrices = self.next_matrices(params.dtype).to(params.device)
+        if params.device != self.fragmentation.assignment.device:
+            self.fragmentation = self.fragmentation.to(params.device)
+        mix_(params, matrices, self.fragmentation)
+        return matrices
+
+    def state_dict(self) -> dict[str, Any]:
+        """Random state and round counter, for exact resume."""
+        return {"rounds": self.rounds, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.rounds = int(state["rounds"])
+        self.generator.set_state(state["generator"])

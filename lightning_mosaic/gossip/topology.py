@@ -1,0 +1,220 @@
+"""Per-round random communication graphs and the mixing matrices they induce.
+
+Pure tensor code (no Lightning). All randomness comes from a ``torch.Generator`` owned by the caller; one independent
+graph is drawn per fragment per round, fragments in order 0..K-1.
+
+Conventions: ``adjacency[k, j, i]`` is the number of copies of fragment k that node j *receives* from node i in this
+round (0 or 1); row j of the mixing matrix of fragment k is node j's aggregation weights.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+TopologyName = Literal["el-local", "el-oracle"]
+TOPOLOGIES: tuple[str, ...] = get_args(TopologyName)
+
+MAX_GRAPH_TRIES = 1000
+"""Attempts of the pairing algorithm before :func:`random_regular_graph` gives up."""
+
+
+def validate_topology(topology: str, num_nodes: int, peers: int) -> None:
+    """Check that ``topology`` can connect ``num_nodes`` nodes with ``peers`` peers each.
+
+    Raises:
+        ValueError: If ``topology`` is unknown, ``num_nodes`` < 2, ``peers`` is not in [1, num_nodes - 1], or
+            ``topology == "el-oracle"`` and ``num_nodes * peers`` is odd (no s-regular graph exists).
+    """
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"topology must be one of {TOPOLOGIES}, got {topology!r}")
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 2:
+        raise ValueError(f"num_nodes (n) must be an integer >= 2, got {num_nodes!r}")
+    if isinstance(peers, bool) or not isinstance(peers, int) or not 1 <= peers <= num_nodes - 1:
+        raise ValueError(
+            f"peers (s) must be an integer in [1, n - 1] = [1, {num_nodes - 1}] for n = {num_nodes} nodes, "
+            f"got {peers!r}"
+        )
+    if topology == "el-oracle" and (num_nodes * peers) % 2:
+        raise ValueError(
+            f"topology='el-oracle' needs n * s even (an s-regular graph on n nodes exists only then), got "
+            f"n = {num_nodes}, peers (s) = {peers}; use an even s or an even n"
+        )
+
+
+def el_local_adjacency(num_nodes: int, peers: int, num_fragments: int, generator: torch.Generator) -> Tensor:
+    """Draw EL-Local graphs: every node sends each fragment to ``peers`` distinct peers chosen uniformly.
+
+    Epidemic Learning, EL-Local (de Vos et al., NeurIPS 2023, Algorithm 1): node i samples s distinct peers from the
+    other n - 1 nodes, independently per fragment (Mosaic Learning, arXiv 2602.04352). The s smallest of n - 1 i.i.d.
+    uniform scores form a uniformly random s-subset.
+
+    Args:
+        num_nodes: n >= 2.
+        peers: s in [1, n - 1].
+        num_fragments: K >= 1, one independent graph each.
+        generator: Source of randomness (CPU ``torch.Generator``).
+
+    Returns:
+        ``(K, n, n)`` float32 tensor, ``adjacency[k, j, i] = 1`` if node i sends fragment k to node j. Columns sum to
+        s; row sums (in-degrees) are random with mean s.
+    """
+    scores = torch.rand(num_fragments, num_nodes, num_nodes, generator=generator)
+    scores.diagonal(dim1=1, dim2=2).fill_(2.0)  # never pick yourself
+    receivers = scores.topk(peers, dim=2, largest=False).indices  # (K, n, s): receivers of node i
+    sends = torch.zeros(num_fragments, num_nodes, num_nodes)
+    sends.scatter_(2, receivers, 1.0)  # sends[k, i, j] = 1: i -> j
+    return sends.transpose(1, 2).contiguous()
+
+
+def random_regular_graph(num_nodes: int, degree: int, generator: torch.Generator) -> Tensor:
+    """Draw a random ``degree``-regular simple undirected graph on ``num_nodes`` nodes.
+
+    The pairing algorithm of Steger and Wormald (1999), as implemented by ``networkx.random_regular_graph`` (the
+    generator the EL reference code, decentralizepy, uses for EL-Oracle), with shuffles drawn from ``generator``.
+
+    Args:
+        num_nodes: n >= 2.
+        degree: s in [1, n - 1] with n * s even.
+        generator: Source of randomness (CPU ``torch.Generator``).
+
+    Returns:
+        ``(n, n)`` float32 symmetric 0/1 adjacency matrix with zero diagonal and every row summing to ``degree``.
+
+    Raises:
+        ValueError: For an impossible (n, s), see :func:`validate_topology`.
+        RuntimeError: If no graph was found in :data:`MAX_GRAPH_TRIES` attempts (not observed in practice).
+    """
+    validate_topology("el-oracle", num_nodes, degree)
+    if degree == num_nodes - 1:
+        return torch.ones(num_nodes, num_nodes) - torch.eye(num_nodes)
+    for _ in range(MAX_GRAPH_TRIES):
+        edges = _try_pairing(num_nodes, degree, generator)
+        if edges is not None:
+            adjacency = torch.zeros(num_nodes, num_nodes)
+            index = torch.tensor(sorted(edges), dtype=torch.long)
+            adjacency[index[:, 0], index[:, 1]] = 1.0
+            adjacency[index[:, 1], index[:, 0]] = 1.0
+            return adjacency
+    raise RuntimeError(
+        f"could not draw a {degree}-regular graph on {num_nodes} nodes in {MAX_GRAPH_TRIES} attempts"
+    )
+
+
+def _try_pairing(n: int, d: int, generator: torch.Generator) -> set[tuple[int, int]] | None:
+    edges: set[tuple[int, int]] = set()
+    stubs = list(range(n)) * d
+    while stubs:
+        potential: dict[int, int] = defaultdict(int)
+        order = torch.randperm(len(stubs), generator=generator).tolist()
+        shuffled = [stubs[p] for p in order]
+        pairs = iter(shuffled)
+        for a, b in zip(pairs, pairs):
+            if a > b:
+                a, b = b, a
+            if a != b and (a, b) not in edges:
+                edges.add((a, b))
+            else:
+                potential[a] += 1
+                potential[b] += 1
+        if not _suitable(edges, potential):
+            return None
+        stubs = [node for node, count in potential.items() for _ in range(count)]
+    return edges
+
+
+def _suitable(edges: set[tuple[int, int]], potential: dict[int, int]) -> bool:
+    """Whether an edge can still be added between two nodes with free stubs."""
+    if not potential:
+        return True
+    nodes = list(potential)
+    for x, a in enumerate(nodes):
+        for b in nodes[:x]:
+            if (min(a, b), max(a, b)) not in edges:
+                return True
+    return False
+
+
+def el_oracle_adjacency(num_nodes: int, peers: int, num_fragments: int, generator: torch.Generator) -> Tensor:
+    """Draw EL-Oracle graphs: a fresh random s-regular undirected graph per fragment.
+
+    Epidemic Learning, EL-Oracle (de Vos et al., NeurIPS 2023): every node sends to and receives from its s
+    neighbours, so the mixing matrices are doubly stochastic.
+
+    Returns:
+        ``(K, n, n)`` float32 symmetric 0/1 tensor; every row and column sums to s.
+    """
+    return torch.stack([random_regular_graph(num_nodes, peers, generator) for _ in range(num_fragments)])
+
+
+def sample_adjacency(
+    topology: str, num_nodes: int, peers: int, num_fragments: int, generator: torch.Generator
+) -> Tensor:
+    """Draw one round's communication graphs, one per fragment.
+
+    Args:
+        topology: ``"el-local"`` or ``"el-oracle"``.
+        num_nodes: n >= 2.
+        peers: s in [1, n - 1].
+        num_fragments: K >= 1.
+        generator: Source of randomness (CPU ``torch.Generator``); advanced by this call.
+
+    Returns:
+        ``(K, n, n)`` float32 tensor, ``adjacency[k, j, i]`` = copies of fragment k node j receives from node i.
+
+    Raises:
+        ValueError: See :func:`validate_topology`.
+    """
+    validate_topology(topology, num_nodes, peers)
+    if topology == "el-local":
+        return el_local_adjacency(num_nodes, peers, num_fragments, generator)
+    return el_oracle_adjacency(num_nodes, peers, num_fragments, generator)
+
+
+def mixing_matrices_from_adjacency(adjacency: Tensor) -> Tensor:
+    """Turn received-copies counts into aggregation weights.
+
+    Node j averages its own fragment with the m_jk copies it received, all with equal weight
+    (DESIGN.md step 4; EL, de Vos et al. 2023, Eq. 2):
+    ``W_k = (I + A_k) / (1 + A_k 1)`` row-wise. A node that received nothing keeps its fragment (row = e_j).
+
+    Args:
+        adjacency: ``(K, n, n)`` non-negative counts, ``adjacency[k, j, i]`` copies j received from i.
+
+    Returns:
+        ``(K, n, n)`` row-stochastic matrices in the dtype of ``adjacency``.
+    """
+    n = adjacency.shape[-1]
+    eye = torch.eye(n, dtype=adjacency.dtype, device=adjacency.device)
+    weights = adjacency + eye
+    return weights / weights.sum(dim=-1, keepdim=True)
+
+
+def mixing_matrices(
+    num_nodes: int,
+    peers: int,
+    num_fragments: int,
+    generator: torch.Generator,
+    topology: str = "el-local",
+) -> Tensor:
+    """The mixing matrices W_1..W_K of one gossip round.
+
+    Args:
+        num_nodes: n >= 2.
+        peers: s in [1, n - 1].
+        num_fragments: K >= 1. With K = 1 this is exactly Epidemic Learning's mixing matrix.
+        generator: Source of randomness (CPU ``torch.Generator``); advanced by this call.
+        topology: ``"el-local"`` (row-stochastic) or ``"el-oracle"`` (doubly stochastic).
+
+    Returns:
+        ``(K, n, n)`` float32 row-stochastic tensor; round update is ``X[:, P_k] <- W_k @ X[:, P_k]``.
+
+    Raises:
+        ValueError: See :func:`validate_topology`.
+    """
+    return mixing_matrices_from_adjacency(
+        sample_adjacency(topology, num_nodes, peers, num_fragments, generator)
+    )
