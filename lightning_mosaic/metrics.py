@@ -1,0 +1,54 @@
+"""Node-level evaluation metrics (torchmetrics), as defined by Mosaic Learning (arXiv 2602.04352, Section 5)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+
+class NodeMean(Metric):
+    """Per-node running mean of a per-sample quantity (correctness for accuracy, loss for mean loss).
+
+    The paper's node-level metrics evaluate every node's own model on the shared test set; this metric keeps one
+    sum per node, so the node-average and the spread over nodes come from the same pass.
+
+    Args:
+        num_nodes: n >= 1 (1 for a single model such as the averaged model).
+
+    States (summed across processes, ``dist_reduce_fx="sum"``):
+        total: ``(n,)`` sum of the values per node.
+        count: ``()`` number of samples each node was evaluated on.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = None
+
+    def __init__(self, num_nodes: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
+            raise ValueError(f"num_nodes must be an integer >= 1, got {num_nodes!r}")
+        self.num_nodes = num_nodes
+        self.add_state("total", default=torch.zeros(num_nodes, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, values: Tensor) -> None:
+        """Add a batch.
+
+        Args:
+            values: ``(n, B)`` per-node, per-sample values (e.g. 1.0 where node i classified sample b correctly).
+
+        Raises:
+            ValueError: If ``values`` is not shaped ``(n, B)``.
+        """
+        if values.dim() != 2 or values.shape[0] != self.num_nodes:
+            raise ValueError(
+                f"values must be shaped (n, B) with n = {self.num_nodes}, got {tuple(values.shape)}"
+            )
+        self.total += values.detach().to(torch.float64).sum(dim=1)
+        self.count += values.shape[1]
+
+    def compute(self) -> Tensor:
+        """``(n,)`` float64 mean per node."""
+        return self.total / self.count.clamp_min(1)

@@ -1,0 +1,239 @@
+"""``MosaicModule``: n decentralized nodes, each a replica of one model, trained in one LightningModule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from lightning_mosaic.gossip.metrics import consensus_distance
+from lightning_mosaic.metrics import NodeMean
+from lightning_mosaic.replicas import EXECUTIONS, ReplicaStack, default_execution
+
+DEFAULT_LR = 0.05
+"""SGD learning rate used when no optimizer is configured (EL's CIFAR-10 setting in decentralizepy)."""
+
+
+class MosaicModule(LightningModule):
+    """n nodes of decentralized learning, each a replica of ``model``, trained together by one Trainer.
+
+    Node parameters live in one ``(n, d)`` buffer (:class:`~lightning_mosaic.replicas.ReplicaStack`); add
+    :class:`~lightning_mosaic.callbacks.MosaicGossip` to the Trainer's callbacks to gossip them. A training batch is
+    ``(x, y)`` with ``x`` shaped ``(n, B, ...)`` and ``y`` ``(n, B)``: one mini-batch per node. The training loss is
+    the *sum* of the n per-node mean losses, so node i's gradient is exactly the gradient of its own loss on its own
+    data (never divided by n). Validation and test batches ``(x: (B, ...), y: (B,))`` come from the test set shared
+    by all nodes; every node and the averaged model are evaluated on them.
+
+    Logged at validation (``val/``) and test (``test/``): ``node_acc_mean``, ``node_acc_std`` (population std over
+    nodes), ``avg_model_acc`` (accuracy of ``x_bar = mean_i x_i``), ``loss`` (node-average test loss), and
+    ``gossip/consensus_distance``. Logged every training step: ``train/loss`` (node-average training loss).
+
+    Args:
+        model: The per-node model: a zero-argument callable returning an ``nn.Module`` (a class, or a
+            ``class_path`` in YAML) or an ``nn.Module`` instance used as template.
+        num_nodes: n >= 2, the number of simulated nodes.
+        optimizer: Callable ``params -> Optimizer`` (``LightningCLI``'s ``OptimizerCallable``). Default: SGD with
+            lr 0.05. It must act coordinate-wise (SGD, Adam, AdamW, RMSprop, Adagrad, ...): one such optimizer on the
+            ``(n, d)`` buffer is n independent per-node optimizers. LBFGS is refused.
+        lr_scheduler: Optional callable ``optimizer -> LRScheduler``, stepped every ``lr_scheduler_interval``.
+        lr_scheduler_interval: ``"step"`` (every optimizer step, i.e. local step; default) or ``"epoch"``.
+        init: ``"same"`` (every node starts from the same weights, default) or ``"independent"``.
+        execution: ``"auto"`` (per device and model, see :func:`~lightning_mosaic.replicas.default_execution`),
+            ``"vmap"`` or
+            ``"loop"``. Both paths compute the same numbers.
+        seed: Seed of the model initialization.
+
+    Gradient clipping (``Trainer(gradient_clip_val=...)``) is applied per node: with ``"norm"`` each node's gradient
+    row is rescaled to at most the given L2 norm; ``"value"`` clamps elementwise.
+
+    Raises:
+        ValueError: If ``num_nodes`` < 2, ``execution`` or ``init`` or ``lr_scheduler_interval`` is unknown, or a
+            batch is not shaped ``(n, B, ...)``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | Callable[[], nn.Module],
+        num_nodes: int,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["step", "epoch"] = "step",
+        init: Literal["same", "independent"] = "same",
+        execution: Literal["auto", "vmap", "loop"] = "auto",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 2:
+            raise ValueError(f"num_nodes must be an integer >= 2, got {num_nodes!r}")
+        if execution not in EXECUTIONS:
+            raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
+        if lr_scheduler_interval not in ("step", "epoch"):
+            raise ValueError(
+                f"lr_scheduler_interval must be 'step' or 'epoch', got {lr_scheduler_interval!r}"
+            )
+        self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
+        self.num_nodes = num_nodes
+        self.execution = execution
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.lr_scheduler_interval = lr_scheduler_interval
+        self.replicas = ReplicaStack(model, num_nodes, init=init, seed=seed)
+        self.eval_metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict(
+                    {
+                        "node_acc": NodeMean(num_nodes),
+                        "node_loss": NodeMean(num_nodes),
+                        "avg_acc": NodeMean(1),
+                    }
+                )
+                for stage in ("val", "test")
+            }
+        )
+
+    # -- what MosaicGossip works on -------------------------------------------------------------------------------
+
+    @property
+    def gossip_parameters(self) -> Tensor:
+        """The ``(n, d)`` parameter buffer, row i = node i; gossip mixes it in place."""
+        return self.replicas.flat
+
+    @property
+    def parameter_sizes(self) -> list[int]:
+        """Element counts of the model's trainable tensors in ``named_parameters()`` order (sum = d)."""
+        return list(self.replicas.sizes)
+
+    def node_state_dict(self, node: int) -> dict[str, Tensor]:
+        """A copy of node ``node``'s model as a plain ``state_dict`` loadable into ``model()``.
+
+        Raises:
+            IndexError: If ``node`` is not in [0, n).
+        """
+        if not 0 <= node < self.num_nodes:
+            raise IndexError(f"node must be in [0, {self.num_nodes}), got {node}")
+        return {name: t.detach().clone() for name, t in self.replicas.node_state(node).items()}
+
+    # -- computation ----------------------------------------------------------------------------------------------
+
+    def resolved_execution(self) -> str:
+        """The execution path in use on the module's current device."""
+        return (
+            default_execution(self.device, self.replicas.template)
+            if self.execution == "auto"
+            else self.execution
+        )
+
+    def forward(self, x: Tensor, shared_input: bool = False) -> Tensor:
+        """All nodes' outputs: ``x`` ``(n, B, ...)`` -> ``(n, B, C)``; with ``shared_input``, ``(B, ...)`` -> same."""
+        return self.replicas(x, execution=self.resolved_execution(), shared_input=shared_input)
+
+    def per_sample_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """Cross-entropy per node and sample: outputs ``(n, B, C)``, targets ``(n, B)`` -> ``(n, B)``.
+
+        Override for other tasks (e.g. regression)."""
+        n, b = targets.shape
+        return F.cross_entropy(outputs.reshape(n * b, -1), targets.reshape(-1), reduction="none").view(n, b)
+
+    def per_sample_correct(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """1.0 where the prediction is right: outputs ``(n, B, C)``, targets ``(n, B)`` -> ``(n, B)``."""
+        return (outputs.argmax(dim=-1) == targets).to(torch.float32)
+
+    def _split_batch(self, batch: Any) -> tuple[Tensor, Tensor]:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ValueError(f"batch must be a pair (inputs, targets), got {type(batch).__name__}")
+        return batch[0], batch[1]
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = self._split_batch(batch)
+        if x.dim() < 2 or x.shape[0] != self.num_nodes or y.shape[:1] != x.shape[:1]:
+            raise ValueError(
+                f"training batch must be shaped (n, B, ...) with n = num_nodes = {self.num_nodes}, got inputs "
+                f"{tuple(x.shape)} and targets {tuple(y.shape)}"
+            )
+        node_loss = self.per_sample_loss(self(x), y).mean(dim=1)  # (n,)
+        self.log("train/loss", node_loss.mean().detach(), prog_bar=True)
+        return node_loss.sum()
+
+    def _eval_step(self, batch: Any, stage: str) -> None:
+        x, y = self._split_batch(batch)
+        metrics = self.eval_metrics[stage]
+        outputs = self(x, shared_input=True)  # (n, B, C)
+        targets = y.unsqueeze(0).expand(self.num_nodes, -1)
+        metrics["node_acc"].update(self.per_sample_correct(outputs, targets))
+        metrics["node_loss"].update(self.per_sample_loss(outputs, targets))
+        avg = self.replicas.forward_average(x).unsqueeze(0)
+        metrics["avg_acc"].update(self.per_sample_correct(avg, y.unsqueeze(0)))
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        metrics = self.eval_metrics[stage]
+        node_acc = metrics["node_acc"].compute()
+        values = {
+            f"{stage}/node_acc_mean": node_acc.mean(),
+            f"{stage}/node_acc_std": node_acc.std(correction=0),
+            f"{stage}/avg_model_acc": metrics["avg_acc"].compute().mean(),
+            f"{stage}/loss": metrics["node_loss"].compute().mean(),
+            "gossip/consensus_distance": consensus_distance(self.replicas.flat),
+        }
+        self.log_dict({k: v.to(torch.float32) for k, v in values.items()}, prog_bar=False)
+        for metric in metrics.values():
+            metric.reset()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # -- optimization ---------------------------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            optimizer: Optimizer = torch.optim.SGD(self.parameters(), lr=DEFAULT_LR)
+        else:
+            optimizer = self.optimizer_factory(self.parameters())
+        if isinstance(optimizer, torch.optim.LBFGS):
+            raise ValueError(
+                "optimizer LBFGS is not coordinate-wise: one LBFGS on the (n, d) buffer would couple the nodes; "
+                "use SGD, Adam, AdamW, RMSprop or Adagrad"
+            )
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.lr_scheduler_interval},
+        }
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip each node's gradient separately (rows of the ``(n, d)`` gradient)."""
+        if gradient_clip_val is None or gradient_clip_val <= 0:
+            return
+        grad = self.replicas.flat.grad
+        if grad is None:
+            return
+        if gradient_clip_algorithm in (None, "norm"):
+            norms = grad.norm(dim=1, keepdim=True)
+            grad.mul_((gradient_clip_val / (norms + 1e-6)).clamp(max=1.0))
+        elif gradient_clip_algorithm == "value":
+            grad.clamp_(-gradient_clip_val, gradient_clip_val)
+        else:
+            raise ValueError(
+                f"gradient_clip_algorithm must be 'norm' or 'value', got {gradient_clip_algorithm!r}"
+            )

@@ -1,0 +1,206 @@
+"""n replicas of one ``nn.Module`` whose parameters live in a single contiguous ``(n, d)`` buffer.
+
+Row i of the buffer is node i's flat parameter vector (trainable tensors concatenated in ``named_parameters()``
+order), so a gossip round is in-place matrix work on it and one elementwise optimizer on the buffer is n independent
+per-node optimizers. Forward passes run all replicas either vectorized (``torch.func.vmap`` over
+``torch.func.functional_call``) or as a per-node Python loop; both compute the same function.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from lightning_mosaic.gossip.protocol import derive_seed
+
+Execution = Literal["auto", "vmap", "loop"]
+EXECUTIONS: tuple[str, ...] = get_args(Execution)
+Init = Literal["same", "independent"]
+INITS: tuple[str, ...] = get_args(Init)
+
+INIT_STREAM = 2
+"""Random stream (see :func:`~lightning_mosaic.gossip.derive_seed`) of replica initialization."""
+
+
+def default_execution(device: torch.device, model: nn.Module) -> str:
+    """The execution path ``execution="auto"`` picks for ``model`` on ``device``.
+
+    From ``benchmarks/execution_paths.py`` (numbers in ``docs/execution.md``): on CPU, vmap is 3.9x faster than the
+    loop for the digits MLP, but 1.3x slower for GN-LeNet, whose batched convolutions become grouped convolutions; so
+    on CPU a model with convolutions runs as a loop, anything else vectorized. On other devices (CUDA): vmap, one
+    kernel launch sequence for all nodes instead of n.
+    """
+    if device.type == "cpu" and any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
+        return "loop"
+    return "vmap"
+
+
+def _build(model: nn.Module | Callable[[], nn.Module], seed: int) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if isinstance(model, nn.Module):
+            module = copy.deepcopy(model)
+            for sub in module.modules():
+                if hasattr(sub, "reset_parameters"):
+                    sub.reset_parameters()
+            return module
+        module = model()
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"model must be an nn.Module or a callable returning one, it returned {type(module)}")
+    return module
+
+
+class ReplicaStack(nn.Module):
+    """n replicas of a model with parameters stored as one ``(n, d)`` ``nn.Parameter``.
+
+    Args:
+        model: An ``nn.Module`` (used as the template; with ``init="same"`` its weights are copied to every node) or a
+            zero-argument callable returning a fresh module (called under a seeded RNG).
+        num_nodes: n >= 1.
+        init: ``"same"`` (every node starts from the same weights, as in EL and Mosaic Learning) or
+            ``"independent"`` (node i's weights come from its own seeded initialization).
+        seed: Seed of the initialization (used when ``model`` is a callable, and for every node with
+            ``init="independent"``).
+
+    Buffers (e.g. normalization statistics) are stacked per node as ``(n, ...)`` tensors; they are not gossiped.
+
+    Raises:
+        ValueError: If ``num_nodes`` < 1, ``init`` is unknown, or the model has no trainable parameters.
+        TypeError: If ``model`` is neither a module nor a callable returning one.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | Callable[[], nn.Module],
+        num_nodes: int,
+        *,
+        init: str = "same",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
+            raise ValueError(f"num_nodes must be an integer >= 1, got {num_nodes!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if not isinstance(model, nn.Module) and not callable(model):
+            raise TypeError(f"model must be an nn.Module or a callable returning one, got {type(model)}")
+        if isinstance(model, nn.Module) and init == "same":
+            template = copy.deepcopy(model)
+        else:
+            template = _build(model, derive_seed(seed, INIT_STREAM))
+        named = [(name, p) for name, p in template.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError(f"model {type(template).__name__} has no trainable parameters")
+        self.num_nodes = num_nodes
+        self.names = [name for name, _ in named]
+        self.shapes = [tuple(p.shape) for _, p in named]
+        self.sizes = [p.numel() for _, p in named]
+        self.num_coordinates = sum(self.sizes)
+        dtype = named[0][1].dtype
+
+        flat = torch.empty(num_nodes, self.num_coordinates, dtype=dtype)
+        flat.copy_(self._flatten(dict(named)).expand(num_nodes, -1))
+        if init == "independent":
+            for i in range(1, num_nodes):
+                module = _build(model, derive_seed(derive_seed(seed, INIT_STREAM), i))
+                flat[i] = self._flatten(dict(module.named_parameters()))
+        self.flat = nn.Parameter(flat)
+
+        self.buffer_names = [name for name, _ in template.named_buffers()]
+        for name, b in template.named_buffers():
+            self.register_buffer(
+                self._buffer_key(name), b.detach().unsqueeze(0).repeat_interleave(num_nodes, 0)
+            )
+        frozen = {name: p.detach() for name, p in template.named_parameters() if not p.requires_grad}
+        for name, p in frozen.items():  # frozen parameters are shared by all nodes and never trained
+            self.register_buffer(self._buffer_key(name), p.clone())
+        self.frozen_names = list(frozen)
+        # The template only supplies the forward code: every tensor is passed to functional_call explicitly.
+        self._template = [template.to("meta")]
+
+    @staticmethod
+    def _buffer_key(name: str) -> str:
+        return "stacked__" + name.replace(".", "__")
+
+    def _flatten(self, tensors: dict[str, Tensor]) -> Tensor:
+        return torch.cat([tensors[name].detach().reshape(-1) for name in self.names])
+
+    @property
+    def template(self) -> nn.Module:
+        """The module whose forward code every replica runs (its own tensors are on the meta device)."""
+        return self._template[0]
+
+    def stacked_parameters(self, flat: Tensor | None = None) -> dict[str, Tensor]:
+        """Views ``(n, *shape)`` of ``flat`` (default: the buffer) for every trainable tensor, by name."""
+        flat = self.flat if flat is None else flat
+        out, offset = {}, 0
+        for name, shape, size in zip(self.names, self.shapes, self.sizes):
+            out[name] = flat[:, offset : offset + size].view(flat.shape[0], *shape)
+            offset += size
+        return out
+
+    def stacked_buffers(self) -> dict[str, Tensor]:
+        """Per-node buffers ``(n, *shape)`` by their name in the template."""
+        return {name: getattr(self, self._buffer_key(name)) for name in self.buffer_names}
+
+    def _shared(self) -> dict[str, Tensor]:
+        return {name: getattr(self, self._buffer_key(name)) for name in self.frozen_names}
+
+    def node_state(self, node: int) -> dict[str, Tensor]:
+        """Node ``node``'s parameters and buffers as a plain ``state_dict`` of the template's layout (views)."""
+        state = {name: t[node] for name, t in self.stacked_parameters().items()}
+        state.update({name: t[node] for name, t in self.stacked_buffers().items()})
+        state.update(self._shared())
+        return state
+
+    def forward(self, inputs: Tensor, *, execution: str = "vmap", shared_input: bool = False) -> Tensor:
+        """Run every replica on its own input (or all on the same input).
+
+        Args:
+            inputs: ``(n, B, ...)`` one mini-batch per node, or ``(B, ...)`` with ``shared_input=True``.
+            execution: ``"vmap"`` (one vectorized call) or ``"loop"`` (one call per node).
+            shared_input: Feed the same ``(B, ...)`` batch to every node (evaluation on a shared test set).
+
+        Returns:
+            ``(n, B, ...)`` outputs, row i from node i's parameters.
+
+        Raises:
+            ValueError: If ``inputs`` does not start with n (without ``shared_input``) or ``execution`` is unknown.
+        """
+        n = self.num_nodes
+        if not shared_input and (inputs.dim() < 1 or inputs.shape[0] != n):
+            raise ValueError(
+                f"batch must be shaped (n, B, ...) with n = num_nodes = {n}, got shape {tuple(inputs.shape)}"
+            )
+        params, buffers, shared = self.stacked_parameters(), self.stacked_buffers(), self._shared()
+        template = self.template
+        if execution == "loop":
+            outs = []
+            for i in range(n):
+                state = {name: t[i] for name, t in params.items()}
+                state.update({name: t[i] for name, t in buffers.items()})
+                state.update(shared)
+                outs.append(functional_call(template, state, (inputs if shared_input else inputs[i],)))
+            return torch.stack(outs)
+        if execution != "vmap":
+            raise ValueError(f"execution must be 'vmap' or 'loop' here, got {execution!r}")
+
+        def call(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
+            return functional_call(template, {**p, **b, **shared}, (x,))
+
+        in_dims = (0, 0, None if shared_input else 0)
+        return vmap(call, in_dims=in_dims, randomness="different")(params, buffers, inputs)
+
+    def forward_average(self, inputs: Tensor) -> Tensor:
+        """Run the averaged model ``x_bar = mean_i x_i`` (buffers averaged too) on ``inputs`` ``(B, ...)``."""
+        mean = self.flat.mean(dim=0, keepdim=True)
+        state = {name: t[0] for name, t in self.stacked_parameters(mean).items()}
+        for name, t in self.stacked_buffers().items():
+            state[name] = t.mean(dim=0) if t.is_floating_point() else t[0]
+        state.update(self._shared())
+        return functional_call(self.template, state, (inputs,))
