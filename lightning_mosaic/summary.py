@@ -1,0 +1,90 @@
+"""End-of-run summary of a Mosaic Learning experiment: one table, printed and written as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Trainer
+
+from lightning_mosaic.callbacks.gossip import MosaicGossip
+from lightning_mosaic.module import MosaicModule
+
+SUMMARY_FILE = "summary.json"
+
+_ROWS = [
+    ("nodes", "nodes (n)", "{}"),
+    ("fragments", "fragments (K)", "{}"),
+    ("peers", "peers (s)", "{}"),
+    ("topology", "topology", "{}"),
+    ("rounds", "rounds", "{}"),
+    ("node_acc_mean", "node accuracy mean", "{:.4f}"),
+    ("node_acc_std", "node accuracy std", "{:.4f}"),
+    ("avg_model_acc", "averaged-model accuracy", "{:.4f}"),
+    ("consensus_distance", "consensus distance", "{:.4g}"),
+    ("values_sent_per_node_per_round", "values sent per node per round", "{:,}"),
+    ("seconds_per_round", "seconds per round", "{:.4f}"),
+]
+
+
+def run_summary(trainer: Trainer, module: MosaicModule, metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """Collect the summary of a finished run.
+
+    Args:
+        trainer: The trainer after ``fit``.
+        module: The trained module.
+        metrics: Validation metrics of the final parameters (``val/node_acc_mean``, ``val/node_acc_std``,
+            ``val/avg_model_acc``, ``gossip/consensus_distance``), e.g. from ``trainer.validate``.
+        seconds: Wall-clock duration of ``fit`` in seconds.
+
+    Returns:
+        A JSON-serializable dict with the rows of :data:`_ROWS` (gossip fields are ``None`` without
+        :class:`~lightning_mosaic.callbacks.MosaicGossip`).
+    """
+    gossip = next((c for c in trainer.callbacks if isinstance(c, MosaicGossip)), None)  # type: ignore[attr-defined]
+    rounds = gossip.rounds if gossip is not None else 0
+    return {
+        "nodes": module.num_nodes,
+        "fragments": gossip.fragments if gossip else None,
+        "peers": gossip.peers if gossip else None,
+        "topology": gossip.topology if gossip else None,
+        "fragmentation": gossip.fragmentation if gossip else None,
+        "every_n_steps": gossip.every_n_steps if gossip else None,
+        "rounds": rounds,
+        "steps": trainer.global_step,
+        "node_acc_mean": float(metrics["val/node_acc_mean"]),
+        "node_acc_std": float(metrics["val/node_acc_std"]),
+        "avg_model_acc": float(metrics["val/avg_model_acc"]),
+        "val_loss": float(metrics["val/loss"]),
+        "consensus_distance": float(metrics["gossip/consensus_distance"]),
+        "values_sent_per_node_per_round": gossip.communication()["values_sent_per_node"] if gossip else 0,
+        "bytes_sent_per_node_per_round": gossip.communication()["bytes_sent_per_node"] if gossip else 0,
+        "parameters_per_node": module.replicas.num_coordinates,
+        "fit_seconds": seconds,
+        "seconds_per_round": seconds / max(rounds, 1),
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as an aligned two-column text table."""
+    lines = []
+    for key, label, fmt in _ROWS:
+        value = summary.get(key)
+        lines.append((label, "-" if value is None else fmt.format(value)))
+    width = max(len(label) for label, _ in lines)
+    vwidth = max(len(v) for _, v in lines)
+    rule = "-" * (width + vwidth + 3)
+    return "\n".join([rule, *(f"{label:<{width}} | {v:>{vwidth}}" for label, v in lines), rule])
+
+
+def write_summary(summary: dict[str, Any], directory: str | Path) -> Path:
+    """Write ``summary.json`` in ``directory`` atomically (temporary name, then ``os.replace``)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / SUMMARY_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
