@@ -1,0 +1,207 @@
+"""MosaicModule + MosaicGossip in real Lightning Trainer runs on the bundled digits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+
+from lightning_mosaic import MosaicGossip, MosaicModule
+from lightning_mosaic.data import DigitsDataModule
+from lightning_mosaic.gossip import consensus_distance
+from lightning_mosaic.models import MLP
+
+
+def trainer(tmp_path, max_steps: int, callbacks=(), **kwargs) -> Trainer:
+    options = dict(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        deterministic=True,
+    )
+    options.update(kwargs)
+    return Trainer(callbacks=list(callbacks), **options)
+
+
+def digits(n: int = 8, **kwargs) -> DigitsDataModule:
+    return DigitsDataModule(num_nodes=n, alpha=0.5, batch_size=8, **kwargs)
+
+
+def test_gossip_runs_once_per_optimizer_step_with_accumulation(tmp_path):
+    module = MosaicModule(MLP, 8)
+    gossip = MosaicGossip(fragments=4, peers=2)
+    t = trainer(tmp_path, 12, [gossip], accumulate_grad_batches=3, limit_val_batches=0)
+    t.fit(module, digits())
+    assert t.global_step == 12 and gossip.rounds == 12 and gossip.protocol.rounds == 12
+
+
+def test_every_n_steps(tmp_path):
+    gossip = MosaicGossip(fragments=2, peers=1, every_n_steps=4)
+    t = trainer(tmp_path, 10, [gossip], limit_val_batches=0)
+    t.fit(MosaicModule(MLP, 8), digits())
+    assert gossip.rounds == 2  # after steps 4 and 8
+
+
+def test_training_without_gossip_keeps_nodes_independent(tmp_path):
+    """With no gossip each node trains only on its own shard: changing node 3's data changes only node 3."""
+    results = []
+    for perturb in (False, True):
+        dm = digits(n=4)
+        dm.setup("fit")
+        if perturb:  # relabel node 3's shard
+            dm.train_labels  # noqa: B018  (loaded)
+            tensors = dm.train_dataset.tensors
+            idx = torch.as_tensor(dm.partition[3])
+            tensors[1][idx] = (tensors[1][idx] + 1) % 10
+        module = MosaicModule(MLP, 4, init="independent")
+        trainer(tmp_path, 5, limit_val_batches=0).fit(module, dm)
+        results.append(module.gossip_parameters.detach().clone())
+    torch.testing.assert_close(results[0][:3], results[1][:3], rtol=0, atol=0)
+    assert not torch.allclose(results[0][3], results[1][3])
+
+
+def test_per_node_gradient_clipping():
+    module = MosaicModule(MLP, 3)
+    grad = torch.zeros_like(module.gossip_parameters)
+    grad[0, :4] = torch.tensor([3.0, 4.0, 0.0, 0.0])  # norm 5
+    grad[1, :2] = torch.tensor([0.3, 0.4])  # norm 0.5, under the threshold
+    grad[2, 0] = -7.0
+    module.gossip_parameters.grad = grad.clone()
+    module.configure_gradient_clipping(None, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+    norms = module.gossip_parameters.grad.norm(dim=1)
+    torch.testing.assert_close(norms, torch.tensor([1.0, 0.5, 1.0]), rtol=1e-5, atol=1e-5)
+    module.gossip_parameters.grad = grad.clone()
+    module.configure_gradient_clipping(None, gradient_clip_val=2.0, gradient_clip_algorithm="value")
+    assert module.gossip_parameters.grad.abs().max() == 2.0
+    assert module.gossip_parameters.grad[1, 0] == pytest.approx(0.3)
+
+
+def test_validation_metrics_are_logged(tmp_path):
+    gossip = MosaicGossip(fragments=4, peers=3)
+    logger = CSVLogger(tmp_path, name="m")
+    t = trainer(
+        tmp_path, 60, [gossip], logger=logger, val_check_interval=20, check_val_every_n_epoch=None, log_every_n_steps=5
+    )
+    module = MosaicModule(MLP, 8, optimizer=lambda p: torch.optim.SGD(p, lr=0.2))
+    t.fit(module, digits())
+    metrics = t.callback_metrics
+    for name in ("val/node_acc_mean", "val/node_acc_std", "val/avg_model_acc", "val/loss", "gossip/consensus_distance"):
+        assert name in metrics, name
+    assert 0.0 <= metrics["val/node_acc_std"] <= metrics["val/node_acc_mean"] <= 1.0
+    assert metrics["val/node_acc_mean"] > 0.3  # learning, not chance (0.1)
+    torch.testing.assert_close(
+        metrics["gossip/consensus_distance"], consensus_distance(module.gossip_parameters), rtol=1e-5, atol=1e-9
+    )
+    logged = logger.log_dir + "/metrics.csv"
+    header = open(logged).readline()
+    assert "gossip/values_sent_per_node" in header and "val/avg_model_acc" in header
+
+
+def test_checkpoint_resume_continues_exactly(tmp_path):
+    """Stop at an epoch boundary, resume with fit(ckpt_path=...): same parameters as the uninterrupted run."""
+    steps_per_epoch = 6
+
+    def run(max_steps, ckpt_path=None, checkpoint=False):
+        gossip = MosaicGossip(fragments=4, peers=2, seed=1)
+        dm = digits(steps_per_epoch=steps_per_epoch)
+        callbacks = [gossip]
+        if checkpoint:
+            callbacks.append(ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=12))
+        module = MosaicModule(MLP, 8, optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
+        t = trainer(tmp_path, max_steps, callbacks, limit_val_batches=0, enable_checkpointing=checkpoint)
+        t.fit(module, dm, ckpt_path=ckpt_path)
+        return module.gossip_parameters.detach().clone(), gossip
+
+    full, _ = run(24)
+    run(12, checkpoint=True)
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    gossip_state = ckpt["callbacks"][MosaicGossip(fragments=4, peers=2, seed=1).state_key]
+    assert gossip_state["rounds"] == 12
+    assert list(ckpt["state_dict"]) == ["replicas.flat"]  # each replica stored once, in the (n, d) buffer
+    resumed, gossip = run(24, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert gossip.rounds == 24
+    torch.testing.assert_close(resumed, full, rtol=0, atol=0)
+
+
+def test_node_state_dict_exports_one_node():
+    module = MosaicModule(MLP, 4, init="independent")
+    state = module.node_state_dict(2)
+    model = MLP()
+    model.load_state_dict(state)
+    x = torch.randn(5, 1, 8, 8)
+    torch.testing.assert_close(model(x), module(x, shared_input=True)[2])
+    with pytest.raises(IndexError, match="node"):
+        module.node_state_dict(4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"fragments": 0}, "fragments"),
+        ({"peers": 0}, "peers"),
+        ({"topology": "ring"}, "topology"),
+        ({"fragmentation": "blocks"}, "fragmentation"),
+        ({"every_n_steps": 0}, "every_n_steps"),
+        ({"seed": -1}, "seed"),
+        ({"fragments": 2.5}, "fragments"),
+    ],
+)
+def test_gossip_argument_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MosaicGossip(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"peers": 8}, "peers"),
+        ({"peers": 3, "topology": "el-oracle", "fragments": 1}, "n \\* s even"),
+        ({"fragments": 10**6}, "fragments"),
+        ({"fragments": 5, "fragmentation": "layer"}, "parameter tensors"),
+    ],
+)
+def test_gossip_errors_against_the_module(tmp_path, kwargs, match):
+    module = MosaicModule(MLP, 8 if "el-oracle" not in kwargs.values() else 7)
+    t = trainer(tmp_path, 1, [MosaicGossip(**kwargs)])
+    with pytest.raises(ValueError, match=match):
+        t.fit(module, digits(n=module.num_nodes))
+
+
+def test_gossip_needs_a_mosaic_module(tmp_path):
+    class Plain(LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(64, 10)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0].flatten(2)).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    with pytest.raises(TypeError, match="MosaicModule"):
+        trainer(tmp_path, 1, [MosaicGossip()]).fit(Plain(), digits())
+
+
+def test_module_errors(tmp_path):
+    with pytest.raises(ValueError, match="num_nodes"):
+        MosaicModule(MLP, 1)
+    with pytest.raises(ValueError, match="execution"):
+        MosaicModule(MLP, 4, execution="jit")
+    module = MosaicModule(MLP, 4)
+    with pytest.raises(ValueError, match="num_nodes = 4"):
+        module.training_step((torch.randn(3, 2, 1, 8, 8), torch.zeros(3, 2, dtype=torch.long)), 0)
+    lbfgs = MosaicModule(MLP, 4, optimizer=lambda p: torch.optim.LBFGS(p))
+    with pytest.raises(ValueError, match="LBFGS"):
+        lbfgs.configure_optimizers()
+    with pytest.raises(ValueError, match="num_nodes = 8"):  # datamodule made for another n
+        trainer(tmp_path, 1).fit(MosaicModule(MLP, 8), digits(n=4))
