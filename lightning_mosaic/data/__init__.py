@@ -4,5 +4,6 @@ Training batches are shaped ``(n, B, ...)``: one mini-batch per node, each from 
 """
 
 from lightning_mosaic.data.partition import dirichlet_partition
+from lightning_mosaic.data.sampler import NodeBatchCollate, NodeBatchSampler
 
-__all__ = ["dirichlet_partition"]
+__all__ = ["dirichlet_partition", "NodeBatchSampler", "NodeBatchCollate"]

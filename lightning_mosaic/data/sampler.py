@@ -1,0 +1,224 @@
+"""Per-node mini-batch sampling: one DataLoader batch holds one mini-batch for every node."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from numbers import Integral
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler, default_collate
+
+__all__ = ["NodeBatchSampler", "NodeBatchCollate"]
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _pass_seed(seed: int, node: int, pass_index: int) -> int:
+    """Deterministic 63-bit seed for pass ``pass_index`` of node ``node``'s stream."""
+    state = np.random.SeedSequence([seed, node, pass_index]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+class NodeBatchSampler(Sampler[list[int]]):
+    """Batch sampler that yields one mini-batch per node, concatenated node-major.
+
+    Every item is a flat list of ``n * B`` dataset indices: node 0's ``B`` indices, then node 1's, and so on,
+    so that :class:`NodeBatchCollate` can reshape the collated ``(n * B, ...)`` tensors into ``(n, B, ...)``.
+
+    Node ``i`` reads an infinite stream made of successive permutations of its own shard: pass ``p`` is the
+    shard permuted by ``torch.randperm`` under a ``torch.Generator`` seeded from
+    ``np.random.SeedSequence([seed, i, p])``. A node therefore sees every index of its shard once before any
+    repeats, and a shard smaller than ``B`` simply wraps into its next pass. Nodes never wait for one another:
+    each keeps drawing from its own shard whatever its size.
+
+    The sampler is stateless apart from the epoch: with ``L = len(self)``, batch ``t`` of epoch ``e`` covers
+    stream positions ``[(e * L + t) * B, (e * L + t + 1) * B)`` of every node. Consecutive epochs continue the
+    streams and iterating the same epoch twice gives the same batches. Call :meth:`set_epoch` before each
+    epoch; Lightning does so automatically because it calls ``set_epoch`` on
+    ``dataloader.batch_sampler.sampler``, which is this object itself (``self.sampler is self``).
+
+    In a multi-process Lightning run set ``Trainer(use_distributed_sampler=False)``: Lightning cannot inject a
+    ``DistributedSampler`` into this batch sampler, and the per-node split already decides which data each
+    replica trains on.
+
+    Args:
+        partition: One 1-D array of dataset indices per node (e.g. the output of
+            :func:`~lightning_mosaic.data.dirichlet_partition`); ``n = len(partition) >= 1`` and every shard
+            must be non-empty. Indices are used in the order given, before shuffling.
+        batch_size: Per-node mini-batch size ``B >= 1``.
+        seed: Non-negative seed of the per-node shuffles.
+        num_batches: Number of batches per epoch ``>= 1``; default ``ceil(total / (n * B))`` where ``total``
+            is the summed shard size, i.e. one pass over the training set counted in samples.
+
+    Raises:
+        ValueError: ``partition`` is empty, a shard is not 1-D, is empty or holds non-integer or negative
+            values; ``batch_size < 1``; ``num_batches < 1``; ``seed < 0``.
+
+    Example:
+        >>> sampler = NodeBatchSampler([[0, 1, 2], [3, 4]], batch_size=2, seed=0)
+        >>> len(sampler), len(next(iter(sampler)))
+        (2, 4)
+    """
+
+    def __init__(
+        self,
+        partition: Sequence[Sequence[int] | np.ndarray],
+        batch_size: int,
+        *,
+        seed: int = 0,
+        num_batches: int | None = None,
+    ) -> None:
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.seed = _check_int("seed", seed, 0)
+        if num_batches is not None:
+            num_batches = _check_int("num_batches", num_batches, 1)
+        if isinstance(partition, (str, bytes)) or not isinstance(partition, Sequence) or len(partition) == 0:
+            raise ValueError(
+                f"partition must be a non-empty sequence of 1-D index arrays, one per node; got {partition!r}"
+            )
+        shards: list[np.ndarray] = []
+        for node, shard in enumerate(partition):
+            array = np.asarray(shard)
+            if array.ndim != 1 or array.size == 0:
+                raise ValueError(
+                    f"partition[{node}] must be a non-empty 1-D index array; got shape {array.shape}. "
+                    "Every node needs at least one sample (see min_samples of dirichlet_partition)"
+                )
+            if array.dtype == bool or not np.issubdtype(array.dtype, np.integer) or array.min() < 0:
+                raise ValueError(f"partition[{node}] must hold non-negative integer dataset indices; got {array.dtype}")
+            shards.append(array.astype(np.int64, copy=False))
+        self._shards = shards
+        self.num_nodes = len(shards)
+        self.num_samples = int(sum(len(s) for s in shards))
+        self.num_batches = num_batches
+        self.epoch = 0
+        # Lightning calls ``set_epoch`` on ``dataloader.batch_sampler.sampler``, not on the batch sampler.
+        self.sampler = self
+
+    @property
+    def shards(self) -> list[np.ndarray]:
+        """Per-node index arrays (int64), as given."""
+        return list(self._shards)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose batches the next ``iter(self)`` yields.
+
+        Args:
+            epoch: Epoch number ``>= 0``.
+
+        Raises:
+            ValueError: ``epoch`` is negative or not an integer.
+        """
+        self.epoch = _check_int("epoch", epoch, 0)
+
+    def __len__(self) -> int:
+        if self.num_batches is not None:
+            return self.num_batches
+        return math.ceil(self.num_samples / (self.num_nodes * self.batch_size))
+
+    def _pass(self, node: int, pass_index: int) -> np.ndarray:
+        shard = self._shards[node]
+        generator = torch.Generator().manual_seed(_pass_seed(self.seed, node, pass_index))
+        order = torch.randperm(len(shard), generator=generator).numpy()
+        return shard[order]
+
+    def node_stream(self, node: int, start: int, length: int) -> list[int]:
+        """Positions ``[start, start + length)`` of node ``node``'s infinite index stream.
+
+        Args:
+            node: Node index in ``[0, n)``.
+            start: First stream position, ``>= 0``.
+            length: Number of positions, ``>= 0``.
+
+        Returns:
+            ``length`` dataset indices from node ``node``'s shard.
+        """
+        return self._read(node, start, length, {})
+
+    def _read(self, node: int, start: int, length: int, cache: dict[int, tuple[int, np.ndarray]]) -> list[int]:
+        size = len(self._shards[node])
+        out: list[int] = []
+        position = start
+        while len(out) < length:
+            pass_index, offset = divmod(position, size)
+            cached = cache.get(node)
+            if cached is None or cached[0] != pass_index:
+                cached = (pass_index, self._pass(node, pass_index))
+                cache[node] = cached
+            take = min(length - len(out), size - offset)
+            out.extend(cached[1][offset : offset + take].tolist())
+            position += take
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        num_batches = len(self)
+        first = self.epoch * num_batches
+        cache: dict[int, tuple[int, np.ndarray]] = {}
+        for step in range(first, first + num_batches):
+            batch: list[int] = []
+            for node in range(self.num_nodes):
+                batch.extend(self._read(node, step * self.batch_size, self.batch_size, cache))
+            yield batch
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_nodes={self.num_nodes}, batch_size={self.batch_size}, "
+            f"seed={self.seed}, num_batches={len(self)}, epoch={self.epoch})"
+        )
+
+
+class NodeBatchCollate:
+    """Collate function that reshapes node-major batches from ``(n * B, ...)`` to ``(n, B, ...)``.
+
+    Wraps :func:`torch.utils.data.default_collate` and reshapes the first dimension of every tensor in the
+    result (nested tuples, lists and mappings included). A plain class, so it pickles for ``num_workers > 0``.
+
+    Args:
+        num_nodes: Number of nodes ``n >= 1``.
+
+    Raises:
+        ValueError: ``num_nodes < 1``; at call time, a collated tensor's first dimension is not divisible by
+            ``num_nodes``.
+
+    Example:
+        >>> collate = NodeBatchCollate(2)
+        >>> x, y = collate([(torch.zeros(3), i) for i in range(4)])
+        >>> tuple(x.shape), tuple(y.shape)
+        ((2, 2, 3), (2, 2))
+    """
+
+    def __init__(self, num_nodes: int) -> None:
+        self.num_nodes = _check_int("num_nodes", num_nodes, 1)
+
+    def _reshape(self, value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            if value.ndim == 0 or value.shape[0] % self.num_nodes != 0:
+                raise ValueError(
+                    f"cannot split a collated tensor of shape {tuple(value.shape)} into num_nodes="
+                    f"{self.num_nodes} equal per-node batches; the batch must hold num_nodes * B samples, "
+                    "node-major (use NodeBatchSampler as batch_sampler)"
+                )
+            return value.reshape(self.num_nodes, value.shape[0] // self.num_nodes, *value.shape[1:])
+        if isinstance(value, Mapping):
+            return type(value)({k: self._reshape(v) for k, v in value.items()})  # type: ignore[call-arg]
+        if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
+            return type(value)(*(self._reshape(v) for v in value))
+        if isinstance(value, (tuple, list)):
+            return type(value)(self._reshape(v) for v in value)
+        return value
+
+    def __call__(self, batch: list[Any]) -> Any:
+        """Collate ``batch`` (``n * B`` samples, node-major) and reshape every tensor to ``(n, B, ...)``."""
+        return self._reshape(default_collate(batch))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_nodes={self.num_nodes})"

@@ -1,0 +1,199 @@
+"""Tests of NodeBatchSampler and NodeBatchCollate."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from lightning_mosaic.data import NodeBatchCollate, NodeBatchSampler, dirichlet_partition
+
+
+def _per_node(batch: list[int], num_nodes: int, batch_size: int) -> list[list[int]]:
+    assert len(batch) == num_nodes * batch_size
+    return [batch[i * batch_size : (i + 1) * batch_size] for i in range(num_nodes)]
+
+
+def _streams(sampler: NodeBatchSampler, epochs: int) -> list[list[int]]:
+    """Concatenate, per node, every index yielded over ``epochs`` epochs."""
+    streams: list[list[int]] = [[] for _ in range(sampler.num_nodes)]
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        for batch in sampler:
+            for node, chunk in enumerate(_per_node(batch, sampler.num_nodes, sampler.batch_size)):
+                streams[node].extend(chunk)
+    return streams
+
+
+shards_strategy = st.lists(st.integers(1, 40), min_size=1, max_size=6).map(
+    lambda sizes: [np.arange(sum(sizes[:i]), sum(sizes[: i + 1])) for i in range(len(sizes))]
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    shards=shards_strategy,
+    batch_size=st.integers(1, 12),
+    seed=st.integers(0, 2**32),
+    epochs=st.integers(1, 3),
+)
+def test_each_node_cycles_through_its_own_shard(shards, batch_size, seed, epochs):
+    sampler = NodeBatchSampler(shards, batch_size, seed=seed)
+    assert len(sampler) == math.ceil(sum(len(s) for s in shards) / (len(shards) * batch_size))
+    streams = _streams(sampler, epochs)
+    for node, shard in enumerate(shards):
+        stream = streams[node]
+        assert len(stream) == epochs * len(sampler) * batch_size
+        assert set(stream) <= set(shard.tolist()), "node drew an index outside its shard"
+        size = len(shard)
+        for start in range(0, len(stream) - size + 1, size):  # every complete pass is a permutation
+            assert sorted(stream[start : start + size]) == shard.tolist()
+        tail = stream[len(stream) - len(stream) % size :]
+        assert len(set(tail)) == len(tail), "no repeats inside a partial pass"
+
+
+def test_batches_are_node_major_and_from_the_right_shard():
+    labels = np.repeat(np.arange(10), 30)
+    partition = dirichlet_partition(labels, 5, 0.3, seed=1)
+    sampler = NodeBatchSampler(partition, 4, seed=0)
+    for batch in sampler:
+        for node, chunk in enumerate(_per_node(batch, 5, 4)):
+            assert np.isin(chunk, partition[node]).all()
+
+
+def test_shard_smaller_than_batch_wraps_into_next_pass():
+    sampler = NodeBatchSampler([[7, 8, 9], list(range(100, 120))], batch_size=8, seed=0)
+    first = next(iter(sampler))
+    node0 = first[:8]
+    assert sorted(node0[:3]) == [7, 8, 9] and sorted(node0[3:6]) == [7, 8, 9]
+    assert len(set(node0[6:8])) == 2 and set(node0[6:8]) <= {7, 8, 9}
+    second = next(x for i, x in enumerate(sampler) if i == 1)[:8]
+    assert sorted(node0[6:8] + second[:1]) == [7, 8, 9]  # the third pass finishes in the next batch
+
+
+def test_deterministic_and_seed_dependent():
+    shards = [np.arange(0, 50), np.arange(50, 80), np.arange(80, 200)]
+    a = list(NodeBatchSampler(shards, 5, seed=3))
+    b = list(NodeBatchSampler(shards, 5, seed=3))
+    c = list(NodeBatchSampler(shards, 5, seed=4))
+    assert a == b
+    assert a != c
+
+
+def test_nodes_shuffle_independently():
+    shards = [np.arange(0, 20), np.arange(20, 40)]
+    stream0, stream1 = _streams(NodeBatchSampler(shards, 20, seed=0), 1)
+    assert [i - 20 for i in stream1] != stream0
+
+
+def test_set_epoch_continues_the_stream_and_reiteration_repeats():
+    shards = [np.arange(0, 13), np.arange(13, 20)]
+    sampler = NodeBatchSampler(shards, 3, seed=5)
+    num_batches = len(sampler)
+    sampler.set_epoch(0)
+    epoch0 = list(sampler)
+    assert list(sampler) == epoch0  # stateless: same epoch, same batches
+    sampler.set_epoch(1)
+    epoch1 = list(sampler)
+    assert epoch1 != epoch0
+    for node in range(2):
+        continued = [i for batch in epoch0 + epoch1 for i in _per_node(batch, 2, 3)[node]]
+        assert continued == sampler.node_stream(node, 0, 2 * num_batches * 3)
+    sampler.set_epoch(0)
+    assert list(sampler) == epoch0
+
+
+def test_len_and_num_batches():
+    shards = [np.arange(10), np.arange(10, 17)]
+    assert len(NodeBatchSampler(shards, 4)) == math.ceil(17 / 8)
+    sampler = NodeBatchSampler(shards, 4, num_batches=7)
+    assert len(sampler) == 7 and len(list(sampler)) == 7
+    sampler.set_epoch(2)
+    assert len(list(sampler)) == 7
+
+
+def test_lightning_finds_set_epoch_through_batch_sampler_sampler():
+    sampler = NodeBatchSampler([[0, 1], [2, 3]], 1)
+    assert sampler.sampler is sampler  # Lightning calls dataloader.batch_sampler.sampler.set_epoch
+
+
+@pytest.mark.parametrize(
+    ("partition", "kwargs", "match"),
+    [
+        ([], {}, "partition"),
+        ([[0, 1], []], {}, r"partition\[1\]"),
+        ([[0, 1], [[2, 3]]], {}, r"partition\[1\]"),
+        ([[0, -1]], {}, r"partition\[0\]"),
+        ([[0.5, 1.0]], {}, r"partition\[0\]"),
+        ([[0, 1]], {"batch_size": 0}, "batch_size"),
+        ([[0, 1]], {"num_batches": 0}, "num_batches"),
+        ([[0, 1]], {"seed": -3}, "seed"),
+    ],
+)
+def test_invalid_arguments(partition, kwargs, match):
+    args = {"batch_size": 2, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        NodeBatchSampler(partition, args.pop("batch_size"), **args)
+
+
+def test_set_epoch_rejects_negative():
+    with pytest.raises(ValueError, match="epoch"):
+        NodeBatchSampler([[0]], 1).set_epoch(-1)
+
+
+class _IndexDataset(Dataset):
+    """Item i is (a (2, 3) tensor filled with i, i)."""
+
+    def __len__(self) -> int:
+        return 100
+
+    def __getitem__(self, index: int):
+        return torch.full((2, 3), float(index)), index
+
+
+def test_dataloader_with_collate_gives_node_batches():
+    partition = dirichlet_partition(np.repeat(np.arange(4), 25), 4, 1.0, seed=0)
+    sampler = NodeBatchSampler(partition, 6, seed=0)
+    loader = DataLoader(_IndexDataset(), batch_sampler=sampler, collate_fn=NodeBatchCollate(4), num_workers=0)
+    assert len(loader) == len(sampler)
+    batches = list(loader)
+    assert len(batches) == len(sampler)
+    for (x, y), indices in zip(batches, sampler, strict=True):
+        assert x.shape == (4, 6, 2, 3) and x.dtype == torch.float32
+        assert y.shape == (4, 6) and y.dtype == torch.int64
+        assert torch.equal(y.flatten(), torch.tensor(indices))
+        assert torch.equal(x[:, :, 0, 0].long(), y)
+        for node in range(4):
+            assert np.isin(y[node].numpy(), partition[node]).all()
+
+
+def test_collate_pickles_and_works_in_a_worker():
+    collate = pickle.loads(pickle.dumps(NodeBatchCollate(2)))
+    dataset = TensorDataset(torch.arange(40.0).reshape(20, 2), torch.arange(20))
+    sampler = NodeBatchSampler([np.arange(10), np.arange(10, 20)], 3, seed=0)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=1)
+    x, y = next(iter(loader))
+    assert x.shape == (2, 3, 2) and y.shape == (2, 3)
+    assert (y[0] < 10).all() and (y[1] >= 10).all()
+
+
+def test_collate_handles_nested_structures():
+    collate = NodeBatchCollate(2)
+    batch = [{"x": torch.ones(5), "pair": (i, torch.zeros(1))} for i in range(6)]
+    out = collate(batch)
+    assert out["x"].shape == (2, 3, 5)
+    assert out["pair"][0].shape == (2, 3)
+    assert out["pair"][1].shape == (2, 3, 1)
+
+
+def test_collate_rejects_indivisible_batch():
+    with pytest.raises(ValueError, match="num_nodes=3"):
+        NodeBatchCollate(3)([(torch.zeros(2), 0)] * 4)
+    with pytest.raises(ValueError, match="num_nodes"):
+        NodeBatchCollate(0)
