@@ -3,7 +3,17 @@
 Training batches are shaped ``(n, B, ...)``: one mini-batch per node, each from that node's own shard.
 """
 
+from lightning_mosaic.data.base import NodeDataModule
+from lightning_mosaic.data.cifar10 import CIFAR10DataModule
+from lightning_mosaic.data.digits import DigitsDataModule
 from lightning_mosaic.data.partition import dirichlet_partition
 from lightning_mosaic.data.sampler import NodeBatchCollate, NodeBatchSampler
 
-__all__ = ["dirichlet_partition", "NodeBatchSampler", "NodeBatchCollate"]
+__all__ = [
+    "dirichlet_partition",
+    "NodeBatchSampler",
+    "NodeBatchCollate",
+    "NodeDataModule",
+    "DigitsDataModule",
+    "CIFAR10DataModule",
+]

@@ -1,0 +1,215 @@
+"""Base LightningDataModule for node-partitioned (decentralized) training data."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+import numpy as np
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from lightning_mosaic.data.partition import _check_int, _resolve_alpha, dirichlet_partition
+from lightning_mosaic.data.sampler import NodeBatchCollate, NodeBatchSampler
+
+__all__ = ["NodeDataModule"]
+
+
+class NodeDataModule(pl.LightningDataModule):
+    """Base data module: Dirichlet split of a training set across ``n`` nodes, one shared test set.
+
+    Training batches come from :class:`~lightning_mosaic.data.NodeBatchSampler` and
+    :class:`~lightning_mosaic.data.NodeBatchCollate`: ``x`` has shape ``(n, B, ...)`` and ``y`` shape
+    ``(n, B)`` (int64), one mini-batch per node drawn from that node's own shard. Validation and test batches
+    come from the same global test set for every node: ``x`` of shape ``(B_eval, ...)`` and ``y`` of shape
+    ``(B_eval,)``.
+
+    Subclasses set the class attributes :attr:`num_classes` (and, optionally, :attr:`input_shape`) and
+    implement :meth:`_load`. :meth:`setup` loads once and partitions the training labels with
+    :func:`~lightning_mosaic.data.dirichlet_partition`.
+
+    Args:
+        num_nodes: Number of nodes ``n >= 2``.
+        alpha: Dirichlet concentration ``> 0`` of the label split; ``float('inf')`` or ``"iid"`` for an IID
+            split.
+        batch_size: Per-node training mini-batch size ``B >= 1``.
+        seed: Non-negative seed of the partition, the per-node shuffles and the test subset.
+        min_samples: Minimum number of training samples per node, ``>= 1`` (a node needs data to train).
+        eval_batch_size: Batch size ``>= 1`` of the validation and test loaders.
+        test_subset: If given (``>= 1``), evaluate on a fixed seeded subset of this many test samples.
+        num_workers: DataLoader worker processes, ``>= 0``.
+        steps_per_epoch: Training batches per epoch ``>= 1``; default: one pass over the training set
+            (``ceil(N_train / (n * B))``).
+
+    Raises:
+        ValueError: Any argument is out of the range given above (raised by ``__init__``, before loading
+            data); ``test_subset`` exceeds the test set size (raised by :meth:`setup`).
+    """
+
+    #: Number of classes; subclasses must set it (available right after ``__init__``).
+    num_classes: ClassVar[int] = 0
+    #: Shape ``(C, H, W)`` of one input sample, if fixed.
+    input_shape: ClassVar[tuple[int, ...] | None] = None
+
+    def __init__(
+        self,
+        num_nodes: int,
+        alpha: float | str = 0.1,
+        batch_size: int = 32,
+        *,
+        seed: int = 0,
+        min_samples: int = 1,
+        eval_batch_size: int = 256,
+        test_subset: int | None = None,
+        num_workers: int = 0,
+        steps_per_epoch: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_nodes = _check_int("num_nodes", num_nodes, 2)
+        _resolve_alpha(alpha)
+        self.alpha = alpha
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.seed = _check_int("seed", seed, 0)
+        self.min_samples = _check_int("min_samples", min_samples, 1)
+        self.eval_batch_size = _check_int("eval_batch_size", eval_batch_size, 1)
+        self.test_subset = None if test_subset is None else _check_int("test_subset", test_subset, 1)
+        self.num_workers = _check_int("num_workers", num_workers, 0)
+        self.steps_per_epoch = None if steps_per_epoch is None else _check_int("steps_per_epoch", steps_per_epoch, 1)
+        if self.num_classes < 1:
+            raise TypeError(f"{type(self).__name__} must set the class attribute num_classes to an int >= 1")
+        self._train: Dataset | None = None
+        self._train_labels: np.ndarray | None = None
+        self._test: Dataset | None = None
+        self._partition: list[np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ subclass hook
+    def _load(self) -> tuple[Dataset, np.ndarray, Dataset]:
+        """Load the data.
+
+        Returns:
+            ``(train_dataset, train_labels, test_dataset)``: map-style datasets whose items are
+            ``(x: Tensor, y: int)``, and the int labels of the training set, shape ``(N_train,)``, values in
+            ``[0, num_classes)``.
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str | None = None) -> None:
+        """Load the datasets (once) and partition the training set across nodes.
+
+        Args:
+            stage: Lightning stage (``"fit"``, ``"validate"``, ``"test"``, ``"predict"`` or ``None``); all
+                stages prepare everything, which is cheap after the first call.
+
+        Raises:
+            ValueError: The loaded labels do not match the training set or ``num_classes``; ``test_subset`` is
+                larger than the test set; the partition cannot honour ``min_samples``.
+        """
+        if self._train is not None:
+            return
+        train, labels, test = self._load()
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or len(labels) != len(train):  # type: ignore[arg-type]
+            raise ValueError(
+                f"{type(self).__name__}._load returned {labels.shape} train labels for {len(train)} "  # type: ignore[arg-type]
+                "training samples; expected shape (N_train,)"
+            )
+        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(
+                f"{type(self).__name__}._load returned labels in [{labels.min()}, {labels.max()}]; "
+                f"expected values in [0, {self.num_classes})"
+            )
+        partition = dirichlet_partition(
+            labels, self.num_nodes, self.alpha, seed=self.seed, min_samples=self.min_samples
+        )
+        if self.test_subset is not None:
+            test_size = len(test)  # type: ignore[arg-type]
+            if self.test_subset > test_size:
+                raise ValueError(
+                    f"test_subset={self.test_subset} exceeds the test set size ({test_size}); "
+                    f"use test_subset <= {test_size} or None for the whole test set"
+                )
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, 1]))
+            indices = np.sort(rng.choice(test_size, size=self.test_subset, replace=False))
+            test = Subset(test, indices.tolist())
+        self._train, self._train_labels, self._test = train, labels.astype(np.int64), test
+        self._partition = partition
+
+    def _require_setup(self, what: str) -> None:
+        if self._train is None:
+            raise RuntimeError(f"{type(self).__name__}.{what} is available after setup(); call setup() first")
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def partition(self) -> list[np.ndarray]:
+        """Per-node sorted int64 training indices, ``num_nodes`` arrays (after :meth:`setup`)."""
+        self._require_setup("partition")
+        assert self._partition is not None
+        return self._partition
+
+    @property
+    def train_dataset(self) -> Dataset:
+        """The whole training set (after :meth:`setup`)."""
+        self._require_setup("train_dataset")
+        assert self._train is not None
+        return self._train
+
+    @property
+    def test_dataset(self) -> Dataset:
+        """The shared evaluation set, after ``test_subset`` selection (after :meth:`setup`)."""
+        self._require_setup("test_dataset")
+        assert self._test is not None
+        return self._test
+
+    @property
+    def train_labels(self) -> np.ndarray:
+        """Training labels, int64 of shape ``(N_train,)`` (after :meth:`setup`)."""
+        self._require_setup("train_labels")
+        assert self._train_labels is not None
+        return self._train_labels
+
+    def node_label_histogram(self) -> np.ndarray:
+        """Number of training samples of each class on each node.
+
+        Returns:
+            int64 array of shape ``(num_nodes, num_classes)``; row ``i`` sums to ``len(partition[i])``.
+
+        Raises:
+            RuntimeError: Called before :meth:`setup`.
+        """
+        self._require_setup("node_label_histogram()")
+        labels = self.train_labels
+        counts = [np.bincount(labels[idx], minlength=self.num_classes) for idx in self.partition]
+        return np.stack(counts).astype(np.int64)
+
+    # ------------------------------------------------------------------ loaders
+    def _loader_kwargs(self) -> dict[str, Any]:
+        return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+
+    def train_dataloader(self) -> DataLoader:
+        """Per-node training batches ``(x: (n, B, ...), y: (n, B) int64)``, ``len = steps_per_epoch``."""
+        self._require_setup("train_dataloader()")
+        sampler = NodeBatchSampler(self.partition, self.batch_size, seed=self.seed, num_batches=self.steps_per_epoch)
+        return DataLoader(
+            self.train_dataset,
+            batch_sampler=sampler,
+            collate_fn=NodeBatchCollate(self.num_nodes),
+            **self._loader_kwargs(),
+        )
+
+    def _eval_loader(self) -> DataLoader:
+        self._require_setup("val_dataloader()")
+        return DataLoader(self.test_dataset, batch_size=self.eval_batch_size, shuffle=False, **self._loader_kwargs())
+
+    def val_dataloader(self) -> DataLoader:
+        """Batches ``(x: (B_eval, ...), y: (B_eval,) int64)`` of the shared test set, in a fixed order."""
+        return self._eval_loader()
+
+    def test_dataloader(self) -> DataLoader:
+        """Same as :meth:`val_dataloader` (one shared test set for all nodes)."""
+        return self._eval_loader()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_nodes={self.num_nodes}, alpha={self.alpha!r}, "
+            f"batch_size={self.batch_size}, seed={self.seed})"
+        )
