@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 
 import torch
@@ -23,21 +24,28 @@ MODELS = {
 }
 
 
-def time_step(stack: ReplicaStack, x: torch.Tensor, y: torch.Tensor, execution: str, repeats: int) -> float:
-    def step() -> None:
+def time_paths(stack: ReplicaStack, x: torch.Tensor, y: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median seconds per training step (forward + backward) of each path, measured alternately so that drift in
+    the machine's speed affects both paths alike."""
+
+    def step(execution: str) -> float:
+        start = time.perf_counter()
         stack.flat.grad = None
         out = stack(x, execution=execution)
         loss = torch.nn.functional.cross_entropy(out.flatten(0, 1), y.flatten())
         loss.backward()
         if x.is_cuda:
             torch.cuda.synchronize()
+        return time.perf_counter() - start
 
-    for _ in range(3):
-        step()
-    start = time.perf_counter()
+    for execution in ("vmap", "loop"):  # warm-up
+        step(execution)
+        step(execution)
+    samples: dict[str, list[float]] = {"vmap": [], "loop": []}
     for _ in range(repeats):
-        step()
-    return (time.perf_counter() - start) / repeats
+        for execution in ("vmap", "loop"):
+            samples[execution].append(step(execution))
+    return {execution: statistics.median(times) for execution, times in samples.items()}
 
 
 def main() -> None:
@@ -62,8 +70,8 @@ def main() -> None:
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(args.nodes, args.batch, *shape, generator=gen).to(device)
         y = torch.randint(0, 10, (args.nodes, args.batch), generator=gen).to(device)
-        t_vmap = time_step(stack, x, y, "vmap", args.repeats)
-        t_loop = time_step(stack, x, y, "loop", args.repeats)
+        times = time_paths(stack, x, y, args.repeats)
+        t_vmap, t_loop = times["vmap"], times["loop"]
         rows.append(
             {
                 "model": name,
