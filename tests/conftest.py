@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,9 +29,26 @@ def _extract(archive: Path, destination: Path) -> None:
             handle.extractall(destination)
 
 
+def _ram_tmp_dir(min_free_bytes: int = 1 << 30) -> Path | None:
+    """A fresh directory in ``/dev/shm`` (tmpfs) when available, else ``None``.
+
+    Creating and deleting the archive's 60,000 small files on a disk-backed /tmp took 4 s to 45 s on the 2-core
+    test machine depending on other I/O, against under 2 s in tmpfs.
+    """
+    shm = Path("/dev/shm")
+    try:
+        if not (shm.is_dir() and os.access(shm, os.W_OK)) or shutil.disk_usage(shm).free < min_free_bytes:
+            return None
+        return Path(tempfile.mkdtemp(prefix="lightning-mosaic-cifar10-", dir=shm))
+    except OSError:
+        return None
+
+
 @pytest.fixture(scope="session")
 def cifar10_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Directory holding the real CIFAR-10 JPEG tree (``cifar10/{train,test}/<class>/*.jpg``), extracted once.
+
+    Extracted into tmpfs (``/dev/shm``) when possible, else into pytest's tmp dir; removed at the end.
 
     The archive is ``$MOSAIC_CIFAR10_ARCHIVE`` or ``<repo>/../shared/data/cifar10-jpg.tar.gz``. A missing archive
     fails the test, unless ``MOSAIC_ALLOW_MISSING_DATA=1``, which skips it.
@@ -44,7 +62,9 @@ def cifar10_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         if os.environ.get("MOSAIC_ALLOW_MISSING_DATA") == "1":
             pytest.skip(message)
         pytest.fail(message, pytrace=False)
-    destination = tmp_path_factory.mktemp("cifar10-archive")
-    _extract(archive, destination)
-    yield destination
-    shutil.rmtree(destination, ignore_errors=True)  # 60,000 files: do not leave them to pytest's tmp rotation
+    destination = _ram_tmp_dir() or tmp_path_factory.mktemp("cifar10-archive")
+    try:
+        _extract(archive, destination)
+        yield destination
+    finally:
+        shutil.rmtree(destination, ignore_errors=True)  # 60,000 files: do not leave them to pytest's tmp rotation

@@ -309,8 +309,9 @@ class CIFAR10DataModule(NodeDataModule):
 
     Class folders must be CIFAR-10 class names (``airplane automobile bird cat deer dog frog horse ship
     truck``); labels follow that canonical order. JPEG/PNG/WebP files are decoded once, at :meth:`setup`, into
-    a uint8 tensor ``(N, 3, 32, 32)`` kept in memory (about 184 MB for the full set). Decoding the 60,000
-    JPEGs of the archive took about 8 s on 2 CPU cores (torchvision 0.29), so there is no on-disk cache.
+    a uint8 tensor ``(N, 3, 32, 32)`` kept in memory (about 184 MB for the full set). Reading and decoding the
+    60,000 JPEGs of the archive takes 5-7 s on 2 shared CPU cores with ``torchvision.io`` 0.29 (about 15 s
+    with the Pillow fallback), so there is no on-disk cache.
 
     Inputs are normalized on the fly with mean = std = 0.5 per channel (the GN-LeNet reference,
     decentralizepy), so values lie in ``[-1, 1]``. ``augment=True`` adds a random crop (32, zero padding 4)
