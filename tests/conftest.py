@@ -51,8 +51,15 @@ def cifar10_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     Extracted into tmpfs (``/dev/shm``) when possible, else into pytest's tmp dir; removed at the end.
 
     The archive is ``$MOSAIC_CIFAR10_ARCHIVE`` or ``<repo>/../shared/data/cifar10-jpg.tar.gz``. A missing archive
-    fails the test, unless ``MOSAIC_ALLOW_MISSING_DATA=1``, which skips it.
+    fails the test, unless ``MOSAIC_ALLOW_MISSING_DATA=1``, which skips it. If ``$MOSAIC_CIFAR10_DIR`` names an
+    already extracted archive (``.ci/run`` sets it), that tree is used as it is and left in place.
     """
+    extracted = os.environ.get("MOSAIC_CIFAR10_DIR")
+    if extracted:
+        if not (Path(extracted) / "cifar10" / "train").is_dir():
+            pytest.fail(f"MOSAIC_CIFAR10_DIR={extracted} holds no cifar10/train folder", pytrace=False)
+        yield Path(extracted)
+        return
     archive = Path(os.environ.get("MOSAIC_CIFAR10_ARCHIVE") or DEFAULT_CIFAR10_ARCHIVE)
     if not archive.is_file():
         message = (
