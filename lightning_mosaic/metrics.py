@@ -6,6 +6,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lightning_mosaic._validation import check_int
+
 
 class NodeMean(Metric):
     """Per-node running mean of a per-sample quantity (correctness for accuracy, loss for mean loss).
@@ -27,8 +29,7 @@ class NodeMean(Metric):
 
     def __init__(self, num_nodes: int, **kwargs) -> None:
         super().__init__(**kwargs)
-        if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
-            raise ValueError(f"num_nodes must be an integer >= 1, got {num_nodes!r}")
+        check_int("num_nodes", num_nodes, 1)
         self.num_nodes = num_nodes
         self.add_state("total", default=torch.zeros(num_nodes, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
@@ -43,9 +44,7 @@ class NodeMean(Metric):
             ValueError: If ``values`` is not shaped ``(n, B)``.
         """
         if values.dim() != 2 or values.shape[0] != self.num_nodes:
-            raise ValueError(
-                f"values must be shaped (n, B) with n = {self.num_nodes}, got {tuple(values.shape)}"
-            )
+            raise ValueError(f"values must be shaped (n, B) with n = {self.num_nodes}, got {tuple(values.shape)}")
         self.total += values.detach().to(torch.float64).sum(dim=1)
         self.count += values.shape[1]
 

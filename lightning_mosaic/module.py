@@ -12,6 +12,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from lightning_mosaic._validation import check_int
 from lightning_mosaic.gossip.metrics import consensus_distance
 from lightning_mosaic.metrics import NodeMean
 from lightning_mosaic.replicas import EXECUTIONS, ReplicaStack, default_execution
@@ -69,14 +70,11 @@ class MosaicModule(LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 2:
-            raise ValueError(f"num_nodes must be an integer >= 2, got {num_nodes!r}")
+        check_int("num_nodes", num_nodes, 2)
         if execution not in EXECUTIONS:
             raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
         if lr_scheduler_interval not in ("step", "epoch"):
-            raise ValueError(
-                f"lr_scheduler_interval must be 'step' or 'epoch', got {lr_scheduler_interval!r}"
-            )
+            raise ValueError(f"lr_scheduler_interval must be 'step' or 'epoch', got {lr_scheduler_interval!r}")
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
         self.num_nodes = num_nodes
         self.execution = execution
@@ -123,11 +121,7 @@ class MosaicModule(LightningModule):
 
     def resolved_execution(self) -> str:
         """The execution path in use on the module's current device."""
-        return (
-            default_execution(self.device, self.replicas.template)
-            if self.execution == "auto"
-            else self.execution
-        )
+        return default_execution(self.device, self.replicas.template) if self.execution == "auto" else self.execution
 
     def forward(self, x: Tensor, shared_input: bool = False) -> Tensor:
         """All nodes' outputs: ``x`` ``(n, B, ...)`` -> ``(n, B, C)``; with ``shared_input``, ``(B, ...)`` -> same."""
@@ -234,6 +228,4 @@ class MosaicModule(LightningModule):
         elif gradient_clip_algorithm == "value":
             grad.clamp_(-gradient_clip_val, gradient_clip_val)
         else:
-            raise ValueError(
-                f"gradient_clip_algorithm must be 'norm' or 'value', got {gradient_clip_algorithm!r}"
-            )
+            raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {gradient_clip_algorithm!r}")

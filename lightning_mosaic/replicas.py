@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from lightning_mosaic._validation import check_int
 from lightning_mosaic.gossip.protocol import derive_seed
 
 Execution = Literal["auto", "vmap", "loop"]
@@ -83,8 +84,7 @@ class ReplicaStack(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
-            raise ValueError(f"num_nodes must be an integer >= 1, got {num_nodes!r}")
+        check_int("num_nodes", num_nodes, 1)
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if not isinstance(model, nn.Module) and not callable(model):
@@ -113,9 +113,7 @@ class ReplicaStack(nn.Module):
 
         self.buffer_names = [name for name, _ in template.named_buffers()]
         for name, b in template.named_buffers():
-            self.register_buffer(
-                self._buffer_key(name), b.detach().unsqueeze(0).repeat_interleave(num_nodes, 0)
-            )
+            self.register_buffer(self._buffer_key(name), b.detach().unsqueeze(0).repeat_interleave(num_nodes, 0))
         frozen = {name: p.detach() for name, p in template.named_parameters() if not p.requires_grad}
         for name, p in frozen.items():  # frozen parameters are shared by all nodes and never trained
             self.register_buffer(self._buffer_key(name), p.clone())

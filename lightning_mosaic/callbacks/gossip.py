@@ -7,15 +7,11 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from lightning_mosaic._validation import check_int as _check_int
 from lightning_mosaic.gossip.fragmentation import FRAGMENTATIONS
 from lightning_mosaic.gossip.metrics import bytes_sent_per_node, consensus_distance, values_sent_per_node
 from lightning_mosaic.gossip.protocol import FragmentGossip
 from lightning_mosaic.gossip.topology import TOPOLOGIES
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 class MosaicGossip(Callback):
@@ -60,8 +56,7 @@ class MosaicGossip(Callback):
         _check_int("fragments", fragments, 1)
         _check_int("peers", peers, 1)
         _check_int("every_n_steps", every_n_steps, 1)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        _check_int("seed", seed, 0)
         if topology not in TOPOLOGIES:
             raise ValueError(f"topology must be one of {TOPOLOGIES}, got {topology!r}")
         if fragmentation not in FRAGMENTATIONS:

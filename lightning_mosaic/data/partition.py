@@ -10,23 +10,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from numbers import Integral, Real
-from typing import Any
+from numbers import Real
 
 import numpy as np
+
+from lightning_mosaic._validation import check_int as _check_int
 
 __all__ = ["dirichlet_partition"]
 
 _IID_STRINGS = ("iid",)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    """Return ``value`` as an ``int`` or raise ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _resolve_alpha(alpha: float | str) -> float:

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from numbers import Integral
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler, default_collate
 
+from lightning_mosaic._validation import check_int as _check_int
+
 __all__ = ["NodeBatchSampler", "NodeBatchCollate"]
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _pass_seed(seed: int, node: int, pass_index: int) -> int:

@@ -99,9 +99,7 @@ def make_fragmentation(
     if isinstance(num_fragments, bool) or not isinstance(num_fragments, int) or num_fragments < 1:
         raise ValueError(f"fragments (K) must be an integer >= 1, got {num_fragments!r}")
     if num_fragments > d:
-        raise ValueError(
-            f"fragments (K) must be at most the number of parameters d = {d}, got {num_fragments}"
-        )
+        raise ValueError(f"fragments (K) must be at most the number of parameters d = {d}, got {num_fragments}")
     if kind == "layer" and num_fragments > len(sizes):
         raise ValueError(
             f"fragments (K) must be at most the number of parameter tensors ({len(sizes)}) with "

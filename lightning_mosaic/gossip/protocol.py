@@ -84,9 +84,7 @@ class FragmentGossip:
 
     def next_matrices(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """Draw the next round's ``(K, n, n)`` mixing matrices in ``dtype`` and advance the round counter."""
-        adjacency = sample_adjacency(
-            self.topology, self.num_nodes, self.peers, self.num_fragments, self.generator
-        )
+        adjacency = sample_adjacency(self.topology, self.num_nodes, self.peers, self.num_fragments, self.generator)
         self.rounds += 1
         return mixing_matrices_from_adjacency(adjacency.to(dtype))
 

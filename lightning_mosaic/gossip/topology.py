@@ -15,6 +15,8 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from lightning_mosaic._validation import check_int
+
 TopologyName = Literal["el-local", "el-oracle"]
 TOPOLOGIES: tuple[str, ...] = get_args(TopologyName)
 
@@ -31,13 +33,8 @@ def validate_topology(topology: str, num_nodes: int, peers: int) -> None:
     """
     if topology not in TOPOLOGIES:
         raise ValueError(f"topology must be one of {TOPOLOGIES}, got {topology!r}")
-    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 2:
-        raise ValueError(f"num_nodes (n) must be an integer >= 2, got {num_nodes!r}")
-    if isinstance(peers, bool) or not isinstance(peers, int) or not 1 <= peers <= num_nodes - 1:
-        raise ValueError(
-            f"peers (s) must be an integer in [1, n - 1] = [1, {num_nodes - 1}] for n = {num_nodes} nodes, "
-            f"got {peers!r}"
-        )
+    check_int("num_nodes (n)", num_nodes, 2)
+    check_int("peers (s)", peers, 1, num_nodes - 1, hint=f" (at most n - 1 for n = {num_nodes} nodes)")
     if topology == "el-oracle" and (num_nodes * peers) % 2:
         raise ValueError(
             f"topology='el-oracle' needs n * s even (an s-regular graph on n nodes exists only then), got "
@@ -99,9 +96,7 @@ def random_regular_graph(num_nodes: int, degree: int, generator: torch.Generator
             adjacency[index[:, 0], index[:, 1]] = 1.0
             adjacency[index[:, 1], index[:, 0]] = 1.0
             return adjacency
-    raise RuntimeError(
-        f"could not draw a {degree}-regular graph on {num_nodes} nodes in {MAX_GRAPH_TRIES} attempts"
-    )
+    raise RuntimeError(f"could not draw a {degree}-regular graph on {num_nodes} nodes in {MAX_GRAPH_TRIES} attempts")
 
 
 def _try_pairing(n: int, d: int, generator: torch.Generator) -> set[tuple[int, int]] | None:
@@ -215,6 +210,4 @@ def mixing_matrices(
     Raises:
         ValueError: See :func:`validate_topology`.
     """
-    return mixing_matrices_from_adjacency(
-        sample_adjacency(topology, num_nodes, peers, num_fragments, generator)
-    )
+    return mixing_matrices_from_adjacency(sample_adjacency(topology, num_nodes, peers, num_fragments, generator))
