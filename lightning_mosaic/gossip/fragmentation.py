@@ -13,6 +13,8 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from lightning_mosaic._validation import check_int
+
 FragmentationName = Literal["random", "contiguous", "layer"]
 FRAGMENTATIONS: tuple[str, ...] = get_args(FragmentationName)
 
@@ -96,8 +98,7 @@ def make_fragmentation(
     if kind not in FRAGMENTATIONS:
         raise ValueError(f"fragmentation must be one of {FRAGMENTATIONS}, got {kind!r}")
     d = sum(sizes)
-    if isinstance(num_fragments, bool) or not isinstance(num_fragments, int) or num_fragments < 1:
-        raise ValueError(f"fragments (K) must be an integer >= 1, got {num_fragments!r}")
+    check_int("fragments (K)", num_fragments, 1)
     if num_fragments > d:
         raise ValueError(f"fragments (K) must be at most the number of parameters d = {d}, got {num_fragments}")
     if kind == "layer" and num_fragments > len(sizes):
