@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -205,3 +207,39 @@ def test_module_errors(tmp_path):
         lbfgs.configure_optimizers()
     with pytest.raises(ValueError, match="num_nodes = 8"):  # datamodule made for another n
         trainer(tmp_path, 1).fit(MosaicModule(MLP, 8), digits(n=4))
+
+
+def test_lr_scheduler_steps_per_optimizer_step(tmp_path):
+    module = MosaicModule(
+        MLP,
+        4,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5),
+    )
+    t = trainer(tmp_path, 10, limit_val_batches=0)
+    t.fit(module, digits(n=4))
+    assert t.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**2)
+
+
+def test_scheduler_from_yaml(tmp_path):
+    from lightning_mosaic.cli import MosaicCLI
+    from lightning_mosaic.data.base import NodeDataModule
+
+    cli = MosaicCLI(
+        MosaicModule,
+        NodeDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        run=False,
+        args=[
+            "--config",
+            str(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"),
+            "--model.init_args.lr_scheduler",
+            "torch.optim.lr_scheduler.CosineAnnealingLR",
+            "--model.init_args.lr_scheduler.init_args.T_max",
+            "300",
+        ],
+    )
+    config = cli.model.configure_optimizers()
+    assert isinstance(config["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.CosineAnnealingLR)
+    assert config["lr_scheduler"]["interval"] == "step"
