@@ -57,9 +57,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the table to this JSON file")
     args = parser.parse_args()
     device = torch.device(args.device)
-    machine = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
-    )
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     if device.type == "cuda":
         machine += f", {torch.cuda.get_device_name(device)}"
     print(f"machine: {machine}; threads: {torch.get_num_threads()}; n = {args.nodes}, B = {args.batch}")
@@ -83,9 +81,7 @@ def main() -> None:
         print(f"{name:10s} {1e3 * t_vmap:10.2f} {1e3 * t_loop:10.2f} {t_loop / t_vmap:10.2f}")
     if args.json:
         with open(args.json + ".tmp", "w") as f:
-            json.dump(
-                {"machine": machine, "nodes": args.nodes, "batch": args.batch, "rows": rows}, f, indent=2
-            )
+            json.dump({"machine": machine, "nodes": args.nodes, "batch": args.batch, "rows": rows}, f, indent=2)
         os.replace(args.json + ".tmp", args.json)
 
 

@@ -7,6 +7,8 @@ written as ``summary.json`` next to the logs.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from typing import Any
 
@@ -15,7 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning_mosaic.callbacks.gossip import MosaicGossip
 from lightning_mosaic.data.base import NodeDataModule
 from lightning_mosaic.module import MosaicModule
-from lightning_mosaic.summary import format_summary, run_summary, write_summary
+from lightning_mosaic.summary import RoundTimer, format_summary, run_summary, write_summary
 
 
 class MosaicCLI(LightningCLI):
@@ -26,29 +28,73 @@ class MosaicCLI(LightningCLI):
         parser.link_arguments("data.init_args.num_nodes", "model.init_args.num_nodes")
 
     def before_fit(self) -> None:
+        """Check the whole configuration before anything runs or is written (no empty run folders on bad input)."""
+        trainer, model, data = self.trainer, self.model, self.datamodule
+        if getattr(data, "num_nodes", model.num_nodes) != model.num_nodes:
+            raise ValueError(
+                f"data.num_nodes={data.num_nodes} but model.num_nodes={model.num_nodes}; the node count is "
+                "data.init_args.num_nodes (the model's is linked to it)"
+            )
+        for callback in trainer.callbacks:
+            if isinstance(callback, MosaicGossip):
+                callback.attach(model)
+        if trainer.world_size == 1:  # load and partition now, so that data errors come before the run folder
+            data.prepare_data()
+            data.setup("fit")
+        self._timer = RoundTimer()
+        trainer.callbacks.append(self._timer)
         self._fit_start = time.perf_counter()
 
     def after_fit(self) -> None:
         seconds = time.perf_counter() - self._fit_start
         trainer, model = self.trainer, self.model
-        results = trainer.validate(model, datamodule=self.datamodule, verbose=False)
-        summary = run_summary(trainer, model, results[0], seconds)
+        metrics = trainer.callback_metrics
+        if model.last_validated_step != trainer.global_step or "val/node_acc_mean" not in metrics:
+            metrics = trainer.validate(model, datamodule=self.datamodule, verbose=False)[0]
+        summary = run_summary(trainer, model, metrics, seconds, self._timer.seconds)
         directory = trainer.log_dir or trainer.default_root_dir
         if trainer.is_global_zero:
             path = write_summary(summary, directory)
             print(f"\nMosaic Learning summary ({path}):\n{format_summary(summary)}", flush=True)
 
 
+def _concise(error: BaseException) -> str:
+    """The library's own message out of jsonargparse's report on a class that failed to instantiate.
+
+    jsonargparse lists one error per member of the ``Union[<class>, None]`` it tried; only the class's matters.
+    """
+    text = str(error)
+    if "Errors:" not in text:
+        return text
+    reasons = [
+        line.strip()[2:]
+        for line in text.split("Errors:", 1)[1].splitlines()
+        if line.strip().startswith("- ") and "NoneType" not in line
+    ]
+    return "; ".join(reasons) or text
+
+
 def main(args: Any = None) -> None:
-    """Entry point of the ``mosaic`` console script."""
-    MosaicCLI(
-        MosaicModule,
-        NodeDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    """Entry point of the ``mosaic`` console script.
+
+    A configuration error raised by the library (``ValueError``, ``TypeError``, ``FileNotFoundError``) is printed
+    as one line, ``mosaic: error: ...``, with exit status 2; set ``MOSAIC_TRACEBACK=1`` for the full traceback.
+    """
+    try:
+        MosaicCLI(
+            MosaicModule,
+            NodeDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        if os.environ.get("MOSAIC_TRACEBACK") == "1":
+            raise
+        print(f"mosaic: error: {_concise(error)}", file=sys.stderr)
+        print("(set MOSAIC_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

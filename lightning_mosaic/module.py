@@ -82,6 +82,8 @@ class MosaicModule(LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.lr_scheduler_interval = lr_scheduler_interval
         self.replicas = ReplicaStack(model, num_nodes, init=init, seed=seed)
+        self.last_validated_step = -1
+        """``trainer.global_step`` of the last completed validation (-1: none yet)."""
         self.eval_metrics = nn.ModuleDict(
             {
                 stage: nn.ModuleDict(
@@ -116,6 +118,15 @@ class MosaicModule(LightningModule):
         if not 0 <= node < self.num_nodes:
             raise IndexError(f"node must be in [0, {self.num_nodes}), got {node}")
         return {name: t.detach().clone() for name, t in self.replicas.node_state(node).items()}
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_nodes = getattr(datamodule, "num_nodes", None)
+        if data_nodes is not None and data_nodes != self.num_nodes:
+            raise ValueError(
+                f"the datamodule {type(datamodule).__name__} splits the data over num_nodes={data_nodes} nodes but "
+                f"the MosaicModule has num_nodes={self.num_nodes}; use the same n for both"
+            )
 
     # -- computation ----------------------------------------------------------------------------------------------
 
@@ -175,6 +186,8 @@ class MosaicModule(LightningModule):
             "gossip/consensus_distance": consensus_distance(self.replicas.flat),
         }
         self.log_dict({k: v.to(torch.float32) for k, v in values.items()}, prog_bar=False)
+        if stage == "val":
+            self.last_validated_step = self.global_step
         for metric in metrics.values():
             metric.reset()
 

@@ -31,10 +31,11 @@ INIT_STREAM = 2
 def default_execution(device: torch.device, model: nn.Module) -> str:
     """The execution path ``execution="auto"`` picks for ``model`` on ``device``.
 
-    From ``benchmarks/execution_paths.py`` (numbers in ``docs/execution.md``): on CPU, vmap is 3.9x faster than the
-    loop for the digits MLP, but 1.3x slower for GN-LeNet, whose batched convolutions become grouped convolutions; so
-    on CPU a model with convolutions runs as a loop, anything else vectorized. On other devices (CUDA): vmap, one
-    kernel launch sequence for all nodes instead of n.
+    From ``benchmarks/execution_paths.py`` (table in ``docs/execution.md``; n = 16, 2 CPU cores): on CPU, vmap is
+    3.0-3.4x faster than the loop for the digits MLP, but up to 2x slower for GN-LeNet (loop / vmap time 0.51 at
+    B = 32, 0.92 at B = 8), whose batched convolutions become grouped convolutions; so on CPU a model with
+    convolutions runs as a loop, anything else vectorized. On other devices (CUDA): vmap, one kernel sequence for all
+    nodes instead of n (not yet measured here).
     """
     if device.type == "cpu" and any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
         return "loop"

@@ -4,15 +4,45 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lightning_mosaic.callbacks.gossip import MosaicGossip
 from lightning_mosaic.module import MosaicModule
 
 SUMMARY_FILE = "summary.json"
+
+
+class RoundTimer(Callback):
+    """Wall-clock seconds spent in training batches, from ``on_train_batch_start`` to ``on_train_batch_end``.
+
+    Add it after :class:`~lightning_mosaic.callbacks.MosaicGossip` so that the time covers forward, backward,
+    optimizer step and the gossip round; data loading, evaluation and checkpointing are excluded.
+
+    Attributes:
+        seconds: Total seconds measured.
+        batches: Number of training batches measured.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.batches = 0
+        self._start: float | None = None
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+            self.batches += 1
+            self._start = None
+
 
 _ROWS = [
     ("nodes", "nodes (n)", "{}"),
@@ -25,11 +55,14 @@ _ROWS = [
     ("avg_model_acc", "averaged-model accuracy", "{:.4f}"),
     ("consensus_distance", "consensus distance", "{:.4g}"),
     ("values_sent_per_node_per_round", "values sent per node per round", "{:,}"),
-    ("seconds_per_round", "seconds per round", "{:.4f}"),
+    ("train_seconds_per_round", "seconds per round (train + gossip)", "{:.4f}"),
+    ("fit_seconds", "seconds for fit (all included)", "{:.1f}"),
 ]
 
 
-def run_summary(trainer: Trainer, module: MosaicModule, metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
+def run_summary(
+    trainer: Trainer, module: MosaicModule, metrics: dict[str, Any], seconds: float, train_seconds: float | None = None
+) -> dict[str, Any]:
     """Collect the summary of a finished run.
 
     Args:
@@ -37,7 +70,8 @@ def run_summary(trainer: Trainer, module: MosaicModule, metrics: dict[str, Any],
         module: The trained module.
         metrics: Validation metrics of the final parameters (``val/node_acc_mean``, ``val/node_acc_std``,
             ``val/avg_model_acc``, ``gossip/consensus_distance``), e.g. from ``trainer.validate``.
-        seconds: Wall-clock duration of ``fit`` in seconds.
+        seconds: Wall-clock duration of ``fit`` in seconds (data loading, evaluation and checkpoints included).
+        train_seconds: Seconds spent in training batches (local steps and gossip, see :class:`RoundTimer`).
 
     Returns:
         A JSON-serializable dict with the rows of :data:`_ROWS` (gossip fields are ``None`` without
@@ -63,7 +97,8 @@ def run_summary(trainer: Trainer, module: MosaicModule, metrics: dict[str, Any],
         "bytes_sent_per_node_per_round": gossip.communication()["bytes_sent_per_node"] if gossip else 0,
         "parameters_per_node": module.replicas.num_coordinates,
         "fit_seconds": seconds,
-        "seconds_per_round": seconds / max(rounds, 1),
+        "train_seconds": train_seconds,
+        "train_seconds_per_round": None if train_seconds is None else train_seconds / max(rounds, 1),
     }
 
 

@@ -13,7 +13,11 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CIFAR10_ARCHIVE = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+# Where the shared real data lives: next to the checkout, or the workplace's shared folder (same list as .ci/run).
+CIFAR10_ARCHIVE_CANDIDATES = (
+    REPO_ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz",
+    Path("/work/shared/data/cifar10-jpg.tar.gz"),
+)
 
 
 def _extract(archive: Path, destination: Path) -> None:
@@ -50,9 +54,10 @@ def cifar10_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
     Extracted into tmpfs (``/dev/shm``) when possible, else into pytest's tmp dir; removed at the end.
 
-    The archive is ``$MOSAIC_CIFAR10_ARCHIVE`` or ``<repo>/../shared/data/cifar10-jpg.tar.gz``. A missing archive
-    fails the test, unless ``MOSAIC_ALLOW_MISSING_DATA=1``, which skips it. If ``$MOSAIC_CIFAR10_DIR`` names an
-    already extracted archive (``.ci/run`` sets it), that tree is used as it is and left in place.
+    The archive is ``$MOSAIC_CIFAR10_ARCHIVE``, else the first of :data:`CIFAR10_ARCHIVE_CANDIDATES` that exists.
+    A missing archive fails the test, unless ``MOSAIC_ALLOW_MISSING_DATA=1``, which skips it. If
+    ``$MOSAIC_CIFAR10_DIR`` names an already extracted archive (``.ci/run`` sets it), that tree is used as it is
+    and left in place.
     """
     extracted = os.environ.get("MOSAIC_CIFAR10_DIR")
     if extracted:
@@ -60,11 +65,15 @@ def cifar10_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             pytest.fail(f"MOSAIC_CIFAR10_DIR={extracted} holds no cifar10/train folder", pytrace=False)
         yield Path(extracted)
         return
-    archive = Path(os.environ.get("MOSAIC_CIFAR10_ARCHIVE") or DEFAULT_CIFAR10_ARCHIVE)
+    if os.environ.get("MOSAIC_CIFAR10_ARCHIVE"):
+        candidates: tuple[Path, ...] = (Path(os.environ["MOSAIC_CIFAR10_ARCHIVE"]),)
+    else:
+        candidates = CIFAR10_ARCHIVE_CANDIDATES
+    archive = next((c for c in candidates if c.is_file()), candidates[0])
     if not archive.is_file():
         message = (
-            f"CIFAR-10 archive not found at {archive}. Set MOSAIC_CIFAR10_ARCHIVE to the path of "
-            "cifar10-jpg.tar.gz, or MOSAIC_ALLOW_MISSING_DATA=1 to skip the tests that need it."
+            f"CIFAR-10 archive not found at {', '.join(map(str, candidates))}. Set MOSAIC_CIFAR10_ARCHIVE to "
+            "the path of cifar10-jpg.tar.gz, or MOSAIC_ALLOW_MISSING_DATA=1 to skip the tests that need it."
         )
         if os.environ.get("MOSAIC_ALLOW_MISSING_DATA") == "1":
             pytest.skip(message)

@@ -95,3 +95,29 @@ def test_quickstart_learns_and_writes_its_summary(tmp_path, capsys):
     assert summary["avg_model_acc"] >= 0.85
     assert summary["values_sent_per_node_per_round"] == 3 * summary["parameters_per_node"]
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--gossip.peers", "40"], "peers (s) must be an integer in [1, 15]"),
+        (["--gossip.fragments", "5000"], "fragments (K) must be at most the number of parameters d = 4810"),
+        (
+            ["--gossip.topology", "el-oracle", "--gossip.peers", "3", "--data.init_args.num_nodes", "15"],
+            "topology='el-oracle' needs n * s even",
+        ),
+        (["--data.init_args.min_samples", "200"], "min_samples=200 is impossible"),
+        (["--data.init_args.num_nodes", "1"], "num_nodes must be an integer >= 2, got 1"),
+        (["--data.init_args.alpha", "0"], "alpha must be a float > 0"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, override, message):
+    argv = ["fit", "--config", str(ROOT / "recipes" / "quickstart.yaml")]
+    argv += ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.default_root_dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + override)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"mosaic: error: {message}" in err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no run folder, no config, no checkpoint

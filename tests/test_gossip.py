@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -199,9 +201,7 @@ def test_el_oracle_preserves_the_node_average(kind):
     gossip = FragmentGossip(sizes, n, fragments=3, peers=s, topology="el-oracle", fragmentation=kind)
     for _ in range(20):
         matrices = gossip.round_(x)
-        torch.testing.assert_close(
-            matrices.sum(dim=1), torch.ones(3, n, dtype=torch.float64)
-        )  # doubly stochastic
+        torch.testing.assert_close(matrices.sum(dim=1), torch.ones(3, n, dtype=torch.float64))  # doubly stochastic
     torch.testing.assert_close(x.mean(dim=0), mean, rtol=0, atol=1e-12)
 
 
@@ -279,6 +279,11 @@ def test_mix_in_place_and_shape_errors():
         mix_(torch.randn(3, 7), w, f)
 
 
+def test_gossip_core_does_not_import_lightning():
+    code = "import sys, lightning_mosaic.gossip; assert 'lightning' not in sys.modules, 'lightning imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 # -- metrics and state --------------------------------------------------------------------------------------------
 
 
@@ -310,6 +315,4 @@ def test_protocol_state_dict_resumes_the_graph_stream():
     for w in expected:
         torch.testing.assert_close(b.next_matrices(), w)
     c = FragmentGossip([20], 6, fragments=4, peers=2, seed=6)
-    assert not torch.equal(
-        c.next_matrices(), FragmentGossip([20], 6, fragments=4, peers=2, seed=5).next_matrices()
-    )
+    assert not torch.equal(c.next_matrices(), FragmentGossip([20], 6, fragments=4, peers=2, seed=5).next_matrices())

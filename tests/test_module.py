@@ -205,7 +205,7 @@ def test_module_errors(tmp_path):
     lbfgs = MosaicModule(MLP, 4, optimizer=lambda p: torch.optim.LBFGS(p))
     with pytest.raises(ValueError, match="LBFGS"):
         lbfgs.configure_optimizers()
-    with pytest.raises(ValueError, match="num_nodes = 8"):  # datamodule made for another n
+    with pytest.raises(ValueError, match="num_nodes=4 nodes but the MosaicModule has num_nodes=8"):
         trainer(tmp_path, 1).fit(MosaicModule(MLP, 8), digits(n=4))
 
 

@@ -88,8 +88,19 @@ class MosaicGossip(Callback):
         return 0 if self.protocol is None else self.protocol.rounds
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.attach(pl_module)
+
+    def attach(self, pl_module: LightningModule) -> FragmentGossip:
+        """Build the gossip protocol for ``pl_module`` (idempotent; ``setup`` calls it).
+
+        Call it before ``Trainer.fit`` to check the configuration against the module without starting anything.
+
+        Raises:
+            TypeError: If ``pl_module`` is not a :class:`~lightning_mosaic.MosaicModule`.
+            ValueError: If ``peers``, ``topology`` or ``fragments`` do not fit the module's n and d.
+        """
         if self.protocol is not None:
-            return
+            return self.protocol
         from lightning_mosaic.module import MosaicModule
 
         if not isinstance(pl_module, MosaicModule):
@@ -108,6 +119,7 @@ class MosaicGossip(Callback):
         )
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
+        return self.protocol
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -428,7 +428,13 @@ class CIFAR10DataModule(NodeDataModule):
                 "Downloading is off (download=False): pass download=True to fetch the canonical files with "
                 "torchvision, or extract an ImageFolder tree (train/<class>/*, test/<class>/*) into data_dir."
             )
-        self._download()
+        created = not self.data_dir.exists()
+        try:
+            self._download()
+        except BaseException:
+            if created and self.data_dir.is_dir() and not any(self.data_dir.iterdir()):
+                self.data_dir.rmdir()  # leave no empty folder behind a failed download
+            raise
         found = self._find()
         if found is None:  # pragma: no cover - torchvision reported success but left no files
             raise FileNotFoundError(

@@ -18,7 +18,7 @@ from lightning_mosaic._validation import check_int as _check_int
 
 __all__ = ["dirichlet_partition"]
 
-_IID_STRINGS = ("iid",)
+_IID_STRINGS = ("iid", "inf", "infinity")
 
 
 def _resolve_alpha(alpha: float | str) -> float:
@@ -27,7 +27,7 @@ def _resolve_alpha(alpha: float | str) -> float:
     Raises:
         ValueError: ``alpha`` is not a positive number, ``inf`` or the string ``"iid"``.
     """
-    allowed = "a float > 0, float('inf') or the string 'iid'"
+    allowed = "a float > 0, or float('inf') / the strings 'iid' or 'inf' for an IID split"
     if isinstance(alpha, str):
         if alpha.strip().lower() in _IID_STRINGS:
             return math.inf
@@ -152,5 +152,5 @@ def dirichlet_partition(
         f"could not give every node at least min_samples={min_samples} samples with alpha={alpha!r} and "
         f"num_nodes={num_nodes} ({total} samples) in {max_retries + 1} draws (max_retries={max_retries}); "
         f"the smallest node of the last draw had {smallest}. Use a larger alpha, a smaller min_samples, "
-        f"fewer nodes or more max_retries"
+        f"or fewer nodes (or, calling dirichlet_partition directly, more max_retries)"
     )
