@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from numbers import Integral
+from numbers import Integral, Real
 from typing import Any
 
 
@@ -19,3 +19,14 @@ def check_int(name: str, value: Any, minimum: int, maximum: int | None = None, *
     if value < minimum or (maximum is not None and value > maximum):
         raise ValueError(f"{name} must be {allowed}{hint}, got {value!r}")
     return int(value)
+
+
+def check_probability(name: str, value: Any) -> float:
+    """Return ``value`` as a ``float`` if it is a number in [0, 1].
+
+    Raises:
+        ValueError: Naming ``name`` and the value received.
+    """
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    return float(value)

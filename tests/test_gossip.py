@@ -20,6 +20,7 @@ from lightning_mosaic.gossip import (
     mix_,
     mixing_matrices,
     mixing_matrices_from_adjacency,
+    nonfinite_nodes,
     random_regular_graph,
     sample_adjacency,
     values_sent_per_node,
@@ -316,3 +317,63 @@ def test_protocol_state_dict_resumes_the_graph_stream():
         torch.testing.assert_close(b.next_matrices(), w)
     c = FragmentGossip([20], 6, fragments=4, peers=2, seed=6)
     assert not torch.equal(c.next_matrices(), FragmentGossip([20], 6, fragments=4, peers=2, seed=5).next_matrices())
+
+
+# -- fault models ---------------------------------------------------------------------------------------------------
+
+
+def test_drop_prob_zero_keeps_the_stream_and_one_changes_nothing():
+    x = torch.randn(8, 30, generator=torch.Generator().manual_seed(0))
+    plain, zero = (
+        FragmentGossip([30], 8, fragments=3, peers=2, seed=4),
+        FragmentGossip([30], 8, fragments=3, peers=2, seed=4, drop_prob=0.0),
+    )
+    for _ in range(3):
+        torch.testing.assert_close(plain.next_matrices(), zero.next_matrices(), rtol=0, atol=0)
+    lossy = FragmentGossip([30], 8, fragments=3, peers=2, seed=4, drop_prob=1.0)
+    y = x.clone()
+    for _ in range(5):
+        lossy.round_(y)
+    torch.testing.assert_close(y, x, rtol=0, atol=0)
+
+
+@SETTINGS
+@given(p=st.floats(0.05, 0.95), seed=st.integers(0, 2**31))
+def test_dropped_messages_are_averaged_over_what_arrived(p, seed):
+    gossip = FragmentGossip([12], 6, fragments=2, peers=3, seed=seed, drop_prob=p)
+    x = torch.randn(6, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    matrices = gossip.round_(x.clone())
+    received = (matrices > 0).sum(dim=2) - 1  # copies each node averaged in, per fragment
+    torch.testing.assert_close(matrices.diagonal(dim1=1, dim2=2), 1.0 / (received + 1).double())
+    assert torch.all(received <= 5)
+
+
+def test_drop_rate_matches_drop_prob():
+    gossip = FragmentGossip([10], 20, fragments=10, peers=4, seed=0, drop_prob=0.3)
+    delivered = sum(int(((gossip.next_matrices() > 0).sum() - 20 * 10).item()) for _ in range(50))
+    sent = 50 * 10 * 20 * 4
+    assert abs(delivered / sent - 0.7) < 0.02
+
+
+def test_offline_nodes_neither_send_nor_receive_even_when_nan():
+    x = torch.randn(8, 40, generator=torch.Generator().manual_seed(1))
+    x[3] = float("nan")
+    x[5, 7] = float("inf")
+    offline = torch.zeros(8, dtype=torch.bool)
+    offline[[3, 5]] = True
+    before = x.clone()
+    gossip = FragmentGossip([40], 8, fragments=4, peers=7, seed=2)  # s = n - 1: everyone would talk to everyone
+    matrices = gossip.round_(x, offline)
+    assert torch.isfinite(x[~offline]).all()  # nothing non-finite reached an online node
+    torch.testing.assert_close(x[offline], before[offline], equal_nan=True)
+    assert torch.all(matrices[:, offline][:, :, offline].diagonal(dim1=1, dim2=2) == 1)
+    assert torch.all(matrices[:, ~offline][:, :, offline] == 0)
+    online = (~offline).nonzero().flatten()
+    torch.testing.assert_close(x[online], before[online].mean(0).expand(6, -1))  # complete graph on the online six
+
+
+def test_nonfinite_nodes():
+    x = torch.zeros(4, 3)
+    x[1, 2] = float("nan")
+    x[3, 0] = -float("inf")
+    assert nonfinite_nodes(x).tolist() == [False, True, False, True]

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
 from lightning_mosaic import MosaicGossip, MosaicModule
+from lightning_mosaic.callbacks import NonFiniteParametersError
 from lightning_mosaic.data import DigitsDataModule
 from lightning_mosaic.gossip import consensus_distance
 from lightning_mosaic.models import MLP
@@ -155,6 +156,8 @@ def test_node_state_dict_exports_one_node():
         ({"every_n_steps": 0}, "every_n_steps"),
         ({"seed": -1}, "seed"),
         ({"fragments": 2.5}, "fragments"),
+        ({"drop_prob": 1.5}, "drop_prob"),
+        ({"on_nonfinite": "ignore"}, "on_nonfinite"),
     ],
 )
 def test_gossip_argument_errors(kwargs, match):
@@ -243,3 +246,36 @@ def test_scheduler_from_yaml(tmp_path):
     config = cli.model.configure_optimizers()
     assert isinstance(config["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.CosineAnnealingLR)
     assert config["lr_scheduler"]["interval"] == "step"
+
+
+class PoisonNode(Callback):
+    """Writes NaN into one node's parameters after local training at a given step (before MosaicGossip runs)."""
+
+    def __init__(self, node: int, step: int) -> None:
+        self.node, self.step = node, step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.gossip_parameters[self.node, :10] = float("nan")
+
+
+def test_nonfinite_node_raises_before_anything_is_sent(tmp_path):
+    module = MosaicModule(MLP, 8)
+    gossip = MosaicGossip(fragments=4, peers=7)  # s = n - 1: any message would reach every node
+    with pytest.raises(NonFiniteParametersError, match=r"nodes \[2\] .* before gossip round 3 \(global step 3\)"):
+        trainer(tmp_path, 10, [PoisonNode(2, 3), gossip], limit_val_batches=0).fit(module, digits())
+    params = module.gossip_parameters.detach()
+    assert torch.isfinite(params[[0, 1, 3, 4, 5, 6, 7]]).all()
+    assert gossip.rounds == 2
+
+
+def test_nonfinite_node_can_be_isolated(tmp_path):
+    module = MosaicModule(MLP, 8)
+    gossip = MosaicGossip(fragments=4, peers=7, on_nonfinite="isolate")
+    with pytest.warns(UserWarning, match=r"nodes \[5\] have NaN or Inf parameters"):
+        trainer(tmp_path, 6, [PoisonNode(5, 2), gossip], limit_val_batches=0).fit(module, digits())
+    params = module.gossip_parameters.detach()
+    assert not torch.isfinite(params[5]).all()
+    assert torch.isfinite(params[[0, 1, 2, 3, 4, 6, 7]]).all()
+    assert gossip.rounds == 6

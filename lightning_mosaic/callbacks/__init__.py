@@ -1,5 +1,5 @@
 """Lightning callbacks: the gossip step of Mosaic Learning."""
 
-from lightning_mosaic.callbacks.gossip import MosaicGossip
+from lightning_mosaic.callbacks.gossip import MosaicGossip, NonFiniteParametersError
 
-__all__ = ["MosaicGossip"]
+__all__ = ["MosaicGossip", "NonFiniteParametersError"]

@@ -6,12 +6,20 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_mosaic._validation import check_int as _check_int
+from lightning_mosaic._validation import check_probability
 from lightning_mosaic.gossip.fragmentation import FRAGMENTATIONS
 from lightning_mosaic.gossip.metrics import bytes_sent_per_node, consensus_distance, values_sent_per_node
-from lightning_mosaic.gossip.protocol import FragmentGossip
+from lightning_mosaic.gossip.protocol import FragmentGossip, nonfinite_nodes
 from lightning_mosaic.gossip.topology import TOPOLOGIES
+
+NONFINITE_POLICIES = ("raise", "isolate")
+
+
+class NonFiniteParametersError(FloatingPointError):
+    """Some nodes hold NaN or Inf parameters before a gossip round; raised before anything is sent."""
 
 
 class MosaicGossip(Callback):
@@ -37,6 +45,11 @@ class MosaicGossip(Callback):
         fragmentation: ``"random"`` (default), ``"contiguous"`` or ``"layer"``.
         every_n_steps: Local steps per round (>= 1, default 1).
         seed: Seed of the fragmentation and of the graph stream.
+        drop_prob: Probability in [0, 1] that each fragment message is lost (fault model, default 0).
+        on_nonfinite: What to do when, after local training and before gossip, some nodes hold NaN or Inf
+            parameters: ``"raise"`` (default) a :class:`NonFiniteParametersError` naming the nodes and the round,
+            before anything is sent; ``"isolate"`` those nodes for the round (they neither send nor receive), log
+            ``gossip/isolated_nodes`` and warn. A non-finite value never reaches another node.
 
     Raises:
         ValueError: At construction for an argument out of range (naming it); at ``setup`` if ``peers``,
@@ -52,11 +65,16 @@ class MosaicGossip(Callback):
         fragmentation: str = "random",
         every_n_steps: int = 1,
         seed: int = 0,
+        drop_prob: float = 0.0,
+        on_nonfinite: str = "raise",
     ) -> None:
         _check_int("fragments", fragments, 1)
         _check_int("peers", peers, 1)
         _check_int("every_n_steps", every_n_steps, 1)
         _check_int("seed", seed, 0)
+        check_probability("drop_prob", drop_prob)
+        if on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
         if topology not in TOPOLOGIES:
             raise ValueError(f"topology must be one of {TOPOLOGIES}, got {topology!r}")
         if fragmentation not in FRAGMENTATIONS:
@@ -67,6 +85,8 @@ class MosaicGossip(Callback):
         self.fragmentation = fragmentation
         self.every_n_steps = every_n_steps
         self.seed = seed
+        self.drop_prob = float(drop_prob)
+        self.on_nonfinite = on_nonfinite
         self.protocol: FragmentGossip | None = None
         self._latest_step = 0
         self._pending_state: dict[str, Any] | None = None
@@ -80,6 +100,7 @@ class MosaicGossip(Callback):
             fragmentation=self.fragmentation,
             every_n_steps=self.every_n_steps,
             seed=self.seed,
+            drop_prob=self.drop_prob,
         )
 
     @property
@@ -116,6 +137,7 @@ class MosaicGossip(Callback):
             topology=self.topology,
             fragmentation=self.fragmentation,
             seed=self.seed,
+            drop_prob=self.drop_prob,
         )
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
@@ -131,19 +153,33 @@ class MosaicGossip(Callback):
         if step % self.every_n_steps:
             return
         assert self.protocol is not None
-        params = pl_module.gossip_parameters
+        params = pl_module.gossip_parameters.data
+        bad = nonfinite_nodes(params)
+        offline = None
+        if bool(bad.any()):
+            nodes = bad.nonzero().flatten().tolist()
+            message = (
+                f"nodes {nodes} have NaN or Inf parameters after local training, before gossip round "
+                f"{self.protocol.rounds + 1} (global step {step})"
+            )
+            if self.on_nonfinite == "raise":
+                raise NonFiniteParametersError(
+                    message + "; nothing was sent. Lower the learning rate, clip gradients, or pass "
+                    "on_nonfinite='isolate' to keep such nodes out of the gossip"
+                )
+            rank_zero_warn(message + "; they are isolated for this round (neither send nor receive)")
+            offline = bad
         with torch.no_grad():
-            self.protocol.round_(params.data)
+            self.protocol.round_(params, offline)
         d = self.protocol.num_coordinates
-        pl_module.log_dict(
-            {
-                "gossip/consensus_distance": consensus_distance(params.data).float(),
-                "gossip/values_sent_per_node": float(values_sent_per_node(d, self.peers)),
-                "gossip/round": float(self.protocol.rounds),
-            },
-            on_step=True,
-            on_epoch=False,
-        )
+        metrics = {
+            "gossip/consensus_distance": consensus_distance(params[~bad] if offline is not None else params).float(),
+            "gossip/values_sent_per_node": float(values_sent_per_node(d, self.peers)),
+            "gossip/round": float(self.protocol.rounds),
+        }
+        if self.on_nonfinite == "isolate":
+            metrics["gossip/isolated_nodes"] = float(bad.sum())
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
 
     def communication(self) -> dict[str, int]:
         """Per-node, per-round communication: ``values_sent_per_node`` (s * d) and ``bytes_sent_per_node``."""

@@ -3,7 +3,7 @@
 from lightning_mosaic.gossip.fragmentation import FRAGMENTATIONS, Fragmentation, make_fragmentation
 from lightning_mosaic.gossip.metrics import bytes_sent_per_node, consensus_distance, values_sent_per_node
 from lightning_mosaic.gossip.mixing import mix, mix_
-from lightning_mosaic.gossip.protocol import FragmentGossip, derive_seed
+from lightning_mosaic.gossip.protocol import FragmentGossip, derive_seed, nonfinite_nodes
 from lightning_mosaic.gossip.topology import (
     TOPOLOGIES,
     el_local_adjacency,
@@ -30,6 +30,7 @@ __all__ = [
     "mix_",
     "mixing_matrices",
     "mixing_matrices_from_adjacency",
+    "nonfinite_nodes",
     "random_regular_graph",
     "sample_adjacency",
     "validate_topology",

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_mosaic._validation import check_probability
 from lightning_mosaic.gossip.fragmentation import Fragmentation, make_fragmentation
 from lightning_mosaic.gossip.mixing import mix_
 from lightning_mosaic.gossip.topology import (
@@ -25,6 +26,11 @@ def derive_seed(seed: int, stream: int) -> int:
     """An independent 63-bit seed for random stream ``stream`` of run seed ``seed`` (numpy ``SeedSequence``)."""
     state = np.random.SeedSequence(int(seed), spawn_key=(int(stream),)).generate_state(2, dtype=np.uint32)
     return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def nonfinite_nodes(params: Tensor) -> Tensor:
+    """``(n,)`` bool mask of the rows of an ``(n, d)`` parameter matrix holding a NaN or an infinity."""
+    return ~torch.isfinite(params).all(dim=1)
 
 
 FRAGMENTATION_STREAM = 0
@@ -46,6 +52,9 @@ class FragmentGossip:
         fragmentation: ``"random"``, ``"contiguous"`` or ``"layer"``.
         seed: Run seed. The fragmentation and the graph stream use independent seeds derived from it, so every node
             (and every process) that uses the same seed draws the same fragments and graphs.
+        drop_prob: Probability in [0, 1] that a fragment message is lost in transit, independently per message
+            (fault model; the sender still spends the bandwidth). Drops are drawn from the graph generator after
+            the round's graphs, and only when ``drop_prob > 0``, so ``drop_prob = 0`` leaves the stream unchanged.
 
     Raises:
         ValueError: For any argument outside the ranges above, naming it.
@@ -60,8 +69,10 @@ class FragmentGossip:
         topology: str = "el-local",
         fragmentation: str = "random",
         seed: int = 0,
+        drop_prob: float = 0.0,
     ) -> None:
         validate_topology(topology, num_nodes, peers)
+        self.drop_prob = check_probability("drop_prob", drop_prob)
         self.num_nodes = num_nodes
         self.peers = peers
         self.topology = topology
@@ -82,19 +93,46 @@ class FragmentGossip:
         """d."""
         return self.fragmentation.num_coordinates
 
-    def next_matrices(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        """Draw the next round's ``(K, n, n)`` mixing matrices in ``dtype`` and advance the round counter."""
+    def next_matrices(self, dtype: torch.dtype = torch.float32, offline: Tensor | None = None) -> Tensor:
+        """Draw the next round's ``(K, n, n)`` mixing matrices in ``dtype`` and advance the round counter.
+
+        Args:
+            dtype: dtype of the matrices.
+            offline: Optional ``(n,)`` bool mask of nodes that neither send nor receive this round (their rows of
+                every matrix are the identity and no other row gives them weight). The graphs are drawn as if all
+                nodes were online, so the random stream does not depend on the mask.
+        """
         adjacency = sample_adjacency(self.topology, self.num_nodes, self.peers, self.num_fragments, self.generator)
+        if self.drop_prob > 0:
+            delivered = torch.rand(adjacency.shape, generator=self.generator) >= self.drop_prob
+            adjacency = adjacency * delivered
+        if offline is not None:
+            online = (~offline.to(device="cpu", dtype=torch.bool)).to(adjacency.dtype)
+            adjacency = adjacency * online[None, :, None] * online[None, None, :]
         self.rounds += 1
         return mixing_matrices_from_adjacency(adjacency.to(dtype))
 
-    def round_(self, params: Tensor) -> Tensor:
+    def round_(self, params: Tensor, offline: Tensor | None = None) -> Tensor:
         """Run one gossip round in place on ``params`` of shape ``(n, d)``; returns the ``(K, n, n)`` matrices used
-        (in ``params.dtype``, so that EL-Oracle's matrices are doubly stochastic to that precision)."""
-        matrices = self.next_matrices(params.dtype).to(params.device)
+        (in ``params.dtype``, so that EL-Oracle's matrices are doubly stochastic to that precision).
+
+        Args:
+            params: ``(n, d)`` parameter matrix, mixed in place.
+            offline: Optional ``(n,)`` bool mask of nodes isolated this round (see :meth:`next_matrices`).
+        """
+        matrices = self.next_matrices(params.dtype, offline).to(params.device)
         if params.device != self.fragmentation.assignment.device:
             self.fragmentation = self.fragmentation.to(params.device)
+        if offline is None or not bool(offline.any()):
+            mix_(params, matrices, self.fragmentation)
+            return matrices
+        # Offline rows get zero weight elsewhere, but 0 * NaN is NaN in a matrix product: take them out of the
+        # product entirely (their own rows of W are the identity) and put them back unchanged.
+        offline = offline.to(device=params.device, dtype=torch.bool)
+        kept = params[offline].clone()
+        params[offline] = 0
         mix_(params, matrices, self.fragmentation)
+        params[offline] = kept
         return matrices
 
     def state_dict(self) -> dict[str, Any]:
