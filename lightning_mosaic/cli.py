@@ -50,7 +50,8 @@ class MosaicCLI(LightningCLI):
         trainer, model = self.trainer, self.model
         metrics = trainer.callback_metrics
         if model.last_validated_step != trainer.global_step or "val/node_acc_mean" not in metrics:
-            metrics = trainer.validate(model, datamodule=self.datamodule, verbose=False)[0]
+            results = trainer.validate(model, datamodule=self.datamodule, verbose=False)
+            metrics = {**trainer.callback_metrics, **(results[0] if results else {})}  # none: limit_val_batches=0
         summary = run_summary(trainer, model, metrics, seconds, self._timer.seconds)
         directory = trainer.log_dir or trainer.default_root_dir
         if trainer.is_global_zero:

@@ -60,7 +60,7 @@ class MosaicModule(LightningModule):
 
     def __init__(
         self,
-        model: nn.Module | Callable[[], nn.Module],
+        model: Callable[[], nn.Module] | nn.Module,
         num_nodes: int,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,

@@ -60,6 +60,10 @@ _ROWS = [
 ]
 
 
+def _metric(metrics: dict[str, Any], name: str) -> float | None:
+    return float(metrics[name]) if name in metrics else None
+
+
 def run_summary(
     trainer: Trainer, module: MosaicModule, metrics: dict[str, Any], seconds: float, train_seconds: float | None = None
 ) -> dict[str, Any]:
@@ -69,7 +73,8 @@ def run_summary(
         trainer: The trainer after ``fit``.
         module: The trained module.
         metrics: Validation metrics of the final parameters (``val/node_acc_mean``, ``val/node_acc_std``,
-            ``val/avg_model_acc``, ``gossip/consensus_distance``), e.g. from ``trainer.validate``.
+            ``val/avg_model_acc``, ``gossip/consensus_distance``), e.g. from ``trainer.validate``; missing ones
+            (no validation data) are ``None``.
         seconds: Wall-clock duration of ``fit`` in seconds (data loading, evaluation and checkpoints included).
         train_seconds: Seconds spent in training batches (local steps and gossip, see :class:`RoundTimer`).
 
@@ -88,11 +93,11 @@ def run_summary(
         "every_n_steps": gossip.every_n_steps if gossip else None,
         "rounds": rounds,
         "steps": trainer.global_step,
-        "node_acc_mean": float(metrics["val/node_acc_mean"]),
-        "node_acc_std": float(metrics["val/node_acc_std"]),
-        "avg_model_acc": float(metrics["val/avg_model_acc"]),
-        "val_loss": float(metrics["val/loss"]),
-        "consensus_distance": float(metrics["gossip/consensus_distance"]),
+        "node_acc_mean": _metric(metrics, "val/node_acc_mean"),
+        "node_acc_std": _metric(metrics, "val/node_acc_std"),
+        "avg_model_acc": _metric(metrics, "val/avg_model_acc"),
+        "val_loss": _metric(metrics, "val/loss"),
+        "consensus_distance": _metric(metrics, "gossip/consensus_distance"),
         "values_sent_per_node_per_round": gossip.communication()["values_sent_per_node"] if gossip else 0,
         "bytes_sent_per_node_per_round": gossip.communication()["bytes_sent_per_node"] if gossip else 0,
         "parameters_per_node": module.replicas.num_coordinates,

@@ -121,3 +121,15 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, override, me
     assert f"mosaic: error: {message}" in err
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # no run folder, no config, no checkpoint
+
+
+def test_yaml_model_is_initialized_from_the_module_seed_not_the_global_rng():
+    """The replicas built from YAML equal those built in Python with the same seed, whatever the global RNG did."""
+    import torch
+
+    from lightning_mosaic.models import MLP
+
+    torch.manual_seed(12345)  # a different global state must not matter
+    cli = instantiate(["--config", str(ROOT / "recipes" / "quickstart.yaml"), "--seed_everything", "7"])
+    python = MosaicModule(MLP, 16, seed=0)
+    assert torch.equal(cli.model.gossip_parameters, python.gossip_parameters)
