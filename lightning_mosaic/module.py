@@ -128,6 +128,20 @@ class MosaicModule(LightningModule):
                 f"the MosaicModule has num_nodes={self.num_nodes}; use the same n for both"
             )
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another shape: n nodes of d parameters each must match.
+
+        Raises:
+            ValueError: Naming the checkpoint's and this module's n and d.
+        """
+        saved = checkpoint.get("state_dict", {}).get("replicas.flat")
+        if saved is not None and tuple(saved.shape) != tuple(self.replicas.flat.shape):
+            (n, d), (sn, sd) = self.replicas.flat.shape, saved.shape
+            raise ValueError(
+                f"the checkpoint holds n={sn} nodes of d={sd} parameters, this MosaicModule has n={n} nodes of "
+                f"d={d} parameters; resume with the same num_nodes and model"
+            )
+
     # -- computation ----------------------------------------------------------------------------------------------
 
     def resolved_execution(self) -> str:

@@ -279,3 +279,20 @@ def test_nonfinite_node_can_be_isolated(tmp_path):
     assert not torch.isfinite(params[5]).all()
     assert torch.isfinite(params[[0, 1, 2, 3, 4, 6, 7]]).all()
     assert gossip.rounds == 6
+
+
+def test_checkpoint_of_another_configuration_is_refused(tmp_path):
+    def fit(n, gossip, max_steps, ckpt_path=None):
+        callbacks = [gossip, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)]
+        t = trainer(tmp_path, max_steps, callbacks, limit_val_batches=0, enable_checkpointing=True)
+        t.fit(MosaicModule(MLP, n), digits(n=n, steps_per_epoch=4), ckpt_path=ckpt_path)
+
+    fit(8, MosaicGossip(fragments=4, peers=2, seed=1), 4)
+    last = tmp_path / "ckpt" / "last.ckpt"
+    with pytest.raises(ValueError, match="fragments=4 in the checkpoint, 8 here"):
+        fit(8, MosaicGossip(fragments=8, peers=2, seed=1), 8, ckpt_path=last)
+    with pytest.raises(ValueError, match=r"seed=1 in the checkpoint, 2 here"):
+        fit(8, MosaicGossip(fragments=4, peers=2, seed=2), 8, ckpt_path=last)
+    with pytest.raises(ValueError, match="n=8 nodes of d=4810 parameters, this MosaicModule has n=6 nodes"):
+        fit(6, MosaicGossip(fragments=4, peers=2, seed=1), 8, ckpt_path=last)
+    fit(8, MosaicGossip(fragments=4, peers=2, seed=1), 8, ckpt_path=last)  # the same configuration resumes

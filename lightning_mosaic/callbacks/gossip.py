@@ -190,12 +190,43 @@ class MosaicGossip(Callback):
             "bytes_sent_per_node": bytes_sent_per_node(d, self.peers),
         }
 
+    def _config(self) -> dict[str, Any]:
+        return {
+            "fragments": self.fragments,
+            "peers": self.peers,
+            "topology": self.topology,
+            "fragmentation": self.fragmentation,
+            "every_n_steps": self.every_n_steps,
+            "seed": self.seed,
+            "drop_prob": self.drop_prob,
+        }
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose gossip was configured differently (K, s, topology, fragmentation, seed, ...).
+
+        Raises:
+            ValueError: Naming every setting that differs, with the checkpoint's and this run's values.
+        """
+        states = checkpoint.get("callbacks", {})
+        if self.state_key in states:
+            return
+        for key, state in states.items():
+            if key.startswith(type(self).__qualname__) and isinstance(state, dict) and "config" in state:
+                saved, ours = state["config"], self._config()
+                diffs = [
+                    f"{k}={saved.get(k)!r} in the checkpoint, {v!r} here" for k, v in ours.items() if saved.get(k) != v
+                ]
+                raise ValueError(
+                    "the checkpoint was written by a run with other gossip settings, so it cannot continue this one: "
+                    + "; ".join(diffs)
+                )
+
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"latest_step": self._latest_step}
+        state: dict[str, Any] = {"latest_step": self._latest_step, "config": self._config()}
         if self.protocol is not None:
             state.update(self.protocol.state_dict())
         elif self._pending_state is not None:
-            return dict(self._pending_state)
+            return {**self._pending_state, "config": self._config()}
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
