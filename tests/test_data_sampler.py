@@ -197,3 +197,23 @@ def test_collate_rejects_indivisible_batch():
         NodeBatchCollate(3)([(torch.zeros(2), 0)] * 4)
     with pytest.raises(ValueError, match="num_nodes"):
         NodeBatchCollate(0)
+
+
+def test_node_data_loader_resumes_inside_an_epoch():
+    from lightning_mosaic.data.sampler import NodeDataLoader
+
+    data = torch.arange(40).float()
+    sampler = NodeBatchSampler([list(range(0, 20)), list(range(20, 40))], batch_size=2, seed=0, num_batches=5)
+    sampler.set_epoch(1)
+    reference = [batch.tolist() for batch in NodeDataLoader(data, batch_sampler=sampler)]
+    loader = NodeDataLoader(data, batch_sampler=sampler, position=lambda: 3)
+    assert loader.state_dict() == {"epoch": 1, "batches": 3}
+    loader.load_state_dict({"epoch": 1, "batches": 3})
+    assert [batch.tolist() for batch in loader] == reference[3:]
+    assert [batch.tolist() for batch in loader] == reference  # the offset applies to one iteration only
+    loader.load_state_dict({"epoch": 1, "batches": 5})  # a finished epoch continues with the next one
+    sampler_next = NodeBatchSampler([list(range(0, 20)), list(range(20, 40))], batch_size=2, seed=0, num_batches=5)
+    sampler_next.set_epoch(2)
+    assert [b.tolist() for b in loader] == [b.tolist() for b in NodeDataLoader(data, batch_sampler=sampler_next)]
+    with pytest.raises(TypeError, match="NodeBatchSampler"):
+        NodeDataLoader(data, batch_size=2)

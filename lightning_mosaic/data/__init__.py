@@ -7,11 +7,12 @@ from lightning_mosaic.data.base import NodeDataModule
 from lightning_mosaic.data.cifar10 import CIFAR10DataModule
 from lightning_mosaic.data.digits import DigitsDataModule
 from lightning_mosaic.data.partition import dirichlet_partition
-from lightning_mosaic.data.sampler import NodeBatchCollate, NodeBatchSampler
+from lightning_mosaic.data.sampler import NodeBatchCollate, NodeBatchSampler, NodeDataLoader
 
 __all__ = [
     "dirichlet_partition",
     "NodeBatchSampler",
+    "NodeDataLoader",
     "NodeBatchCollate",
     "NodeDataModule",
     "DigitsDataModule",

@@ -9,7 +9,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_mosaic.data.partition import _check_int, _resolve_alpha, dirichlet_partition
-from lightning_mosaic.data.sampler import NodeBatchCollate, NodeBatchSampler
+from lightning_mosaic.data.sampler import NodeBatchCollate, NodeBatchSampler, NodeDataLoader
 
 __all__ = ["NodeDataModule"]
 
@@ -189,12 +189,20 @@ class NodeDataModule(pl.LightningDataModule):
         """Per-node training batches ``(x: (n, B, ...), y: (n, B) int64)``, ``len = steps_per_epoch``."""
         self._require_setup("train_dataloader()")
         sampler = NodeBatchSampler(self.partition, self.batch_size, seed=self.seed, num_batches=self.steps_per_epoch)
-        return DataLoader(
+        return NodeDataLoader(
             self.train_dataset,
             batch_sampler=sampler,
             collate_fn=NodeBatchCollate(self.num_nodes),
+            position=self._trained_batches,
             **self._loader_kwargs(),
         )
+
+    def _trained_batches(self) -> int:
+        """Batches of the current epoch already trained on (Lightning's progress tracking), for exact resume."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def _eval_loader(self) -> DataLoader:
         self._require_setup("val_dataloader()")

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler, default_collate
+from torch.utils.data import DataLoader, Sampler, default_collate
 
 from lightning_mosaic._validation import check_int as _check_int
 
-__all__ = ["NodeBatchSampler", "NodeBatchCollate"]
+__all__ = ["NodeBatchSampler", "NodeBatchCollate", "NodeDataLoader"]
 
 
 def _pass_seed(seed: int, node: int, pass_index: int) -> int:
@@ -94,6 +94,7 @@ class NodeBatchSampler(Sampler[list[int]]):
         self.num_samples = int(sum(len(s) for s in shards))
         self.num_batches = num_batches
         self.epoch = 0
+        self.start_batch = 0
         # Lightning calls ``set_epoch`` on ``dataloader.batch_sampler.sampler``, not on the batch sampler.
         self.sampler = self
 
@@ -155,8 +156,9 @@ class NodeBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         num_batches = len(self)
         first = self.epoch * num_batches
+        start, self.start_batch = self.start_batch, 0  # a resume offset applies to one iteration only
         cache: dict[int, tuple[int, np.ndarray]] = {}
-        for step in range(first, first + num_batches):
+        for step in range(first + start, first + num_batches):
             batch: list[int] = []
             for node in range(self.num_nodes):
                 batch.extend(self._read(node, step * self.batch_size, self.batch_size, cache))
@@ -167,6 +169,43 @@ class NodeBatchSampler(Sampler[list[int]]):
             f"{type(self).__name__}(num_nodes={self.num_nodes}, batch_size={self.batch_size}, "
             f"seed={self.seed}, num_batches={len(self)}, epoch={self.epoch})"
         )
+
+
+class NodeDataLoader(DataLoader):
+    """A ``DataLoader`` over a :class:`NodeBatchSampler` that resumes mid-epoch exactly.
+
+    Lightning saves the ``state_dict`` of such a loader in the checkpoint and hands it back to
+    ``load_state_dict`` before iterating again; the sampler then starts at the first batch not yet trained on.
+
+    Args:
+        *args: As for ``DataLoader``; ``batch_sampler`` must be a :class:`NodeBatchSampler`.
+        position: Callable returning how many batches of the current epoch have been trained on (the datamodule
+            passes Lightning's ``fit_loop.epoch_loop.batch_progress.current.processed``); without it the state
+            records the epoch only.
+        **kwargs: As for ``DataLoader``.
+    """
+
+    def __init__(self, *args: Any, position: Callable[[], int] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.batch_sampler, NodeBatchSampler):
+            raise TypeError(f"batch_sampler must be a NodeBatchSampler, got {type(self.batch_sampler).__name__}")
+        self._position = position
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch": e, "batches": k}``: k batches of epoch e have been trained on."""
+        sampler = self.batch_sampler
+        assert isinstance(sampler, NodeBatchSampler)
+        return {"epoch": sampler.epoch, "batches": 0 if self._position is None else int(self._position())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Make the next iteration continue after batch ``state["batches"]`` of epoch ``state["epoch"]``."""
+        sampler = self.batch_sampler
+        assert isinstance(sampler, NodeBatchSampler)
+        epoch, batches = int(state["epoch"]), int(state["batches"])
+        if batches >= len(sampler):  # the epoch was complete: continue with the next one
+            epoch, batches = epoch + 1, 0
+        sampler.set_epoch(epoch)
+        sampler.start_batch = batches
 
 
 class NodeBatchCollate:
