@@ -120,7 +120,7 @@ class MosaicModule(LightningModule):
         return {name: t.detach().clone() for name, t in self.replicas.node_state(node).items()}
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(self.trainer, "datamodule", None)
         data_nodes = getattr(datamodule, "num_nodes", None)
         if data_nodes is not None and data_nodes != self.num_nodes:
             raise ValueError(
