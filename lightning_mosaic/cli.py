@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import zipfile
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -20,8 +21,40 @@ from lightning_mosaic.module import MosaicModule
 from lightning_mosaic.summary import RoundTimer, format_summary, run_summary, write_summary
 
 
+def check_checkpoint_file(path: str | os.PathLike) -> None:
+    """Refuse a checkpoint file that is missing, truncated or not a PyTorch zip archive, naming it.
+
+    Reads the archive's directory and checks every member's CRC (no unpickling), so it costs one read of the file.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If the file is not a complete zip archive (what ``torch.save`` writes).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ckpt_path {path} does not exist")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise ValueError(f"ckpt_path {path} is truncated or not a PyTorch checkpoint ({error})") from None
+    if bad is not None:
+        raise ValueError(f"ckpt_path {path} is corrupt: member {bad} fails its CRC check")
+
+
 class MosaicCLI(LightningCLI):
     """LightningCLI with a ``gossip`` group and the end-of-fit summary."""
+
+    def _parse_ckpt_path(self) -> None:
+        """Check a local ``--ckpt_path`` file (clear error for a missing or truncated file).
+
+        Unlike LightningCLI, the model's hyperparameters are *not* read back from the checkpoint into the config:
+        the config is the source of truth, and a checkpoint of another configuration is refused when it is loaded
+        (``MosaicModule.on_load_checkpoint``, ``MosaicGossip.on_load_checkpoint``), naming the mismatch.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and str(ckpt_path) not in ("last", "best", "hpc", "registry") and "://" not in str(ckpt_path):
+            check_checkpoint_file(ckpt_path)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(MosaicGossip, "gossip")

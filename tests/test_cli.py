@@ -133,3 +133,20 @@ def test_yaml_model_is_initialized_from_the_module_seed_not_the_global_rng():
     cli = instantiate(["--config", str(ROOT / "recipes" / "quickstart.yaml"), "--seed_everything", "7"])
     python = MosaicModule(MLP, 16, seed=0)
     assert torch.equal(cli.model.gossip_parameters, python.gossip_parameters)
+
+
+def test_resume_from_the_command_line_and_truncated_checkpoint(tmp_path, capsys):
+    base = ["fit", "--config", str(ROOT / "recipes" / "quickstart.yaml"), "--trainer.enable_progress_bar", "false"]
+    base += ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+    main(base + ["--trainer.max_steps", "60"])
+    (ckpt,) = (tmp_path / "runs").glob("quickstart/version_0/checkpoints/*.ckpt")
+    main(base + ["--trainer.max_steps", "80", "--ckpt_path", str(ckpt)])
+    (summary,) = (tmp_path / "runs").glob("quickstart/version_1/summary.json")
+    assert json.loads(summary.read_text())["rounds"] == 80  # the gossip round counter came back with the state
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(ckpt.read_bytes()[:50_000])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(base + ["--ckpt_path", str(truncated)])
+    assert exit_info.value.code == 2
+    assert f"mosaic: error: ckpt_path {truncated} is truncated or not a PyTorch checkpoint" in capsys.readouterr().err
