@@ -84,6 +84,9 @@ def run_summary(
     """
     gossip = next((c for c in trainer.callbacks if isinstance(c, MosaicGossip)), None)  # type: ignore[attr-defined]
     rounds = gossip.rounds if gossip is not None else 0
+    communication = (
+        gossip.communication() if gossip is not None else {"values_sent_per_node": 0, "bytes_sent_per_node": 0}
+    )
     return {
         "nodes": module.num_nodes,
         "fragments": gossip.fragments if gossip else None,
@@ -98,8 +101,8 @@ def run_summary(
         "avg_model_acc": _metric(metrics, "val/avg_model_acc"),
         "val_loss": _metric(metrics, "val/loss"),
         "consensus_distance": _metric(metrics, "gossip/consensus_distance"),
-        "values_sent_per_node_per_round": gossip.communication()["values_sent_per_node"] if gossip else 0,
-        "bytes_sent_per_node_per_round": gossip.communication()["bytes_sent_per_node"] if gossip else 0,
+        "values_sent_per_node_per_round": communication["values_sent_per_node"],
+        "bytes_sent_per_node_per_round": communication["bytes_sent_per_node"],
         "parameters_per_node": module.replicas.num_coordinates,
         "fit_seconds": seconds,
         "train_seconds": train_seconds,

@@ -206,7 +206,7 @@ def test_el_oracle_preserves_the_node_average(kind):
     torch.testing.assert_close(x.mean(dim=0), mean, rtol=0, atol=1e-12)
 
 
-def test_el_local_does_not_preserve_the_average_but_contracts():
+def test_el_local_rounds_contract_the_consensus_distance():
     n, d = 16, 200
     x = torch.randn(n, d, generator=torch.Generator().manual_seed(0))
     gossip = FragmentGossip([d], n, fragments=8, peers=3)

@@ -61,7 +61,6 @@ def test_training_without_gossip_keeps_nodes_independent(tmp_path):
         dm = digits(n=4)
         dm.setup("fit")
         if perturb:  # relabel node 3's shard
-            dm.train_labels  # noqa: B018  (loaded)
             tensors = dm.train_dataset.tensors
             idx = torch.as_tensor(dm.partition[3])
             tensors[1][idx] = (tensors[1][idx] + 1) % 10

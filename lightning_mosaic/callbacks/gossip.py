@@ -93,15 +93,7 @@ class MosaicGossip(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(
-            fragments=self.fragments,
-            peers=self.peers,
-            topology=self.topology,
-            fragmentation=self.fragmentation,
-            every_n_steps=self.every_n_steps,
-            seed=self.seed,
-            drop_prob=self.drop_prob,
-        )
+        return self._generate_state_key(**self._config())
 
     @property
     def rounds(self) -> int:
@@ -129,16 +121,8 @@ class MosaicGossip(Callback):
                 f"MosaicGossip needs a lightning_mosaic.MosaicModule (n replicas in one process), got "
                 f"{type(pl_module).__name__}"
             )
-        self.protocol = FragmentGossip(
-            pl_module.parameter_sizes,
-            pl_module.num_nodes,
-            fragments=self.fragments,
-            peers=self.peers,
-            topology=self.topology,
-            fragmentation=self.fragmentation,
-            seed=self.seed,
-            drop_prob=self.drop_prob,
-        )
+        protocol_args = {k: v for k, v in self._config().items() if k != "every_n_steps"}
+        self.protocol = FragmentGossip(pl_module.parameter_sizes, pl_module.num_nodes, **protocol_args)
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
         return self.protocol
@@ -191,6 +175,7 @@ class MosaicGossip(Callback):
         }
 
     def _config(self) -> dict[str, Any]:
+        """The settings that define the gossip stream: the state key, the checkpoint check and the protocol."""
         return {
             "fragments": self.fragments,
             "peers": self.peers,
