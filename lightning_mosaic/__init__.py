@@ -17,13 +17,15 @@ __version__ = "0.1.0"
 _LAZY = {
     "MosaicGossip": "lightning_mosaic.callbacks.gossip",
     "MosaicModule": "lightning_mosaic.module",
+    "MosaicStrategy": "lightning_mosaic.distributed.strategy",
     "ReplicaStack": "lightning_mosaic.replicas",
 }
 
-__all__ = ["MosaicGossip", "MosaicModule", "ReplicaStack", "__version__"]
+__all__ = ["MosaicGossip", "MosaicModule", "MosaicStrategy", "ReplicaStack", "__version__"]
 
 if TYPE_CHECKING:
     from lightning_mosaic.callbacks.gossip import MosaicGossip
+    from lightning_mosaic.distributed.strategy import MosaicStrategy
     from lightning_mosaic.module import MosaicModule
     from lightning_mosaic.replicas import ReplicaStack
 

@@ -69,8 +69,8 @@ class MosaicCLI(LightningCLI):
                 "data.init_args.num_nodes (the model's is linked to it)"
             )
         for callback in trainer.callbacks:
-            if isinstance(callback, MosaicGossip):
-                callback.attach(model)
+            if isinstance(callback, MosaicGossip) and isinstance(model, MosaicModule):
+                callback.attach(model)  # checks K, s and the topology against n and d (rebuilt per process later)
         if trainer.world_size == 1:  # load and partition now, so that data errors come before the run folder
             data.prepare_data()
             data.setup("fit")

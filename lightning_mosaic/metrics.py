@@ -20,7 +20,10 @@ class NodeMean(Metric):
 
     States (summed across processes, ``dist_reduce_fx="sum"``):
         total: ``(n,)`` sum of the values per node.
-        count: ``()`` number of samples each node was evaluated on.
+        count: ``(n,)`` number of samples each node was evaluated on.
+
+    When the nodes are spread over processes, each process updates the rows of its own nodes (``first_node``) and
+    the sums across processes assemble all n nodes.
     """
 
     full_state_update = False
@@ -32,21 +35,26 @@ class NodeMean(Metric):
         check_int("num_nodes", num_nodes, 1)
         self.num_nodes = num_nodes
         self.add_state("total", default=torch.zeros(num_nodes, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros(num_nodes, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, values: Tensor) -> None:
-        """Add a batch.
+    def update(self, values: Tensor, first_node: int = 0) -> None:
+        """Add a batch for nodes ``first_node, ..., first_node + m - 1``.
 
         Args:
-            values: ``(n, B)`` per-node, per-sample values (e.g. 1.0 where node i classified sample b correctly).
+            values: ``(m, B)`` per-node, per-sample values (e.g. 1.0 where node i classified sample b correctly).
+            first_node: Index of the node of row 0 (default 0, with m = n: all nodes).
 
         Raises:
-            ValueError: If ``values`` is not shaped ``(n, B)``.
+            ValueError: If ``values`` is not shaped ``(m, B)`` with ``first_node + m <= n``.
         """
-        if values.dim() != 2 or values.shape[0] != self.num_nodes:
-            raise ValueError(f"values must be shaped (n, B) with n = {self.num_nodes}, got {tuple(values.shape)}")
-        self.total += values.detach().to(torch.float64).sum(dim=1)
-        self.count += values.shape[1]
+        if values.dim() != 2 or not 0 <= first_node <= first_node + values.shape[0] <= self.num_nodes:
+            raise ValueError(
+                f"values must be shaped (m, B) for nodes [first_node, first_node + m) within n = {self.num_nodes}, "
+                f"got {tuple(values.shape)} with first_node={first_node}"
+            )
+        rows = slice(first_node, first_node + values.shape[0])
+        self.total[rows] += values.detach().to(torch.float64).sum(dim=1)
+        self.count[rows] += values.shape[1]
 
     def compute(self) -> Tensor:
         """``(n,)`` float64 mean per node."""

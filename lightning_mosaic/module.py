@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lightning_mosaic._validation import check_int
-from lightning_mosaic.gossip.metrics import consensus_distance
+from lightning_mosaic.distributed.sharding import all_reduce_sum, global_consensus_distance, node_bounds
+from lightning_mosaic.distributed.strategy import check_multiprocess_module
 from lightning_mosaic.metrics import NodeMean
 from lightning_mosaic.replicas import EXECUTIONS, ReplicaStack, default_execution
 
@@ -53,6 +54,11 @@ class MosaicModule(LightningModule):
     Gradient clipping (``Trainer(gradient_clip_val=...)``) is applied per node: with ``"norm"`` each node's gradient
     row is rescaled to at most the given L2 norm; ``"value"`` clamps elementwise.
 
+    Multi-process runs (``Trainer(strategy="mosaic", devices=w)``, see
+    :class:`~lightning_mosaic.distributed.MosaicStrategy`): at ``setup`` rank r keeps only nodes
+    ``[floor(r n / w), floor((r + 1) n / w))`` (:attr:`local_nodes`), the datamodule feeds it those nodes' batches,
+    and every logged metric is computed over all n nodes, equal to the single-process value.
+
     Raises:
         ValueError: If ``num_nodes`` < 2, ``execution`` or ``init`` or ``lr_scheduler_interval`` is unknown, or a
             batch is not shaped ``(n, B, ...)``.
@@ -82,6 +88,7 @@ class MosaicModule(LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.lr_scheduler_interval = lr_scheduler_interval
         self.replicas = ReplicaStack(model, num_nodes, init=init, seed=seed)
+        self._average_state: dict[str, Tensor] | None = None
         self.last_validated_step = -1
         """``trainer.global_step`` of the last completed validation (-1: none yet)."""
         self.eval_metrics = nn.ModuleDict(
@@ -105,6 +112,17 @@ class MosaicModule(LightningModule):
         return self.replicas.flat
 
     @property
+    def local_nodes(self) -> range:
+        """The nodes this process trains: all n in one process, this rank's block in a multi-process run."""
+        first = self.replicas.first_node
+        return range(first, first + self.replicas.num_nodes)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether this process holds only some of the n nodes (multi-process run)."""
+        return self.replicas.num_nodes < self.num_nodes
+
+    @property
     def parameter_sizes(self) -> list[int]:
         """Element counts of the model's trainable tensors in ``named_parameters()`` order (sum = d)."""
         return list(self.replicas.sizes)
@@ -113,11 +131,14 @@ class MosaicModule(LightningModule):
         """A copy of node ``node``'s model as a plain ``state_dict`` loadable into ``model()``.
 
         Raises:
-            IndexError: If ``node`` is not in [0, n).
+            IndexError: If ``node`` is not in [0, n), or (multi-process run) not one of this process's nodes.
         """
-        if not 0 <= node < self.num_nodes:
-            raise IndexError(f"node must be in [0, {self.num_nodes}), got {node}")
-        return {name: t.detach().clone() for name, t in self.replicas.node_state(node).items()}
+        if node not in self.local_nodes:
+            nodes = self.local_nodes
+            where = "" if not self.sharded else f" held by this process ({nodes.start}..{nodes.stop - 1})"
+            raise IndexError(f"node must be one of the nodes in [0, {self.num_nodes}){where}, got {node}")
+        row = node - self.replicas.first_node
+        return {name: t.detach().clone() for name, t in self.replicas.node_state(row).items()}
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -127,6 +148,12 @@ class MosaicModule(LightningModule):
                 f"the datamodule {type(datamodule).__name__} splits the data over num_nodes={data_nodes} nodes but "
                 f"the MosaicModule has num_nodes={self.num_nodes}; use the same n for both"
             )
+        check_multiprocess_module(self.trainer, self)
+        world = self.trainer.world_size
+        if world > 1 and not self.sharded:
+            bounds = node_bounds(self.num_nodes, world)
+            rank = self.trainer.global_rank
+            self.replicas.shard(bounds[rank], bounds[rank + 1])
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another shape: n nodes of d parameters each must match.
@@ -137,9 +164,12 @@ class MosaicModule(LightningModule):
         saved = checkpoint.get("state_dict", {}).get("replicas.flat")
         if saved is not None and tuple(saved.shape) != tuple(self.replicas.flat.shape):
             (n, d), (sn, sd) = self.replicas.flat.shape, saved.shape
+            saved_n = checkpoint.get("hyper_parameters", {}).get("num_nodes", sn)
+            theirs = "" if sn == saved_n else f" ({sn} in this process's part)"
+            ours = "" if n == self.num_nodes else f" ({n} in this process)"
             raise ValueError(
-                f"the checkpoint holds n={sn} nodes of d={sd} parameters, this MosaicModule has n={n} nodes of "
-                f"d={d} parameters; resume with the same num_nodes and model"
+                f"the checkpoint holds n={saved_n} nodes{theirs} of d={sd} parameters, this MosaicModule has "
+                f"n={self.num_nodes} nodes{ours} of d={d} parameters; resume with the same num_nodes and model"
             )
 
     # -- computation ----------------------------------------------------------------------------------------------
@@ -170,24 +200,34 @@ class MosaicModule(LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = self._split_batch(batch)
-        if x.dim() < 2 or x.shape[0] != self.num_nodes or y.shape[:1] != x.shape[:1]:
+        m = self.replicas.num_nodes
+        if x.dim() < 2 or x.shape[0] != m or y.shape[:1] != x.shape[:1]:
+            where = f"num_nodes = {m}" if not self.sharded else f"this process's nodes = {m} of {self.num_nodes}"
             raise ValueError(
-                f"training batch must be shaped (n, B, ...) with n = num_nodes = {self.num_nodes}, got inputs "
+                f"training batch must be shaped (n, B, ...) with n = {where}, got inputs "
                 f"{tuple(x.shape)} and targets {tuple(y.shape)}"
             )
-        node_loss = self.per_sample_loss(self(x), y).mean(dim=1)  # (n,)
-        self.log("train/loss", node_loss.mean().detach(), prog_bar=True)
+        node_loss = self.per_sample_loss(self(x), y).mean(dim=1)  # (m,)
+        total = node_loss.detach().sum()
+        if self.sharded:
+            total = all_reduce_sum(total)
+        self.log("train/loss", total / self.num_nodes, prog_bar=True)
         return node_loss.sum()
 
     def _eval_step(self, batch: Any, stage: str) -> None:
         x, y = self._split_batch(batch)
         metrics = self.eval_metrics[stage]
-        outputs = self(x, shared_input=True)  # (n, B, C)
-        targets = y.unsqueeze(0).expand(self.num_nodes, -1)
-        metrics["node_acc"].update(self.per_sample_correct(outputs, targets))
-        metrics["node_loss"].update(self.per_sample_loss(outputs, targets))
-        avg = self.replicas.forward_average(x).unsqueeze(0)
-        metrics["avg_acc"].update(self.per_sample_correct(avg, y.unsqueeze(0)))
+        outputs = self(x, shared_input=True)  # (m, B, C)
+        targets = y.unsqueeze(0).expand(outputs.shape[0], -1)
+        first = self.replicas.first_node
+        metrics["node_acc"].update(self.per_sample_correct(outputs, targets), first)
+        metrics["node_loss"].update(self.per_sample_loss(outputs, targets), first)
+        if first == 0:  # the averaged model is evaluated once, by the process holding node 0
+            avg = self.replicas.forward_average(x, self._average_state).unsqueeze(0)
+            metrics["avg_acc"].update(self.per_sample_correct(avg, y.unsqueeze(0)))
+
+    def _eval_epoch_start(self) -> None:
+        self._average_state = self.replicas.average_state()  # a collective in multi-process runs
 
     def _eval_epoch_end(self, stage: str) -> None:
         metrics = self.eval_metrics[stage]
@@ -197,13 +237,23 @@ class MosaicModule(LightningModule):
             f"{stage}/node_acc_std": node_acc.std(correction=0),
             f"{stage}/avg_model_acc": metrics["avg_acc"].compute().mean(),
             f"{stage}/loss": metrics["node_loss"].compute().mean(),
-            "gossip/consensus_distance": consensus_distance(self.replicas.flat),
+            "gossip/consensus_distance": global_consensus_distance(self.replicas.flat, self.num_nodes),
         }
-        self.log_dict({k: v.to(torch.float32) for k, v in values.items()}, prog_bar=False)
+        # Every value is already over all n nodes and equal on every process: "max" of equal copies is exact.
+        self.log_dict(
+            {k: v.to(torch.float32) for k, v in values.items()}, prog_bar=False, sync_dist=self.sharded, reduce_fx="max"
+        )
+        self._average_state = None
         if stage == "val":
             self.last_validated_step = self.global_step
         for metric in metrics.values():
             metric.reset()
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_epoch_start()
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_epoch_start()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -98,6 +98,10 @@ class ReplicaStack(nn.Module):
         if not named:
             raise ValueError(f"model {type(template).__name__} has no trainable parameters")
         self.num_nodes = num_nodes
+        self.total_nodes = num_nodes
+        """n over all processes (:attr:`num_nodes` is the number of rows held here)."""
+        self.first_node = 0
+        """Global index of row 0 (non-zero after :meth:`shard` when nodes are spread over processes)."""
         self.names = [name for name, _ in named]
         self.shapes = [tuple(p.shape) for _, p in named]
         self.sizes = [p.numel() for _, p in named]
@@ -121,6 +125,25 @@ class ReplicaStack(nn.Module):
         self.frozen_names = list(frozen)
         # The template only supplies the forward code: every tensor is passed to functional_call explicitly.
         self._template = [template.to("meta")]
+
+    @torch.no_grad()
+    def shard(self, first: int, last: int) -> None:
+        """Keep only nodes ``[first, last)`` (this process's nodes in a multi-process run); call before training.
+
+        Row ``i`` then holds global node ``first + i``; :attr:`num_nodes` becomes ``last - first`` and
+        :attr:`first_node` ``first``. Replaces :attr:`flat` with a new ``nn.Parameter``, so build optimizers after.
+
+        Raises:
+            ValueError: If ``[first, last)`` is empty or not inside the current nodes.
+        """
+        if not 0 <= first < last <= self.num_nodes:
+            raise ValueError(f"cannot shard nodes [{first}, {last}) out of {self.num_nodes}")
+        self.flat = nn.Parameter(self.flat.data[first:last].clone())
+        for name in self.buffer_names:
+            key = self._buffer_key(name)
+            setattr(self, key, getattr(self, key)[first:last].clone())
+        self.first_node += first
+        self.num_nodes = last - first
 
     @staticmethod
     def _buffer_key(name: str) -> str:
@@ -195,11 +218,19 @@ class ReplicaStack(nn.Module):
         in_dims = (0, 0, None if shared_input else 0)
         return vmap(call, in_dims=in_dims, randomness="different")(params, buffers, inputs)
 
-    def forward_average(self, inputs: Tensor) -> Tensor:
-        """Run the averaged model ``x_bar = mean_i x_i`` (buffers averaged too) on ``inputs`` ``(B, ...)``."""
-        mean = self.flat.mean(dim=0, keepdim=True)
+    def average_state(self) -> dict[str, Tensor]:
+        """The averaged model ``x_bar = (1/n) sum_i x_i`` (floating-point buffers averaged too) as a template
+        ``state_dict``, over all n nodes: a collective when this stack holds a shard (see :meth:`shard`)."""
+        from lightning_mosaic.distributed.sharding import global_row_mean
+
+        mean = global_row_mean(self.flat, self.total_nodes).unsqueeze(0)
         state = {name: t[0] for name, t in self.stacked_parameters(mean).items()}
         for name, t in self.stacked_buffers().items():
-            state[name] = t.mean(dim=0) if t.is_floating_point() else t[0]
+            state[name] = global_row_mean(t, self.total_nodes) if t.is_floating_point() else t[0]
         state.update(self._shared())
+        return state
+
+    def forward_average(self, inputs: Tensor, state: dict[str, Tensor] | None = None) -> Tensor:
+        """Run the averaged model (``state``, default :meth:`average_state`) on ``inputs`` ``(B, ...)``."""
+        state = self.average_state() if state is None else state
         return functional_call(self.template, state, (inputs,))

@@ -5,13 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
 
 from lightning_mosaic._validation import check_int as _check_int
 from lightning_mosaic._validation import check_probability
+from lightning_mosaic.distributed.exchange import ShardedMixer
+from lightning_mosaic.distributed.sharding import global_consensus_distance, node_bounds
+from lightning_mosaic.distributed.strategy import check_multiprocess_module
 from lightning_mosaic.gossip.fragmentation import FRAGMENTATIONS
-from lightning_mosaic.gossip.metrics import bytes_sent_per_node, consensus_distance, values_sent_per_node
+from lightning_mosaic.gossip.metrics import bytes_sent_per_node, values_sent_per_node
 from lightning_mosaic.gossip.protocol import FragmentGossip, nonfinite_nodes
 from lightning_mosaic.gossip.topology import TOPOLOGIES
 
@@ -20,6 +25,51 @@ NONFINITE_POLICIES = ("raise", "isolate")
 
 class NonFiniteParametersError(FloatingPointError):
     """Some nodes hold NaN or Inf parameters before a gossip round; raised before anything is sent."""
+
+
+class GossipCommunicationError(RuntimeError):
+    """A multi-process gossip round failed: another rank died, hung past the timeout, or the network failed."""
+
+
+def _gossip_shape(pl_module: LightningModule, world_size: int) -> tuple[int, list[int]]:
+    """``(n, sizes)``: the number of nodes and the element counts of one node's trainable tensors."""
+    from lightning_mosaic.module import MosaicModule
+
+    if isinstance(pl_module, MosaicModule):
+        return pl_module.num_nodes, pl_module.parameter_sizes
+    if world_size < 2:
+        raise TypeError(
+            f"MosaicGossip on {type(pl_module).__name__} (not a lightning_mosaic.MosaicModule) needs one process per "
+            "node: Trainer(strategy='mosaic', devices=N) with N >= 2 processes; to simulate n nodes in one process, "
+            "wrap the model in a MosaicModule"
+        )
+    sizes = [p.numel() for p in pl_module.parameters() if p.requires_grad]
+    if not sizes:
+        raise ValueError(f"{type(pl_module).__name__} has no trainable parameters to gossip")
+    return world_size, sizes
+
+
+def _local_rows(pl_module: LightningModule) -> Tensor:
+    """The ``(m, d)`` parameter rows of the nodes in this process (a view for a MosaicModule, else a copy)."""
+    from lightning_mosaic.module import MosaicModule
+
+    if isinstance(pl_module, MosaicModule):
+        return pl_module.gossip_parameters.data
+    return torch.cat([p.detach().reshape(-1) for p in pl_module.parameters() if p.requires_grad]).unsqueeze(0)
+
+
+def _store_local_rows(pl_module: LightningModule, rows: Tensor) -> None:
+    """Write mixed rows back into a plain module's parameters (a MosaicModule was mixed in place)."""
+    from lightning_mosaic.module import MosaicModule
+
+    if isinstance(pl_module, MosaicModule):
+        return
+    offset = 0
+    with torch.no_grad():
+        for p in pl_module.parameters():
+            if p.requires_grad:
+                p.copy_(rows[0, offset : offset + p.numel()].view_as(p))
+                offset += p.numel()
 
 
 class MosaicGossip(Callback):
@@ -88,6 +138,8 @@ class MosaicGossip(Callback):
         self.drop_prob = float(drop_prob)
         self.on_nonfinite = on_nonfinite
         self.protocol: FragmentGossip | None = None
+        self._mixer: ShardedMixer | None = None
+        self._rank, self._world_size = 0, 1
         self._latest_step = 0
         self._pending_state: dict[str, Any] | None = None
 
@@ -101,31 +153,63 @@ class MosaicGossip(Callback):
         return 0 if self.protocol is None else self.protocol.rounds
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self.attach(pl_module)
+        world, rank = trainer.world_size, trainer.global_rank
+        if world > 1:
+            check_multiprocess_module(trainer, pl_module)
+            self._check_same_settings_on_every_rank(pl_module, world)
+        self.attach(pl_module, world_size=world, rank=rank)
 
-    def attach(self, pl_module: LightningModule) -> FragmentGossip:
+    def attach(self, pl_module: LightningModule, world_size: int = 1, rank: int = 0) -> FragmentGossip:
         """Build the gossip protocol for ``pl_module`` (idempotent; ``setup`` calls it).
 
         Call it before ``Trainer.fit`` to check the configuration against the module without starting anything.
 
+        Args:
+            pl_module: A :class:`~lightning_mosaic.MosaicModule` (n nodes, possibly spread over the processes), or,
+                in a multi-process run, any ``LightningModule`` (each process is one node, n = ``world_size``).
+            world_size: Number of processes (``trainer.world_size``).
+            rank: This process's global rank.
+
         Raises:
-            TypeError: If ``pl_module`` is not a :class:`~lightning_mosaic.MosaicModule`.
+            TypeError: If ``pl_module`` is not a ``MosaicModule`` and ``world_size < 2``.
             ValueError: If ``peers``, ``topology`` or ``fragments`` do not fit the module's n and d.
         """
-        if self.protocol is not None:
+        if self.protocol is not None and (self._world_size, self._rank) == (world_size, rank):
             return self.protocol
-        from lightning_mosaic.module import MosaicModule
-
-        if not isinstance(pl_module, MosaicModule):
-            raise TypeError(
-                f"MosaicGossip needs a lightning_mosaic.MosaicModule (n replicas in one process), got "
-                f"{type(pl_module).__name__}"
-            )
+        num_nodes, sizes = _gossip_shape(pl_module, world_size)
         protocol_args = {k: v for k, v in self._config().items() if k != "every_n_steps"}
-        self.protocol = FragmentGossip(pl_module.parameter_sizes, pl_module.num_nodes, **protocol_args)
+        protocol = FragmentGossip(sizes, num_nodes, **protocol_args)
+        if world_size > 1:
+            bounds = node_bounds(num_nodes, world_size)
+            self._mixer = ShardedMixer(bounds, rank, protocol.fragmentation, self.peers)
+        self._rank, self._world_size = rank, world_size
+        self.protocol = protocol
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
-        return self.protocol
+        return protocol
+
+    def _check_same_settings_on_every_rank(self, pl_module: LightningModule, world_size: int) -> None:
+        """Gather every rank's settings and refuse any difference (before anything else can hang on it)."""
+        num_nodes, sizes = _gossip_shape(pl_module, world_size)
+        mine = {**self._config(), "num_nodes": num_nodes, "num_coordinates": sum(sizes)}
+        hparams = getattr(pl_module, "hparams", {})
+        for key in ("seed", "init"):
+            if key in hparams:
+                mine[f"model.{key}"] = hparams[key]
+        everyone: list[Any] = [None] * world_size
+        dist.all_gather_object(everyone, mine)
+        reference = everyone[0]
+        for other_rank, theirs in enumerate(everyone[1:], start=1):
+            diffs = [
+                f"{k}={theirs.get(k)!r} on rank {other_rank}, {v!r} on rank 0"
+                for k, v in reference.items()
+                if theirs.get(k) != v
+            ]
+            if diffs:
+                raise ValueError(
+                    "the processes of this run were started with different gossip settings, which would corrupt "
+                    "the gossip: " + "; ".join(diffs)
+                )
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -137,33 +221,62 @@ class MosaicGossip(Callback):
         if step % self.every_n_steps:
             return
         assert self.protocol is not None
-        params = pl_module.gossip_parameters.data
-        bad = nonfinite_nodes(params)
-        offline = None
-        if bool(bad.any()):
-            nodes = bad.nonzero().flatten().tolist()
-            message = (
-                f"nodes {nodes} have NaN or Inf parameters after local training, before gossip round "
-                f"{self.protocol.rounds + 1} (global step {step})"
-            )
-            if self.on_nonfinite == "raise":
-                raise NonFiniteParametersError(
-                    message + "; nothing was sent. Lower the learning rate, clip gradients, or pass "
-                    "on_nonfinite='isolate' to keep such nodes out of the gossip"
+        protocol, sharded = self.protocol, self._world_size > 1
+        local = _local_rows(pl_module)  # (m, d): a view of the replicas, or a copy of one node's parameters
+        try:
+            bad = self._nonfinite(local, protocol.num_nodes)
+            offline = None
+            if bool(bad.any()):
+                nodes = bad.nonzero().flatten().tolist()
+                message = (
+                    f"nodes {nodes} have NaN or Inf parameters after local training, before gossip round "
+                    f"{protocol.rounds + 1} (global step {step})"
                 )
-            rank_zero_warn(message + "; they are isolated for this round (neither send nor receive)")
-            offline = bad
-        with torch.no_grad():
-            self.protocol.round_(params, offline)
-        d = self.protocol.num_coordinates
+                if self.on_nonfinite == "raise":
+                    raise NonFiniteParametersError(
+                        message + "; nothing was sent. Lower the learning rate, clip gradients, or pass "
+                        "on_nonfinite='isolate' to keep such nodes out of the gossip"
+                    )
+                rank_zero_warn(message + "; they are isolated for this round (neither send nor receive)")
+                offline = bad
+            with torch.no_grad():
+                if sharded:
+                    stats = self._mixer.mix_(local, protocol.next_matrices(local.dtype, offline), offline)
+                else:
+                    protocol.round_(local, offline)
+            _store_local_rows(pl_module, local)
+            own_bad = bad[self._mixer.lo : self._mixer.hi] if sharded else bad
+            good = local[~own_bad] if offline is not None else local
+            distance = global_consensus_distance(good, protocol.num_nodes - int(bad.sum()), sharded=sharded)
+        except (RuntimeError, dist.DistBackendError) as error:
+            if not sharded or isinstance(error, NonFiniteParametersError):
+                raise
+            raise GossipCommunicationError(
+                f"rank {self._rank} of {self._world_size}: gossip round {protocol.rounds} (global step {step}) could "
+                f"not exchange fragments with the other ranks: {error}. Another rank probably died, hung or was "
+                "killed; see its log. The wait is bounded by the strategy's timeout"
+            ) from error
+        d = protocol.num_coordinates
         metrics = {
-            "gossip/consensus_distance": consensus_distance(params[~bad] if offline is not None else params).float(),
+            "gossip/consensus_distance": distance.float(),
             "gossip/values_sent_per_node": float(values_sent_per_node(d, self.peers)),
-            "gossip/round": float(self.protocol.rounds),
+            "gossip/round": float(protocol.rounds),
         }
+        if sharded:
+            metrics["gossip/bytes_sent_per_rank"] = float(stats.bytes_sent)
         if self.on_nonfinite == "isolate":
             metrics["gossip/isolated_nodes"] = float(bad.sum())
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+
+    def _nonfinite(self, local: Tensor, num_nodes: int) -> Tensor:
+        """``(n,)`` bool mask of the nodes, over all processes, whose parameters hold NaN or Inf."""
+        own = nonfinite_nodes(local)
+        if self._world_size == 1:
+            return own
+        everyone = torch.zeros(num_nodes, dtype=torch.uint8, device=local.device)
+        everyone[self._mixer.lo : self._mixer.hi] = own.to(torch.uint8)
+        dist.all_reduce(everyone, op=dist.ReduceOp.MAX)
+        return everyone.to(torch.bool)
 
     def communication(self) -> dict[str, int]:
         """Per-node, per-round communication: ``values_sent_per_node`` (s * d) and ``bytes_sent_per_node``."""

@@ -8,12 +8,14 @@ from lightning_mosaic.data.cifar10 import CIFAR10DataModule
 from lightning_mosaic.data.digits import DigitsDataModule
 from lightning_mosaic.data.partition import dirichlet_partition
 from lightning_mosaic.data.sampler import NodeBatchCollate, NodeBatchSampler, NodeDataLoader
+from lightning_mosaic.data.shard_sampler import NodeShardSampler
 
 __all__ = [
     "dirichlet_partition",
     "NodeBatchSampler",
     "NodeDataLoader",
     "NodeBatchCollate",
+    "NodeShardSampler",
     "NodeDataModule",
     "DigitsDataModule",
     "CIFAR10DataModule",

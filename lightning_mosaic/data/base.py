@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_mosaic.data.partition import _check_int, _resolve_alpha, dirichlet_partition
 from lightning_mosaic.data.sampler import NodeBatchCollate, NodeBatchSampler, NodeDataLoader
+from lightning_mosaic.distributed.sharding import node_bounds
 
 __all__ = ["NodeDataModule"]
 
@@ -186,16 +187,30 @@ class NodeDataModule(pl.LightningDataModule):
         return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
 
     def train_dataloader(self) -> DataLoader:
-        """Per-node training batches ``(x: (n, B, ...), y: (n, B) int64)``, ``len = steps_per_epoch``."""
+        """Per-node training batches ``(x: (n, B, ...), y: (n, B) int64)``, ``len = steps_per_epoch``.
+
+        In a multi-process run, only this process's nodes: ``(m, B, ...)`` (see :class:`NodeBatchSampler`)."""
         self._require_setup("train_dataloader()")
-        sampler = NodeBatchSampler(self.partition, self.batch_size, seed=self.seed, num_batches=self.steps_per_epoch)
+        nodes = self._local_nodes()
+        sampler = NodeBatchSampler(
+            self.partition, self.batch_size, seed=self.seed, num_batches=self.steps_per_epoch, nodes=nodes
+        )
         return NodeDataLoader(
             self.train_dataset,
             batch_sampler=sampler,
-            collate_fn=NodeBatchCollate(self.num_nodes),
+            collate_fn=NodeBatchCollate(len(nodes)),
             position=self._trained_batches,
             **self._loader_kwargs(),
         )
+
+    def _local_nodes(self) -> range:
+        """The nodes this process trains: all n, or its block in a multi-process run (see ``node_bounds``)."""
+        trainer = getattr(self, "trainer", None)
+        world = 1 if trainer is None else trainer.world_size
+        if world == 1:
+            return range(self.num_nodes)
+        bounds = node_bounds(self.num_nodes, world)
+        return range(bounds[trainer.global_rank], bounds[trainer.global_rank + 1])
 
     def _trained_batches(self) -> int:
         """Batches of the current epoch already trained on (Lightning's progress tracking), for exact resume."""

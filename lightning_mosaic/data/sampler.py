@@ -39,9 +39,9 @@ class NodeBatchSampler(Sampler[list[int]]):
     epoch; Lightning does so automatically because it calls ``set_epoch`` on
     ``dataloader.batch_sampler.sampler``, which is this object itself (``self.sampler is self``).
 
-    In a multi-process Lightning run set ``Trainer(use_distributed_sampler=False)``: Lightning cannot inject a
-    ``DistributedSampler`` into this batch sampler, and the per-node split already decides which data each
-    replica trains on.
+    In a multi-process run (``Trainer(strategy="mosaic")``), each process passes ``nodes``, its own block of
+    nodes: it yields the same per-node batches as the single-process sampler, for those nodes only, and every
+    process has the same number of batches per epoch.
 
     Args:
         partition: One 1-D array of dataset indices per node (e.g. the output of
@@ -51,10 +51,13 @@ class NodeBatchSampler(Sampler[list[int]]):
         seed: Non-negative seed of the per-node shuffles.
         num_batches: Number of batches per epoch ``>= 1``; default ``ceil(total / (n * B))`` where ``total``
             is the summed shard size, i.e. one pass over the training set counted in samples.
+        nodes: The nodes whose batches to yield, a ``range`` within ``[0, n)`` (default: all n); items then hold
+            ``len(nodes) * B`` indices.
 
     Raises:
         ValueError: ``partition`` is empty, a shard is not 1-D, is empty or holds non-integer or negative
-            values; ``batch_size < 1``; ``num_batches < 1``; ``seed < 0``.
+            values; ``batch_size < 1``; ``num_batches < 1``; ``seed < 0``; ``nodes`` is empty or not within
+            ``[0, n)``.
 
     Example:
         >>> sampler = NodeBatchSampler([[0, 1, 2], [3, 4]], batch_size=2, seed=0)
@@ -69,6 +72,7 @@ class NodeBatchSampler(Sampler[list[int]]):
         *,
         seed: int = 0,
         num_batches: int | None = None,
+        nodes: range | None = None,
     ) -> None:
         self.batch_size = _check_int("batch_size", batch_size, 1)
         self.seed = _check_int("seed", seed, 0)
@@ -91,6 +95,16 @@ class NodeBatchSampler(Sampler[list[int]]):
             shards.append(array.astype(np.int64, copy=False))
         self._shards = shards
         self.num_nodes = len(shards)
+        if nodes is None:
+            nodes = range(self.num_nodes)
+        if (
+            not isinstance(nodes, range)
+            or len(nodes) == 0
+            or nodes.step != 1
+            or not (0 <= nodes.start and nodes.stop <= self.num_nodes)
+        ):
+            raise ValueError(f"nodes must be a non-empty range within [0, {self.num_nodes}), got {nodes!r}")
+        self.nodes = nodes
         self.num_samples = int(sum(len(s) for s in shards))
         self.num_batches = num_batches
         self.epoch = 0
@@ -160,7 +174,7 @@ class NodeBatchSampler(Sampler[list[int]]):
         cache: dict[int, tuple[int, np.ndarray]] = {}
         for step in range(first + start, first + num_batches):
             batch: list[int] = []
-            for node in range(self.num_nodes):
+            for node in self.nodes:
                 batch.extend(self._read(node, step * self.batch_size, self.batch_size, cache))
             yield batch
 

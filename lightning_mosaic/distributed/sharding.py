@@ -1,0 +1,127 @@
+"""Which ranks hold which nodes, and reductions over nodes spread across ranks. Pure ``torch.distributed`` code.
+
+Node i of n lives on exactly one rank. With world size w, rank r holds the contiguous block
+``[bounds[r], bounds[r + 1])`` where ``bounds[r] = floor(r * n / w)``: blocks differ in size by at most one node when
+w does not divide n, and every rank holds at least one node (n >= w is required).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from lightning_mosaic._validation import check_int
+
+
+def node_bounds(num_nodes: int, world_size: int) -> list[int]:
+    """Block boundaries of n nodes over w ranks: rank r holds nodes ``[bounds[r], bounds[r + 1])``.
+
+    Args:
+        num_nodes: n >= 1.
+        world_size: w in [1, n].
+
+    Returns:
+        ``w + 1`` ints, ``bounds[0] = 0`` and ``bounds[w] = n``, non-decreasing with steps of ``n // w`` or
+        ``n // w + 1``.
+
+    Raises:
+        ValueError: If ``num_nodes < 1`` or ``world_size`` is not in [1, n] (a rank without a node would idle).
+    """
+    check_int("num_nodes", num_nodes, 1)
+    check_int(
+        "world_size",
+        world_size,
+        1,
+        num_nodes,
+        hint=f" (every process must hold at least one of the num_nodes={num_nodes} nodes; use fewer processes)",
+    )
+    return [(r * num_nodes) // world_size for r in range(world_size + 1)]
+
+
+def node_owner(bounds: list[int]) -> Tensor:
+    """``(n,)`` int64 tensor: the rank holding each node, for ``bounds`` from :func:`node_bounds`."""
+    sizes = torch.tensor([hi - lo for lo, hi in zip(bounds[:-1], bounds[1:])])
+    return torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+
+
+def distributed_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the default process group, ``(0, 1)`` when none is initialized."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """Sum of ``tensor`` over all ranks (returned; the input is not modified). Identity without a process group."""
+    out = tensor.clone()
+    if distributed_world()[1] > 1:
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def _sum_over_nodes(local_sum: Tensor, local_rows: int, num_nodes: int, sharded: bool | None) -> Tensor:
+    """All-reduce a per-rank sum when the rows are a shard; return it as is when they are all n nodes."""
+    if sharded is None:
+        sharded = local_rows < num_nodes
+    return all_reduce_sum(local_sum) if sharded else local_sum
+
+
+def global_row_mean(local_rows: Tensor, num_nodes: int, *, sharded: bool | None = None) -> Tensor:
+    """Mean over all n nodes of per-node rows, which may be spread over ranks.
+
+    Args:
+        local_rows: ``(m, ...)`` the rows held here: all n nodes (no communication), or this rank's shard
+            (m < n; an all-reduce, so every rank must call it).
+        num_nodes: n, the total number of nodes over all ranks.
+        sharded: Whether the rows are one rank's shard (every rank must then call this); default: ``m < n``.
+
+    Returns:
+        ``(...)`` mean, accumulated in float64 and cast back to ``local_rows.dtype``; identical on every rank.
+    """
+    m = local_rows.shape[0]
+    total = _sum_over_nodes(local_rows.detach().to(torch.float64).sum(dim=0), m, num_nodes, sharded)
+    return (total / num_nodes).to(local_rows.dtype)
+
+
+def global_consensus_distance(local_rows: Tensor, num_nodes: int, *, sharded: bool | None = None) -> Tensor:
+    """Consensus distance ``(1/n) sum_i ||x_i - x_bar||^2`` of an ``(n, d)`` matrix whose rows may be spread over ranks.
+
+    The same quantity as :func:`lightning_mosaic.gossip.consensus_distance` (Kong et al., ICML 2021). For a shard
+    (m < n rows) it takes two all-reduces: one ``(d,)`` float64 sum for ``x_bar``, one scalar; the result is the
+    same on every rank and equal to the single-process value up to float64 rounding.
+
+    Args:
+        local_rows: ``(m, d)`` all n rows, or this rank's shard.
+        num_nodes: n.
+        sharded: Whether the rows are one rank's shard (every rank must then call this); default: ``m < n``.
+
+    Returns:
+        Scalar tensor in ``local_rows.dtype``.
+    """
+    x = local_rows.detach().to(torch.float64)
+    m = x.shape[0]
+    mean = _sum_over_nodes(x.sum(dim=0), m, num_nodes, sharded) / num_nodes
+    total = _sum_over_nodes((x - mean).square().sum(), m, num_nodes, sharded)
+    return (total / num_nodes).to(local_rows.dtype)
+
+
+def all_gather_rows(local_rows: Tensor, bounds: list[int]) -> Tensor:
+    """Concatenate every rank's rows into the full ``(n, ...)`` tensor on every rank (uneven blocks allowed).
+
+    Args:
+        local_rows: ``(bounds[r + 1] - bounds[r], ...)`` on rank r.
+        bounds: From :func:`node_bounds`.
+
+    Returns:
+        ``(n, ...)`` tensor, rows in node order.
+    """
+    world = len(bounds) - 1
+    if world == 1:
+        return local_rows.detach().clone()
+    largest = max(hi - lo for lo, hi in zip(bounds[:-1], bounds[1:]))
+    padded = local_rows.new_zeros((largest, *local_rows.shape[1:]))
+    padded[: local_rows.shape[0]] = local_rows.detach()
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[: hi - lo] for g, lo, hi in zip(gathered, bounds[:-1], bounds[1:])])

@@ -1,0 +1,190 @@
+"""``MosaicStrategy``: processes launched like DDP, but no gradient all-reduce; every process keeps its own nodes.
+
+Lightning glue around :mod:`torch.distributed`. Registered in Lightning's strategy registry as ``"mosaic"``
+(``Trainer(strategy="mosaic", devices=N)``; subprocess launch like ``"ddp"``, so it works under torchrun and SLURM too)
+and ``"mosaic_spawn"`` (``torch.multiprocessing`` spawn).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from lightning.fabric.utilities.apply_func import apply_to_collection
+from lightning.fabric.utilities.optimizer import _optimizers_to_device
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor
+
+RANK_STATES_KEY = "mosaic_rank_states"
+"""Checkpoint key holding every process's model and optimizer states (each process's nodes differ)."""
+
+DEFAULT_TIMEOUT_S = 1800.0
+"""Default time in seconds a collective waits for the other ranks before failing (``torch.distributed``'s default)."""
+
+
+class MosaicStrategy(DDPStrategy):
+    """Decentralized multi-process training: one process per device, each holding its own nodes; no all-reduce.
+
+    Processes start exactly as with Lightning's ``DDPStrategy`` (``Trainer(devices=..., num_nodes=...)``, torchrun,
+    SLURM), with NCCL on GPU and gloo on CPU, but the model is never wrapped in ``DistributedDataParallel``:
+    gradients are never averaged and parameters are never broadcast behind the user's back. The only communication
+    is what :class:`~lightning_mosaic.callbacks.MosaicGossip` sends (and metric reductions).
+
+    - With a :class:`~lightning_mosaic.MosaicModule` of n nodes, rank r of w trains nodes
+      ``[floor(r n / w), floor((r + 1) n / w))``; their initial values come from the module's seed, identical on every
+      rank, so nothing is broadcast.
+    - With any other ``LightningModule``, each process is one node (n = w). If ``broadcast_init`` (default), rank 0's
+      initial parameters and buffers are broadcast once at the start of a fresh fit, on purpose: EL and Mosaic
+      Learning start every node from the same model.
+    - No ``DistributedSampler`` is injected into the dataloaders: each process reads what its nodes own
+      (:class:`~lightning_mosaic.data.NodeDataModule` does this for a ``MosaicModule``; use
+      :class:`~lightning_mosaic.data.NodeShardSampler` in your own dataloader otherwise).
+    - Checkpoints: every rank's model and optimizer states are gathered to rank 0 and written in one file under
+      ``"mosaic_rank_states"``; on load, each rank takes its own. Resume with the same number of processes.
+
+    Args:
+        accelerator, parallel_devices, cluster_environment, checkpoint_io, precision_plugin, process_group_backend:
+            As for ``DDPStrategy``.
+        timeout: Seconds (or a ``timedelta``) a collective waits for the other ranks before raising (default
+            1800); a rank that dies or hangs makes the others fail after at most this long.
+        start_method: ``"popen"`` (default, re-runs the script per process like ``"ddp"``) or ``"spawn"``,
+            ``"fork"``, ``"forkserver"``.
+        broadcast_init: Broadcast rank 0's initial model once at the start of a fresh fit of a module that is not a
+            ``MosaicModule`` (default True).
+
+    Raises:
+        ValueError: If ``timeout`` is not positive.
+    """
+
+    strategy_name = "mosaic"
+
+    def __init__(
+        self,
+        accelerator: Any = None,
+        parallel_devices: list[torch.device] | None = None,
+        cluster_environment: Any = None,
+        checkpoint_io: Any = None,
+        precision_plugin: Any = None,
+        process_group_backend: str | None = None,
+        timeout: float | timedelta = DEFAULT_TIMEOUT_S,
+        start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
+        broadcast_init: bool = True,
+    ) -> None:
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+            raise ValueError(f"timeout must be a positive number of seconds or a timedelta, got {timeout!r}")
+        super().__init__(
+            accelerator=accelerator,
+            parallel_devices=parallel_devices,
+            cluster_environment=cluster_environment,
+            checkpoint_io=checkpoint_io,
+            precision_plugin=precision_plugin,
+            process_group_backend=process_group_backend,
+            timeout=timedelta(seconds=float(seconds)),
+            start_method=start_method,
+        )
+        self.timeout_s = float(seconds)
+        self.broadcast_init = bool(broadcast_init)
+
+    # -- no DistributedDataParallel, no hidden synchronization --------------------------------------------------
+
+    def configure_ddp(self) -> None:
+        """Keep the bare ``LightningModule``: no ``DistributedDataParallel`` wrapper, so no gradient all-reduce."""
+
+    def setup(self, trainer: Trainer) -> None:
+        assert self.accelerator is not None and self.model is not None
+        self.accelerator.setup(trainer)
+        # Which samples a process trains on is decided by its nodes, never by a DistributedSampler.
+        trainer._accelerator_connector.use_distributed_sampler = False
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        self.precision_plugin.convert_module(self.model)
+        self.model_to_device()
+        if fitting:
+            self.setup_optimizers(trainer)
+        self.setup_precision_plugin()
+        if fitting:
+            _optimizers_to_device(self.optimizers, self.root_device)
+            if self.broadcast_init and trainer.ckpt_path is None:
+                self._broadcast_initial_model()
+
+    def _broadcast_initial_model(self) -> None:
+        from lightning_mosaic.module import MosaicModule
+
+        module = self.lightning_module
+        if isinstance(module, MosaicModule) or self.world_size == 1:
+            return
+        with torch.no_grad():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+
+    # -- checkpoints hold every rank's nodes --------------------------------------------------------------------
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        """Gather every rank's model and optimizer states into the checkpoint, then write it from rank 0."""
+        if self.world_size > 1:
+            local = {"state_dict": checkpoint["state_dict"], "optimizer_states": checkpoint.get("optimizer_states", [])}
+            portable = apply_to_collection(local, Tensor, lambda t: t.detach().cpu())
+            gathered: list[Any] | None = [None] * self.world_size if self.is_global_zero else None
+            dist.gather_object(portable, gathered, dst=0)
+            if self.is_global_zero:
+                assert gathered is not None
+                gathered[0] = local  # rank 0's own tensors, stored once with the top-level state_dict
+                checkpoint = {**checkpoint, RANK_STATES_KEY: {"world_size": self.world_size, "states": gathered}}
+        super().save_checkpoint(checkpoint, filepath, storage_options)
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Load a checkpoint and keep this rank's model and optimizer states.
+
+        Raises:
+            ValueError: If the checkpoint was written by another number of processes (naming both).
+        """
+        checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+        ranks = checkpoint.pop(RANK_STATES_KEY, None)
+        saved_world = 1 if ranks is None else int(ranks["world_size"])
+        if saved_world != self.world_size:
+            raise ValueError(
+                f"checkpoint {checkpoint_path} holds the nodes of {saved_world} process(es), this run has "
+                f"{self.world_size}; resume with the same number of processes (devices x num_nodes)"
+            )
+        if ranks is not None:
+            mine = ranks["states"][self.global_rank]
+            checkpoint["state_dict"] = mine["state_dict"]
+            checkpoint["optimizer_states"] = mine["optimizer_states"]
+        return checkpoint
+
+    @classmethod
+    def register_strategies(cls, strategy_registry: Any) -> None:
+        for name, start_method in (("mosaic", "popen"), ("mosaic_spawn", "spawn")):
+            strategy_registry.register(
+                name,
+                cls,
+                description=f"Decentralized training, no gradient all-reduce (start_method={start_method!r})",
+                start_method=start_method,
+            )
+
+
+def uses_mosaic_strategy(trainer: Trainer) -> bool:
+    """Whether ``trainer`` runs :class:`MosaicStrategy`."""
+    return isinstance(trainer.strategy, MosaicStrategy)
+
+
+def check_multiprocess_module(trainer: Trainer, module: LightningModule) -> None:
+    """Refuse a multi-process run that would all-reduce or broadcast decentralized nodes.
+
+    Raises:
+        ValueError: If ``trainer.world_size > 1`` and the strategy is not :class:`MosaicStrategy`.
+    """
+    if trainer.world_size > 1 and not uses_mosaic_strategy(trainer):
+        raise ValueError(
+            f"{type(module).__name__} with {trainer.world_size} processes needs Trainer(strategy='mosaic') "
+            f"(lightning_mosaic.distributed.MosaicStrategy), got {type(trainer.strategy).__name__}: it would average "
+            "gradients or broadcast parameters across the decentralized nodes"
+        )
+
+
+if "mosaic" not in StrategyRegistry:
+    MosaicStrategy.register_strategies(StrategyRegistry)
