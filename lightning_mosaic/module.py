@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lightning_mosaic._validation import check_int
-from lightning_mosaic.distributed.sharding import all_reduce_sum, global_consensus_distance, node_bounds
-from lightning_mosaic.distributed.strategy import check_multiprocess_module
+from lightning_mosaic.distributed.sharding import global_consensus_distance, node_bounds
+from lightning_mosaic.distributed.strategy import RANK_STATES_KEY, check_multiprocess_module
 from lightning_mosaic.metrics import NodeMean
 from lightning_mosaic.replicas import EXECUTIONS, ReplicaStack, default_execution
 
@@ -57,7 +57,8 @@ class MosaicModule(LightningModule):
     Multi-process runs (``Trainer(strategy="mosaic", devices=w)``, see
     :class:`~lightning_mosaic.distributed.MosaicStrategy`): at ``setup`` rank r keeps only nodes
     ``[floor(r n / w), floor((r + 1) n / w))`` (:attr:`local_nodes`), the datamodule feeds it those nodes' batches,
-    and every logged metric is computed over all n nodes, equal to the single-process value.
+    and every evaluation metric is computed over all n nodes, equal to the single-process value; ``train/loss`` is
+    the mean over the process's own nodes (no collective in the training step).
 
     Raises:
         ValueError: If ``num_nodes`` < 2, ``execution`` or ``init`` or ``lr_scheduler_interval`` is unknown, or a
@@ -159,8 +160,15 @@ class MosaicModule(LightningModule):
         """Refuse a checkpoint of another shape: n nodes of d parameters each must match.
 
         Raises:
-            ValueError: Naming the checkpoint's and this module's n and d.
+            ValueError: Naming the checkpoint's and this module's n and d, or the number of processes that wrote a
+                multi-process checkpoint loaded in one process.
         """
+        ranks = checkpoint.get(RANK_STATES_KEY)  # MosaicStrategy takes it out; still here means one process
+        if ranks is not None:
+            raise ValueError(
+                f"the checkpoint holds the nodes of {ranks['world_size']} process(es), this run has 1; resume with "
+                "Trainer(strategy='mosaic') and the same number of processes"
+            )
         saved = checkpoint.get("state_dict", {}).get("replicas.flat")
         if saved is not None and tuple(saved.shape) != tuple(self.replicas.flat.shape):
             (n, d), (sn, sd) = self.replicas.flat.shape, saved.shape
@@ -208,10 +216,8 @@ class MosaicModule(LightningModule):
                 f"{tuple(x.shape)} and targets {tuple(y.shape)}"
             )
         node_loss = self.per_sample_loss(self(x), y).mean(dim=1)  # (m,)
-        total = node_loss.detach().sum()
-        if self.sharded:
-            total = all_reduce_sum(total)
-        self.log("train/loss", total / self.num_nodes, prog_bar=True)
+        # Over this process's nodes: no collective in the training step (all n nodes in a single process).
+        self.log("train/loss", node_loss.detach().mean(), prog_bar=True)
         return node_loss.sum()
 
     def _eval_step(self, batch: Any, stage: str) -> None:

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from lightning_mosaic._validation import check_int as _check_int
 from lightning_mosaic._validation import check_probability
+from lightning_mosaic.distributed.diagnosis import unresponsive_ranks
 from lightning_mosaic.distributed.exchange import ShardedMixer
 from lightning_mosaic.distributed.sharding import global_consensus_distance, node_bounds
 from lightning_mosaic.distributed.strategy import check_multiprocess_module
@@ -223,6 +224,7 @@ class MosaicGossip(Callback):
         assert self.protocol is not None
         protocol, sharded = self.protocol, self._world_size > 1
         local = _local_rows(pl_module)  # (m, d): a view of the replicas, or a copy of one node's parameters
+        rounds_before = protocol.rounds
         try:
             bad = self._nonfinite(local, protocol.num_nodes)
             offline = None
@@ -251,10 +253,18 @@ class MosaicGossip(Callback):
         except (RuntimeError, dist.DistBackendError) as error:
             if not sharded or isinstance(error, NonFiniteParametersError):
                 raise
+            round_ = rounds_before + 1
+            missing = unresponsive_ranks(f"round-{round_}")
+            who = (
+                "the rank hosting the rendezvous store (rank 0) is unreachable"
+                if missing is None
+                else f"rank(s) {missing} did not reach it (died, hung or were killed; see their logs)"
+                if missing
+                else "every rank reached it (a network or backend failure)"
+            )
             raise GossipCommunicationError(
-                f"rank {self._rank} of {self._world_size}: gossip round {protocol.rounds} (global step {step}) could "
-                f"not exchange fragments with the other ranks: {error}. Another rank probably died, hung or was "
-                "killed; see its log. The wait is bounded by the strategy's timeout"
+                f"rank {self._rank} of {self._world_size}: gossip round {round_} (global step {step}) failed: {who}. "
+                f"Cause: {error}"
             ) from error
         d = protocol.num_coordinates
         metrics = {

@@ -1,0 +1,262 @@
+"""Multi-process Mosaic Learning on real gloo process groups over loopback (2 and 3 CPU processes).
+
+The sharded runs must give the single-process parameters and metrics; the one-node-per-process example must gossip;
+a rank that dies or hangs, or starts with other settings, must make the others fail with a clear error.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lightning_mosaic.cli import main
+from lightning_mosaic.distributed import ShardedMixer, node_bounds
+from lightning_mosaic.distributed.strategy import RANK_STATES_KEY, MosaicStrategy
+from lightning_mosaic.gossip import FragmentGossip
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- pure parts ---------------------------------------------------------------------------------------------------
+
+
+def test_node_bounds_are_balanced_blocks():
+    assert node_bounds(16, 2) == [0, 8, 16]
+    assert node_bounds(16, 3) == [0, 5, 10, 16]
+    assert node_bounds(5, 5) == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match=r"world_size must be an integer in \[1, 4\].*at least one of the num_nodes=4"):
+        node_bounds(4, 5)
+
+
+def test_strategy_is_registered_and_validates_timeout():
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    assert "mosaic" in StrategyRegistry and "mosaic_spawn" in StrategyRegistry
+    assert MosaicStrategy(timeout=12).timeout_s == 12.0
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+        MosaicStrategy(timeout=0)
+
+
+def _mix_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    results = {}
+    cases = [("random", 0.0, False), ("contiguous", 0.3, False), ("random", 0.2, True)]
+    for fragmentation, drop_prob, with_offline in cases:
+        n, d, fragments, peers = 10, 300, 4, 3
+        params = torch.randn(n, d, generator=torch.Generator().manual_seed(7))
+        single = FragmentGossip([d], n, fragments, peers, fragmentation=fragmentation, seed=3, drop_prob=drop_prob)
+        sharded = FragmentGossip([d], n, fragments, peers, fragmentation=fragmentation, seed=3, drop_prob=drop_prob)
+        bounds = node_bounds(n, world)
+        mixer = ShardedMixer(bounds, rank, sharded.fragmentation, peers)
+        expected, local = params.clone(), params[bounds[rank] : bounds[rank + 1]].clone()
+        stats = []
+        for round_ in range(4):
+            offline = None
+            if with_offline and round_ == 1:  # node 1 holds a NaN and is isolated for this round
+                offline = torch.zeros(n, dtype=torch.bool)
+                offline[1] = True
+                expected[1, 0] = float("nan")
+                if bounds[rank] <= 1 < bounds[rank + 1]:
+                    local[1 - bounds[rank], 0] = float("nan")
+            single.round_(expected, offline)
+            stats.append(mixer.mix_(local, sharded.next_matrices(local.dtype, offline), offline))
+            if offline is not None:  # repair node 1 so later rounds stay finite, the same way everywhere
+                expected[1, 0] = 0.0
+                if bounds[rank] <= 1 < bounds[rank + 1]:
+                    local[1 - bounds[rank], 0] = 0.0
+        results[f"{fragmentation}-{drop_prob}-{with_offline}"] = {
+            "local": local,
+            "expected": expected[bounds[rank] : bounds[rank + 1]],
+            "sent": [s.values_sent for s in stats],
+            "ideal": [s.ideal_values_sent for s in stats],
+        }
+    torch.save(results, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_mixing_equals_single_process_mixing(tmp_path, world):
+    mp.start_processes(_mix_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, start_method="spawn")
+    for rank in range(world):
+        for case, r in torch.load(tmp_path / f"rank{rank}.pt").items():
+            assert torch.isfinite(r["local"]).all(), case  # the isolated NaN never reached anyone
+            torch.testing.assert_close(r["local"], r["expected"], rtol=1e-6, atol=1e-6, msg=case)
+            assert all(0 < s <= i for s, i in zip(r["sent"], r["ideal"])), (case, r["sent"], r["ideal"])
+
+
+# -- the CLI's main job over 1, 2 and 3 processes --------------------------------------------------------------------
+
+
+CHECKPOINT_EVERY_20_STEPS = """
+trainer:
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args:
+        every_n_train_steps: 20
+        save_top_k: -1
+"""
+
+
+def _fit_args(save_dir: Path, steps: int) -> list[str]:
+    extra = save_dir.parent / f"{save_dir.name}-checkpoints.yaml"
+    extra.write_text(CHECKPOINT_EVERY_20_STEPS)
+    return [
+        "fit",
+        "--config",
+        str(QUICKSTART),
+        "--config",
+        str(extra),
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.logger.init_args.save_dir",
+        str(save_dir),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+
+
+def _run_processes(args: list[str], world: int, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "lightning_mosaic.cli", *args]
+    if world > 1:
+        command += ["--trainer.devices", str(world), "--trainer.strategy", "mosaic"]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def _run_dir(save_dir: Path) -> Path:
+    (run,) = sorted((save_dir / "quickstart").glob("version_*"))
+    return run
+
+
+def _checkpoint(run: Path, step: int) -> Path:
+    (path,) = (run / "checkpoints").glob(f"*step={step}.ckpt")
+    return path
+
+
+def _parameters(run: Path, step: int) -> torch.Tensor:
+    """All n nodes' parameters in the checkpoint of ``step`` (assembled from every process's part)."""
+    checkpoint = torch.load(_checkpoint(run, step), weights_only=False)
+    if RANK_STATES_KEY not in checkpoint:
+        return checkpoint["state_dict"]["replicas.flat"]
+    states = checkpoint[RANK_STATES_KEY]["states"]
+    return torch.cat([s["state_dict"]["replicas.flat"] for s in states])
+
+
+SUMMARY_KEYS = ("node_acc_mean", "node_acc_std", "avg_model_acc", "val_loss", "consensus_distance", "rounds")
+
+
+@pytest.fixture(scope="module")
+def single_process_run(tmp_path_factory):
+    """The reference: 40 quickstart rounds in one process, checkpointed at rounds 20 and 40."""
+    save_dir = tmp_path_factory.mktemp("single") / "runs"
+    main(_fit_args(save_dir, 40))
+    return _run_dir(save_dir)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_run_equals_single_process_run(tmp_path, world, single_process_run):
+    steps = 40 if world == 2 else 20
+    result = _run_processes(_fit_args(tmp_path / "runs", steps), world, tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = _run_dir(tmp_path / "runs")
+    for step in (20, steps):
+        torch.testing.assert_close(_parameters(run, step), _parameters(single_process_run, step), rtol=1e-5, atol=1e-6)
+    if world == 2:
+        summary = json.loads((run / "summary.json").read_text())
+        expected = json.loads((single_process_run / "summary.json").read_text())
+        for key in SUMMARY_KEYS:
+            assert summary[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-7), key
+        assert not list(tmp_path.rglob("*.tmp"))
+
+        # resume mid-epoch (the digits epoch is 50 steps) with the same world size: bit for bit the same run
+        resume = [*_fit_args(tmp_path / "resumed", 40), "--ckpt_path", str(_checkpoint(run, 20))]
+        result = _run_processes(resume, world, tmp_path)
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert torch.equal(_parameters(_run_dir(tmp_path / "resumed"), 40), _parameters(run, 40))
+
+        # another number of processes cannot continue it (each process's nodes differ)
+        other = [*_fit_args(tmp_path / "other", 40), "--ckpt_path", str(_checkpoint(run, 20))]
+        result = _run_processes(other, 1, tmp_path)
+        assert result.returncode != 0
+        assert "holds the nodes of 2 process(es), this run has 1" in result.stderr
+
+
+# -- a plain LightningModule, one node per process (the shipped example) -------------------------------------------
+
+
+def test_one_node_per_process_example_gossips(tmp_path):
+    command = [sys.executable, str(ROOT / "examples" / "one_node_per_process.py")]
+    command += ["--devices", "2", "--max-steps", "60", "--out", str(tmp_path)]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (metrics_file,) = tmp_path.rglob("metrics.csv")
+    rows = list(csv.DictReader(metrics_file.open()))
+    gossip = [r for r in rows if r.get("gossip/round")]
+    assert max(float(r["gossip/round"]) for r in gossip) == 60
+    d = 64 * 128 + 128 + 128 * 10 + 10
+    # n = 2, s = 1: each process sends every fragment once to the other, d float32 values per round in all
+    assert {float(r["gossip/bytes_sent_per_rank"]) for r in gossip} == {4.0 * d}
+    assert {float(r["gossip/values_sent_per_node"]) for r in gossip} == {float(d)}
+    # ... and both nodes then hold the average of the two: consensus after every round, although they train apart
+    assert max(float(r["gossip/consensus_distance"]) for r in gossip) < 1e-10
+    accuracy = [float(r["val/node_acc_mean"]) for r in rows if r.get("val/node_acc_mean")]
+    assert accuracy and accuracy[-1] > 0.7
+
+
+# -- failures -----------------------------------------------------------------------------------------------------
+
+
+def _launch_worker(*args: str, timeout: float) -> list[subprocess.CompletedProcess]:
+    """Start the 2 ranks of tests/distributed_worker.py the way torchrun does (environment variables)."""
+    port = str(free_port())
+    processes = []
+    for rank in range(2):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2"}
+        env.update(RANK=str(rank), LOCAL_RANK=str(rank), NODE_RANK="0")
+        command = [sys.executable, str(ROOT / "tests" / "distributed_worker.py"), *args]
+        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for process in processes:
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:  # a rank told to hang
+            process.kill()
+            out, err = process.communicate()
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return results
+
+
+@pytest.mark.parametrize("fault", ["die", "hang"])
+def test_a_rank_that_dies_or_hangs_fails_the_others_naming_it_and_the_round(fault):
+    rank0, rank1 = _launch_worker("--fault", fault, "--fault-step", "5", "--timeout", "5", timeout=240)
+    assert rank0.returncode != 0
+    assert "GossipCommunicationError: rank 0 of 2: gossip round 6 (global step 6) failed: rank(s) [1] did not" in (
+        rank0.stderr
+    )
+    if fault == "die":
+        assert rank1.returncode == 3
+
+
+def test_ranks_started_with_different_settings_are_refused():
+    results = _launch_worker("--fragments", "4", "--fragments-on-rank-1", "2", timeout=240)
+    for result in results:
+        assert result.returncode != 0
+        assert "started with different gossip settings" in result.stderr
+        assert "fragments=2 on rank 1, 4 on rank 0" in result.stderr
