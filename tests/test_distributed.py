@@ -19,9 +19,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lightning_mosaic.cli import main
+# Only pure modules at import time: spawned workers re-import this file, and Lightning takes seconds to import.
 from lightning_mosaic.distributed import ShardedMixer, node_bounds
-from lightning_mosaic.distributed.strategy import RANK_STATES_KEY, MosaicStrategy
 from lightning_mosaic.gossip import FragmentGossip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +46,8 @@ def test_node_bounds_are_balanced_blocks():
 
 def test_strategy_is_registered_and_validates_timeout():
     from lightning.pytorch.strategies import StrategyRegistry
+
+    from lightning_mosaic.distributed.strategy import MosaicStrategy
 
     assert "mosaic" in StrategyRegistry and "mosaic_spawn" in StrategyRegistry
     assert MosaicStrategy(timeout=12).timeout_s == 12.0
@@ -152,6 +153,8 @@ def _checkpoint(run: Path, step: int) -> Path:
 
 def _parameters(run: Path, step: int) -> torch.Tensor:
     """All n nodes' parameters in the checkpoint of ``step`` (assembled from every process's part)."""
+    from lightning_mosaic.distributed.strategy import RANK_STATES_KEY
+
     checkpoint = torch.load(_checkpoint(run, step), weights_only=False)
     if RANK_STATES_KEY not in checkpoint:
         return checkpoint["state_dict"]["replicas.flat"]
@@ -165,6 +168,8 @@ SUMMARY_KEYS = ("node_acc_mean", "node_acc_std", "avg_model_acc", "val_loss", "c
 @pytest.fixture(scope="module")
 def single_process_run(tmp_path_factory):
     """The reference: 40 quickstart rounds in one process, checkpointed at rounds 20 and 40."""
+    from lightning_mosaic.cli import main
+
     save_dir = tmp_path_factory.mktemp("single") / "runs"
     main(_fit_args(save_dir, 40))
     return _run_dir(save_dir)
@@ -203,13 +208,13 @@ def test_sharded_run_equals_single_process_run(tmp_path, world, single_process_r
 
 def test_one_node_per_process_example_gossips(tmp_path):
     command = [sys.executable, str(ROOT / "examples" / "one_node_per_process.py")]
-    command += ["--devices", "2", "--max-steps", "60", "--out", str(tmp_path)]
+    command += ["--devices", "2", "--max-steps", "100", "--out", str(tmp_path)]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     (metrics_file,) = tmp_path.rglob("metrics.csv")
     rows = list(csv.DictReader(metrics_file.open()))
     gossip = [r for r in rows if r.get("gossip/round")]
-    assert max(float(r["gossip/round"]) for r in gossip) == 60
+    assert max(float(r["gossip/round"]) for r in gossip) == 100
     d = 64 * 128 + 128 + 128 * 10 + 10
     # n = 2, s = 1: each process sends every fragment once to the other, d float32 values per round in all
     assert {float(r["gossip/bytes_sent_per_rank"]) for r in gossip} == {4.0 * d}
@@ -217,7 +222,7 @@ def test_one_node_per_process_example_gossips(tmp_path):
     # ... and both nodes then hold the average of the two: consensus after every round, although they train apart
     assert max(float(r["gossip/consensus_distance"]) for r in gossip) < 1e-10
     accuracy = [float(r["val/node_acc_mean"]) for r in rows if r.get("val/node_acc_mean")]
-    assert accuracy and accuracy[-1] > 0.7
+    assert len(accuracy) == 2 and accuracy[-1] > 0.6  # validation at steps 50 and 100; chance is 0.1
 
 
 # -- failures -----------------------------------------------------------------------------------------------------
@@ -233,10 +238,10 @@ def _launch_worker(*args: str, timeout: float) -> list[subprocess.CompletedProce
         command = [sys.executable, str(ROOT / "tests" / "distributed_worker.py"), *args]
         processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = []
-    for process in processes:
-        try:
-            out, err = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:  # a rank told to hang
+    for rank, process in enumerate(processes):
+        try:  # rank 0 must end by itself; the others get a few seconds more (a rank told to hang never ends)
+            out, err = process.communicate(timeout=timeout if rank == 0 else 15)
+        except subprocess.TimeoutExpired:
             process.kill()
             out, err = process.communicate()
         results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
