@@ -297,8 +297,15 @@ def test_checkpoint_of_another_configuration_is_refused(tmp_path):
     fit(8, MosaicGossip(fragments=4, peers=2, seed=1), 8, ckpt_path=last)  # the same configuration resumes
 
 
-@pytest.mark.parametrize("stop", [9, 10])  # mid-epoch (epochs of 6 batches), once right after a gossip round
-def test_mid_epoch_resume_is_bit_identical(tmp_path, stop):
+@pytest.mark.parametrize(
+    ("stop", "saved_by"),
+    [
+        (9, "every_n_train_steps"),  # mid-epoch (epochs of 6 batches)
+        (10, "every_n_train_steps"),
+        (9, "max_steps"),  # fit stopped by max_steps mid-epoch: Lightning saves at its (cut short) epoch end
+    ],
+)
+def test_mid_epoch_resume_is_bit_identical(tmp_path, stop, saved_by):
     """Interrupted at step ``stop`` and resumed with fit(ckpt_path=...): same data order, parameters, gossip."""
 
     def run(max_steps, ckpt_path=None, save_at=None):
@@ -310,7 +317,8 @@ def test_mid_epoch_resume_is_bit_identical(tmp_path, stop):
 
         callbacks = [MosaicGossip(fragments=4, peers=2, seed=3), Record()]
         if save_at:
-            callbacks.append(ModelCheckpoint(dirpath=tmp_path / "mid", every_n_train_steps=save_at, save_top_k=-1))
+            every = save_at if saved_by == "every_n_train_steps" else None
+            callbacks.append(ModelCheckpoint(dirpath=tmp_path / "mid", every_n_train_steps=every, save_top_k=-1))
         module = MosaicModule(MLP, 8, optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
         t = trainer(tmp_path, max_steps, callbacks, limit_val_batches=0, enable_checkpointing=bool(save_at))
         t.fit(module, digits(steps_per_epoch=6), ckpt_path=ckpt_path)
@@ -318,7 +326,7 @@ def test_mid_epoch_resume_is_bit_identical(tmp_path, stop):
 
     full_batches, full = run(20)
     run(stop, save_at=stop)
-    (ckpt,) = (tmp_path / "mid").glob("*.ckpt")
+    (ckpt,) = (tmp_path / "mid").glob(f"*step={stop}.ckpt")
     resumed_batches, resumed = run(20, ckpt_path=ckpt)
     assert resumed_batches == full_batches[stop:]  # the data order continues exactly
     torch.testing.assert_close(resumed, full, rtol=0, atol=0)

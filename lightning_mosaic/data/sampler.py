@@ -109,6 +109,11 @@ class NodeBatchSampler(Sampler[list[int]]):
         self.num_batches = num_batches
         self.epoch = 0
         self.start_batch = 0
+        # After a resume, the epoch of the loader state wins over the number Lightning passes next to set_epoch
+        # (they differ by one when the checkpoint was written at an epoch end that max_steps cut short); later
+        # epochs keep the same offset.
+        self._pinned_epoch: int | None = None
+        self._epoch_offset = 0
         # Lightning calls ``set_epoch`` on ``dataloader.batch_sampler.sampler``, not on the batch sampler.
         self.sampler = self
 
@@ -126,7 +131,17 @@ class NodeBatchSampler(Sampler[list[int]]):
         Raises:
             ValueError: ``epoch`` is negative or not an integer.
         """
+        epoch = _check_int("epoch", epoch, 0)
+        if self._pinned_epoch is not None:
+            self._epoch_offset, self._pinned_epoch = self._pinned_epoch - epoch, None
+        self.epoch = epoch + self._epoch_offset
+
+    def resume(self, epoch: int, start_batch: int) -> None:
+        """Make the next iteration start at batch ``start_batch`` of ``epoch``, whatever epoch number the trainer
+        passes to the next :meth:`set_epoch` (later epochs follow on from this one)."""
         self.epoch = _check_int("epoch", epoch, 0)
+        self.start_batch = _check_int("start_batch", start_batch, 0)
+        self._pinned_epoch = self.epoch
 
     def __len__(self) -> int:
         if self.num_batches is not None:
@@ -218,8 +233,7 @@ class NodeDataLoader(DataLoader):
         epoch, batches = int(state["epoch"]), int(state["batches"])
         if batches >= len(sampler):  # the epoch was complete: continue with the next one
             epoch, batches = epoch + 1, 0
-        sampler.set_epoch(epoch)
-        sampler.start_batch = batches
+        sampler.resume(epoch, batches)
 
 
 class NodeBatchCollate:
