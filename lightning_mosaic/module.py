@@ -11,6 +11,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torchmetrics import Metric
 
 from lightning_mosaic._validation import check_int
 from lightning_mosaic.gossip.metrics import consensus_distance
@@ -85,16 +86,7 @@ class MosaicModule(LightningModule):
         self.last_validated_step = -1
         """``trainer.global_step`` of the last completed validation (-1: none yet)."""
         self.eval_metrics = nn.ModuleDict(
-            {
-                stage: nn.ModuleDict(
-                    {
-                        "node_acc": NodeMean(num_nodes),
-                        "node_loss": NodeMean(num_nodes),
-                        "avg_acc": NodeMean(1),
-                    }
-                )
-                for stage in ("val", "test")
-            }
+            {stage: nn.ModuleDict(self._make_eval_metrics()) for stage in ("val", "test")}
         )
 
     # -- what MosaicGossip works on -------------------------------------------------------------------------------
@@ -179,26 +171,39 @@ class MosaicModule(LightningModule):
         self.log("train/loss", node_loss.mean().detach(), prog_bar=True)
         return node_loss.sum()
 
-    def _eval_step(self, batch: Any, stage: str) -> None:
-        x, y = self._split_batch(batch)
-        metrics = self.eval_metrics[stage]
-        outputs = self(x, shared_input=True)  # (n, B, C)
+    # -- evaluation: override the three _..._eval_... hooks for a task's own metrics (see tasks/rating.py) ----------
+
+    def _make_eval_metrics(self) -> dict[str, Metric]:
+        """Fresh metrics of one evaluation stage, by name (called once per stage by ``__init__``)."""
+        return {"node_acc": NodeMean(self.num_nodes), "node_loss": NodeMean(self.num_nodes), "avg_acc": NodeMean(1)}
+
+    def _update_eval_metrics(self, metrics: nn.ModuleDict, outputs: Tensor, avg_outputs: Tensor, y: Tensor) -> None:
+        """Add one batch: node outputs ``(n, B, ...)``, averaged-model outputs ``(1, B, ...)``, targets ``(B,)``."""
         targets = y.unsqueeze(0).expand(self.num_nodes, -1)
         metrics["node_acc"].update(self.per_sample_correct(outputs, targets))
         metrics["node_loss"].update(self.per_sample_loss(outputs, targets))
-        avg = self.replicas.forward_average(x).unsqueeze(0)
-        metrics["avg_acc"].update(self.per_sample_correct(avg, y.unsqueeze(0)))
+        metrics["avg_acc"].update(self.per_sample_correct(avg_outputs, y.unsqueeze(0)))
 
-    def _eval_epoch_end(self, stage: str) -> None:
-        metrics = self.eval_metrics[stage]
+    def _compute_eval_metrics(self, metrics: nn.ModuleDict, stage: str) -> dict[str, Tensor]:
+        """The values to log at the end of a stage, by logged name."""
         node_acc = metrics["node_acc"].compute()
-        values = {
+        return {
             f"{stage}/node_acc_mean": node_acc.mean(),
             f"{stage}/node_acc_std": node_acc.std(correction=0),
             f"{stage}/avg_model_acc": metrics["avg_acc"].compute().mean(),
             f"{stage}/loss": metrics["node_loss"].compute().mean(),
-            "gossip/consensus_distance": consensus_distance(self.replicas.flat),
         }
+
+    def _eval_step(self, batch: Any, stage: str) -> None:
+        x, y = self._split_batch(batch)
+        outputs = self(x, shared_input=True)  # (n, B, ...)
+        avg = self.replicas.forward_average(x).unsqueeze(0)  # (1, B, ...)
+        self._update_eval_metrics(self.eval_metrics[stage], outputs, avg, y)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        metrics = self.eval_metrics[stage]
+        values = self._compute_eval_metrics(metrics, stage)
+        values["gossip/consensus_distance"] = consensus_distance(self.replicas.flat)
         self.log_dict({k: v.to(torch.float32) for k, v in values.items()}, prog_bar=False)
         if stage == "val":
             self.last_validated_step = self.global_step
