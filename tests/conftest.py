@@ -84,3 +84,31 @@ def cifar10_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield destination
     finally:
         shutil.rmtree(destination, ignore_errors=True)  # 60,000 files: do not leave them to pytest's tmp rotation
+
+
+# MovieLens 100K as published (u.data, u.item, ...): next to the checkout, or the workplace's shared folder.
+MOVIELENS100K_CANDIDATES = (
+    REPO_ROOT.parent / "shared" / "data" / "ml-100k",
+    Path("/work/shared/data/ml-100k"),
+)
+
+
+@pytest.fixture(scope="session")
+def movielens100k_dir() -> Path:
+    """Directory holding the real MovieLens 100K files (``u.data``, ``u.item``), read in place (never written).
+
+    ``$MOSAIC_MOVIELENS100K_DIR`` if set, else the first of :data:`MOVIELENS100K_CANDIDATES` holding ``u.data``. A
+    missing copy fails the test, unless ``MOSAIC_ALLOW_MISSING_DATA=1``, which skips it.
+    """
+    override = os.environ.get("MOSAIC_MOVIELENS100K_DIR")
+    candidates = (Path(override),) if override else MOVIELENS100K_CANDIDATES
+    found = next((c for c in candidates if (c / "u.data").is_file()), None)
+    if found is None:
+        message = (
+            f"MovieLens 100K (u.data) not found in {', '.join(map(str, candidates))}. Set MOSAIC_MOVIELENS100K_DIR to "
+            "the extracted ml-100k folder, or MOSAIC_ALLOW_MISSING_DATA=1 to skip the tests that need it."
+        )
+        if os.environ.get("MOSAIC_ALLOW_MISSING_DATA") == "1":
+            pytest.skip(message)
+        pytest.fail(message, pytrace=False)
+    return found

@@ -6,6 +6,7 @@ Training batches are shaped ``(n, B, ...)``: one mini-batch per node, each from 
 from lightning_mosaic.data.base import NodeDataModule
 from lightning_mosaic.data.cifar10 import CIFAR10DataModule
 from lightning_mosaic.data.digits import DigitsDataModule
+from lightning_mosaic.data.movielens import MovieLensDataModule
 from lightning_mosaic.data.partition import dirichlet_partition
 from lightning_mosaic.data.sampler import NodeBatchCollate, NodeBatchSampler, NodeDataLoader
 
@@ -17,4 +18,5 @@ __all__ = [
     "NodeDataModule",
     "DigitsDataModule",
     "CIFAR10DataModule",
+    "MovieLensDataModule",
 ]
