@@ -22,11 +22,11 @@ def round_to_grid(values: Tensor, grid: tuple[float, float, float]) -> Tensor:
         grid: ``(min, max, step)``, e.g. ``(1, 5, 1)`` or ``(0.5, 5, 0.5)``.
 
     Returns:
-        Same shape as ``values``: ``clamp(min + step * round((values - min) / step), min, max)`` (ties to even,
-        ``torch.round``).
+        Same shape as ``values``: ``clamp(min + step * floor((values - min) / step + 1/2), min, max)`` (halfway
+        values round up, e.g. 2.5 -> 3 on the whole-star grid).
     """
     low, high, step = grid
-    return (low + step * torch.round((values - low) / step)).clamp(low, high)
+    return (low + step * torch.floor((values - low) / step + 0.5)).clamp(low, high)
 
 
 class RatingModule(MosaicModule):
