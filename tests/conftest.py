@@ -112,3 +112,20 @@ def movielens100k_dir() -> Path:
             pytest.skip(message)
         pytest.fail(message, pytrace=False)
     return found
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Run the test with one intra-op torch thread, then restore the previous count.
+
+    On the shared 2-core test machine, small training runs were 5-15x slower with two threads than with one (same
+    numbers): the per-op work is too small to split and the threads wait on each other under load.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -38,7 +38,7 @@ def movielens_run(movielens100k_dir: Path):
     Runs with one intra-op thread: on the shared 2-core test machine the same run took 11 s with one thread and 66 s
     with two (identical numbers), the (16, 55125) elementwise work being too small to split.
     """
-    threads = torch.get_num_threads()
+    threads = torch.get_num_threads()  # module scope: the function-scoped one_torch_thread fixture does not fit
     torch.set_num_threads(1)
     data = MovieLensDataModule(movielens100k_dir, num_nodes=16, batch_size=256, seed=0)
     module = RatingModule(

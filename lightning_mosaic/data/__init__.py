@@ -5,6 +5,7 @@ Training batches are shaped ``(n, B, ...)``: one mini-batch per node, each from 
 
 from lightning_mosaic.data.base import NodeDataModule
 from lightning_mosaic.data.cifar10 import CIFAR10DataModule
+from lightning_mosaic.data.cifar100 import CIFAR100DataModule
 from lightning_mosaic.data.digits import DigitsDataModule
 from lightning_mosaic.data.movielens import MovieLensDataModule
 from lightning_mosaic.data.partition import dirichlet_partition
@@ -18,5 +19,6 @@ __all__ = [
     "NodeDataModule",
     "DigitsDataModule",
     "CIFAR10DataModule",
+    "CIFAR100DataModule",
     "MovieLensDataModule",
 ]
