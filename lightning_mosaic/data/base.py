@@ -25,7 +25,8 @@ class NodeDataModule(pl.LightningDataModule):
 
     Subclasses set the class attributes :attr:`num_classes` (and, optionally, :attr:`input_shape`) and
     implement :meth:`_load`. :meth:`setup` loads once and partitions the training labels with
-    :func:`~lightning_mosaic.data.dirichlet_partition`.
+    :func:`~lightning_mosaic.data.dirichlet_partition` (override :meth:`_partition_train` to assign other units,
+    e.g. MovieLens users, to nodes).
 
     Args:
         num_nodes: Number of nodes ``n >= 2``.
