@@ -136,6 +136,8 @@ def test_1m_movies_latin1_titles_and_genres(tmp_path: Path):
     assert movies.genre_names == ("Adventure", "Animation", "Children's", "Comedy", "Drama", "Musical", "Sci-Fi")
     assert movies.genres.sum(axis=1).tolist() == [3, 2, 2]
     assert movies.genres[1, movies.genre_names.index("Sci-Fi")]
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))  # Windows line endings read the same
+    assert read_movies(path, "1m").genre_names == movies.genre_names
     path.write_bytes(path.read_bytes() + b"74::No genres\n")
     with pytest.raises(MovieLensFormatError, match=r"movies\.dat, line 4: 2 fields; expected 3"):
         read_movies(path, "1m")

@@ -191,7 +191,8 @@ def _lines(path: Path, encoding: str) -> list[str]:
     except UnicodeDecodeError as exc:
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
         raise MovieLensFormatError(f"{path}, line {line}: not valid {encoding} text ({exc.reason})") from exc
-    return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
+    lines = text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def _fail(path: Path, line: int, what: str, row: str) -> MovieLensFormatError:
