@@ -72,7 +72,7 @@ def test_matrix_factorization_forward_and_init():
     ],  # fmt: skip
     ids=["mf", "resnet8"],
 )
-def test_vmap_and_loop_paths_agree_on_outputs_and_gradients(factory, make_input):
+def test_vmap_and_loop_paths_agree_on_outputs_and_gradients(factory, make_input, one_torch_thread):
     """Embedding gradients under vmap (row gathers of a batched weight) equal the per-node loop's."""
     torch.manual_seed(0)
     stack = ReplicaStack(factory, 3, init="independent", seed=1)
