@@ -58,8 +58,6 @@ class MovieLensVariant:
         rating_min: Smallest rating on the grid (stars).
         rating_max: Largest rating on the grid (stars).
         rating_step: Grid step (stars): 1 for whole stars, 0.5 for half stars.
-        num_users: Number of users of the published release.
-        num_items: Number of distinct rated movies of the published release.
     """
 
     name: str
@@ -71,8 +69,6 @@ class MovieLensVariant:
     rating_min: float
     rating_max: float
     rating_step: float
-    num_users: int
-    num_items: int
 
     @property
     def grid(self) -> np.ndarray:
@@ -84,45 +80,42 @@ class MovieLensVariant:
 _BASE_URL = "https://files.grouplens.org/datasets/movielens/"
 #: The releases understood, by name. MD5s are GroupLens's published ``*.zip.md5`` values.
 VARIANTS: dict[str, MovieLensVariant] = {
+    # 943 users x 1682 movies, 100,000 ratings
     "100k": MovieLensVariant(
-        "100k",
-        "ml-100k",
-        "u.data",
-        "u.item",
-        _BASE_URL + "ml-100k.zip",
-        "0e33842e24a9c977be4e0107933c0723",
-        1.0,
-        5.0,
-        1.0,
-        943,
-        1682,
-    ),  # fmt: skip
+        name="100k",
+        folder="ml-100k",
+        ratings_file="u.data",
+        movies_file="u.item",
+        url=_BASE_URL + "ml-100k.zip",
+        md5="0e33842e24a9c977be4e0107933c0723",
+        rating_min=1.0,
+        rating_max=5.0,
+        rating_step=1.0,
+    ),
+    # 6040 users x 3706 rated movies, 1,000,209 ratings
     "1m": MovieLensVariant(
-        "1m",
-        "ml-1m",
-        "ratings.dat",
-        "movies.dat",
-        _BASE_URL + "ml-1m.zip",
-        "c4d9eecfca2ab87c1945afe126590906",
-        1.0,
-        5.0,
-        1.0,
-        6040,
-        3706,
-    ),  # fmt: skip
+        name="1m",
+        folder="ml-1m",
+        ratings_file="ratings.dat",
+        movies_file="movies.dat",
+        url=_BASE_URL + "ml-1m.zip",
+        md5="c4d9eecfca2ab87c1945afe126590906",
+        rating_min=1.0,
+        rating_max=5.0,
+        rating_step=1.0,
+    ),
+    # 610 users x 9724 rated movies in the 2018 release; GroupLens updates this archive, hence no MD5
     "latest-small": MovieLensVariant(
-        "latest-small",
-        "ml-latest-small",
-        "ratings.csv",
-        "movies.csv",
-        _BASE_URL + "ml-latest-small.zip",
-        None,
-        0.5,
-        5.0,
-        0.5,
-        610,
-        9724,
-    ),  # fmt: skip
+        name="latest-small",
+        folder="ml-latest-small",
+        ratings_file="ratings.csv",
+        movies_file="movies.csv",
+        url=_BASE_URL + "ml-latest-small.zip",
+        md5=None,
+        rating_min=0.5,
+        rating_max=5.0,
+        rating_step=0.5,
+    ),
 }
 
 #: The 19 genre flags of ``u.item`` (MovieLens 100K), in column order (the file ``u.genre``).
