@@ -82,7 +82,7 @@ class MosaicCLI(LightningCLI):
         seconds = time.perf_counter() - self._fit_start
         trainer, model = self.trainer, self.model
         metrics = trainer.callback_metrics
-        if model.last_validated_step != trainer.global_step or "val/node_acc_mean" not in metrics:
+        if model.last_validated_step != trainer.global_step or "val/loss" not in metrics:
             results = trainer.validate(model, datamodule=self.datamodule, verbose=False)
             metrics = {**trainer.callback_metrics, **(results[0] if results else {})}  # none: limit_val_batches=0
         summary = run_summary(trainer, model, metrics, seconds, self._timer.seconds)

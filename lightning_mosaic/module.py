@@ -11,6 +11,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torchmetrics import Metric
 
 from lightning_mosaic._validation import check_int
 from lightning_mosaic.distributed.sharding import global_consensus_distance, node_bounds
@@ -93,16 +94,7 @@ class MosaicModule(LightningModule):
         self.last_validated_step = -1
         """``trainer.global_step`` of the last completed validation (-1: none yet)."""
         self.eval_metrics = nn.ModuleDict(
-            {
-                stage: nn.ModuleDict(
-                    {
-                        "node_acc": NodeMean(num_nodes),
-                        "node_loss": NodeMean(num_nodes),
-                        "avg_acc": NodeMean(1),
-                    }
-                )
-                for stage in ("val", "test")
-            }
+            {stage: nn.ModuleDict(self._make_eval_metrics()) for stage in ("val", "test")}
         )
 
     # -- what MosaicGossip works on -------------------------------------------------------------------------------
@@ -220,31 +212,49 @@ class MosaicModule(LightningModule):
         self.log("train/loss", node_loss.detach().mean(), prog_bar=True)
         return node_loss.sum()
 
+    # -- evaluation: override the three _..._eval_... hooks for a task's own metrics (see tasks/rating.py) ----------
+
+    def _make_eval_metrics(self) -> dict[str, Metric]:
+        """Fresh metrics of one evaluation stage, by name (called once per stage by ``__init__``)."""
+        return {"node_acc": NodeMean(self.num_nodes), "node_loss": NodeMean(self.num_nodes), "avg_acc": NodeMean(1)}
+
+    def _update_eval_metrics(
+        self, metrics: nn.ModuleDict, outputs: Tensor, avg_outputs: Tensor | None, y: Tensor, first_node: int = 0
+    ) -> None:
+        """Add one batch: outputs ``(m, B, ...)`` of nodes ``first_node, ..., first_node + m - 1`` (all n in one
+        process), averaged-model outputs ``(1, B, ...)`` (``None`` in the processes that do not evaluate it), targets
+        ``(B,)``."""
+        targets = y.unsqueeze(0).expand(outputs.shape[0], -1)
+        metrics["node_acc"].update(self.per_sample_correct(outputs, targets), first_node)
+        metrics["node_loss"].update(self.per_sample_loss(outputs, targets), first_node)
+        if avg_outputs is not None:
+            metrics["avg_acc"].update(self.per_sample_correct(avg_outputs, y.unsqueeze(0)))
+
+    def _compute_eval_metrics(self, metrics: nn.ModuleDict, stage: str) -> dict[str, Tensor]:
+        """The values to log at the end of a stage, by logged name."""
+        node_acc = metrics["node_acc"].compute()
+        return {
+            f"{stage}/node_acc_mean": node_acc.mean(),
+            f"{stage}/node_acc_std": node_acc.std(correction=0),
+            f"{stage}/avg_model_acc": metrics["avg_acc"].compute().mean(),
+            f"{stage}/loss": metrics["node_loss"].compute().mean(),
+        }
+
     def _eval_step(self, batch: Any, stage: str) -> None:
         x, y = self._split_batch(batch)
-        metrics = self.eval_metrics[stage]
-        outputs = self(x, shared_input=True)  # (m, B, C)
-        targets = y.unsqueeze(0).expand(outputs.shape[0], -1)
+        outputs = self(x, shared_input=True)  # (m, B, ...)
         first = self.replicas.first_node
-        metrics["node_acc"].update(self.per_sample_correct(outputs, targets), first)
-        metrics["node_loss"].update(self.per_sample_loss(outputs, targets), first)
-        if first == 0:  # the averaged model is evaluated once, by the process holding node 0
-            avg = self.replicas.forward_average(x, self._average_state).unsqueeze(0)
-            metrics["avg_acc"].update(self.per_sample_correct(avg, y.unsqueeze(0)))
+        # the averaged model is evaluated once, by the process holding node 0
+        avg = self.replicas.forward_average(x, self._average_state).unsqueeze(0) if first == 0 else None
+        self._update_eval_metrics(self.eval_metrics[stage], outputs, avg, y, first)
 
     def _eval_epoch_start(self) -> None:
         self._average_state = self.replicas.average_state()  # a collective in multi-process runs
 
     def _eval_epoch_end(self, stage: str) -> None:
         metrics = self.eval_metrics[stage]
-        node_acc = metrics["node_acc"].compute()
-        values = {
-            f"{stage}/node_acc_mean": node_acc.mean(),
-            f"{stage}/node_acc_std": node_acc.std(correction=0),
-            f"{stage}/avg_model_acc": metrics["avg_acc"].compute().mean(),
-            f"{stage}/loss": metrics["node_loss"].compute().mean(),
-            "gossip/consensus_distance": global_consensus_distance(self.replicas.flat, self.num_nodes),
-        }
+        values = self._compute_eval_metrics(metrics, stage)
+        values["gossip/consensus_distance"] = global_consensus_distance(self.replicas.flat, self.num_nodes)
         # Every value is already over all n nodes and equal on every process: "max" of equal copies is exact.
         self.log_dict(
             {k: v.to(torch.float32) for k, v in values.items()}, prog_bar=False, sync_dist=self.sharded, reduce_fx="max"

@@ -53,11 +53,20 @@ _ROWS = [
     ("node_acc_mean", "node accuracy mean", "{:.4f}"),
     ("node_acc_std", "node accuracy std", "{:.4f}"),
     ("avg_model_acc", "averaged-model accuracy", "{:.4f}"),
+    ("node_rmse_mean", "node RMSE mean", "{:.4f}"),
+    ("node_rmse_std", "node RMSE std", "{:.4f}"),
+    ("avg_model_rmse", "averaged-model RMSE", "{:.4f}"),
+    ("node_rating_acc_mean", "node rating accuracy mean", "{:.4f}"),
     ("consensus_distance", "consensus distance", "{:.4g}"),
     ("values_sent_per_node_per_round", "values sent per node per round", "{:,}"),
     ("train_seconds_per_round", "seconds per round (train + gossip)", "{:.4f}"),
     ("fit_seconds", "seconds for fit (all included)", "{:.1f}"),
 ]
+
+
+#: Rows only some tasks have (rating prediction, :class:`~lightning_mosaic.tasks.RatingModule`): left out of the
+#: table when the run did not log them.
+_TASK_ROWS = ("node_rmse_mean", "node_rmse_std", "avg_model_rmse", "node_rating_acc_mean")
 
 
 def _metric(metrics: dict[str, Any], name: str) -> float | None:
@@ -73,8 +82,9 @@ def run_summary(
         trainer: The trainer after ``fit``.
         module: The trained module.
         metrics: Validation metrics of the final parameters (``val/node_acc_mean``, ``val/node_acc_std``,
-            ``val/avg_model_acc``, ``gossip/consensus_distance``), e.g. from ``trainer.validate``; missing ones
-            (no validation data) are ``None``.
+            ``val/avg_model_acc``, ``gossip/consensus_distance``; for the rating task ``val/node_rmse_mean``,
+            ``val/node_rmse_std``, ``val/avg_model_rmse``, ``val/node_rating_acc_mean``), e.g. from
+            ``trainer.validate``; missing ones (no validation data, or another task) are ``None``.
         seconds: Wall-clock duration of ``fit`` in seconds (data loading, evaluation and checkpoints included).
         train_seconds: Seconds spent in training batches (local steps and gossip, see :class:`RoundTimer`).
 
@@ -100,6 +110,7 @@ def run_summary(
         "node_acc_std": _metric(metrics, "val/node_acc_std"),
         "avg_model_acc": _metric(metrics, "val/avg_model_acc"),
         "val_loss": _metric(metrics, "val/loss"),
+        **{key: _metric(metrics, f"val/{key}") for key in _TASK_ROWS},
         "consensus_distance": _metric(metrics, "gossip/consensus_distance"),
         "values_sent_per_node_per_round": communication["values_sent_per_node"],
         "bytes_sent_per_node_per_round": communication["bytes_sent_per_node"],
@@ -115,6 +126,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = []
     for key, label, fmt in _ROWS:
         value = summary.get(key)
+        if value is None and key in _TASK_ROWS:
+            continue
         lines.append((label, "-" if value is None else fmt.format(value)))
     width = max(len(label) for label, _ in lines)
     vwidth = max(len(v) for _, v in lines)

@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from lightning_mosaic.data import CIFAR10DataModule, DigitsDataModule, NodeDataModule
-from lightning_mosaic.data import cifar10 as cifar10_module
+from lightning_mosaic.data import images as images_module
 from lightning_mosaic.data.cifar10 import CIFAR10_CLASSES, InMemoryImageDataset, RandomCropFlip
 
 # ---- digits
@@ -213,7 +213,7 @@ def test_cifar10_real_labels_follow_folders(cifar10_real: CIFAR10DataModule, cif
 def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test with torchvision.io decoding and with the Pillow fallback."""
     if request.param == "pillow":
-        monkeypatch.setattr(cifar10_module, "_torchvision_decoders", lambda: None)
+        monkeypatch.setattr(images_module, "_torchvision_decoders", lambda: None)
     return request.param
 
 
@@ -405,6 +405,6 @@ def test_png_bytes_with_jpg_name_still_decode(tmp_path: Path, decoder: str):
 
 def test_both_decoders_give_identical_pixels(cifar10_dir: Path, monkeypatch: pytest.MonkeyPatch):
     files = sorted((cifar10_dir / "cifar10" / "test").glob("*/*.jpg"))[::100]
-    fast = cifar10_module._decode_files(files, (3, 32, 32))
-    monkeypatch.setattr(cifar10_module, "_torchvision_decoders", lambda: None)
-    assert torch.equal(cifar10_module._decode_files(files, (3, 32, 32)), fast)
+    fast = images_module._decode_files(files, (3, 32, 32))
+    monkeypatch.setattr(images_module, "_torchvision_decoders", lambda: None)
+    assert torch.equal(images_module._decode_files(files, (3, 32, 32)), fast)

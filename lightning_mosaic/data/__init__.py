@@ -5,7 +5,9 @@ Training batches are shaped ``(n, B, ...)``: one mini-batch per node, each from 
 
 from lightning_mosaic.data.base import NodeDataModule
 from lightning_mosaic.data.cifar10 import CIFAR10DataModule
+from lightning_mosaic.data.cifar100 import CIFAR100DataModule
 from lightning_mosaic.data.digits import DigitsDataModule
+from lightning_mosaic.data.movielens import MovieLensDataModule
 from lightning_mosaic.data.partition import dirichlet_partition
 from lightning_mosaic.data.sampler import NodeBatchCollate, NodeBatchSampler, NodeDataLoader
 from lightning_mosaic.data.shard_sampler import NodeShardSampler
@@ -19,4 +21,6 @@ __all__ = [
     "NodeDataModule",
     "DigitsDataModule",
     "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "MovieLensDataModule",
 ]

@@ -26,7 +26,8 @@ class NodeDataModule(pl.LightningDataModule):
 
     Subclasses set the class attributes :attr:`num_classes` (and, optionally, :attr:`input_shape`) and
     implement :meth:`_load`. :meth:`setup` loads once and partitions the training labels with
-    :func:`~lightning_mosaic.data.dirichlet_partition`.
+    :func:`~lightning_mosaic.data.dirichlet_partition` (override :meth:`_partition_train` to assign other units,
+    e.g. MovieLens users, to nodes).
 
     Args:
         num_nodes: Number of nodes ``n >= 2``.
@@ -119,9 +120,7 @@ class NodeDataModule(pl.LightningDataModule):
                 f"{type(self).__name__}._load returned labels in [{labels.min()}, {labels.max()}]; "
                 f"expected values in [0, {self.num_classes})"
             )
-        partition = dirichlet_partition(
-            labels, self.num_nodes, self.alpha, seed=self.seed, min_samples=self.min_samples
-        )
+        partition = self._partition_train(labels)
         if self.test_subset is not None:
             test_size = len(test)  # type: ignore[arg-type]
             if self.test_subset > test_size:
@@ -134,6 +133,20 @@ class NodeDataModule(pl.LightningDataModule):
             test = Subset(test, indices.tolist())
         self._train, self._train_labels, self._test = train, labels.astype(np.int64), test
         self._partition = partition
+
+    def _partition_train(self, labels: np.ndarray) -> list[np.ndarray]:
+        """Split the training indices across nodes (called once by :meth:`setup`, after :meth:`_load`).
+
+        Default: :func:`~lightning_mosaic.data.dirichlet_partition` of ``labels`` with ``alpha``, ``seed`` and
+        ``min_samples``. Override for another unit of assignment (e.g. users for MovieLens).
+
+        Args:
+            labels: Training labels, int64 ``(N_train,)``.
+
+        Returns:
+            ``num_nodes`` sorted int64 index arrays covering ``range(N_train)`` exactly once.
+        """
+        return dirichlet_partition(labels, self.num_nodes, self.alpha, seed=self.seed, min_samples=self.min_samples)
 
     def _require_setup(self, what: str) -> None:
         if self._train is None:
