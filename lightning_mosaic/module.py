@@ -91,6 +91,9 @@ class MosaicModule(LightningModule):
         self.lr_scheduler_interval = lr_scheduler_interval
         self.replicas = ReplicaStack(model, num_nodes, init=init, seed=seed)
         self._average_state: dict[str, Tensor] | None = None
+        self.idle_nodes: Tensor | None = None
+        """``(m,)`` bool mask of this process's nodes that skip the current local step (set by
+        :class:`~lightning_mosaic.callbacks.MosaicGossip`'s fault model), or ``None``."""
         self.last_validated_step = -1
         """``trainer.global_step`` of the last completed validation (-1: none yet)."""
         self.eval_metrics = nn.ModuleDict(
@@ -302,6 +305,25 @@ class MosaicModule(LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.lr_scheduler_interval},
         }
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Step the optimizer; nodes in :attr:`idle_nodes` (set by a fault model for this step) keep their parameters
+        and per-coordinate optimizer state as they were (they skip the local step)."""
+        idle = self.idle_nodes
+        if idle is None or not bool(idle.any()):
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+            return
+        rows = idle.to(self.replicas.flat.device).nonzero().flatten()
+        flat = self.replicas.flat
+        inner = getattr(optimizer, "optimizer", optimizer)
+        state = inner.state.get(flat, {})
+        saved = flat.data[rows].clone()
+        saved_state = {k: v[rows].clone() for k, v in state.items() if torch.is_tensor(v) and v.shape == flat.shape}
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        flat.data[rows] = saved
+        state = inner.state.get(flat, {})
+        for key, value in saved_state.items():
+            state[key][rows] = value
 
     def configure_gradient_clipping(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,12 +17,14 @@ from lightning_mosaic.distributed.diagnosis import unresponsive_ranks
 from lightning_mosaic.distributed.exchange import ShardedMixer
 from lightning_mosaic.distributed.sharding import global_consensus_distance, node_bounds
 from lightning_mosaic.distributed.strategy import check_multiprocess_module
+from lightning_mosaic.gossip.faults import NodeFaults
 from lightning_mosaic.gossip.fragmentation import FRAGMENTATIONS
 from lightning_mosaic.gossip.metrics import bytes_sent_per_node, values_sent_per_node
 from lightning_mosaic.gossip.protocol import FragmentGossip, nonfinite_nodes
 from lightning_mosaic.gossip.topology import TOPOLOGIES
 
 NONFINITE_POLICIES = ("raise", "isolate")
+FAULT_SETTINGS = ("availability", "churn_trace", "straggler_prob")
 
 
 class NonFiniteParametersError(FloatingPointError):
@@ -48,6 +51,12 @@ def _gossip_shape(pl_module: LightningModule, world_size: int) -> tuple[int, lis
     if not sizes:
         raise ValueError(f"{type(pl_module).__name__} has no trainable parameters to gossip")
     return world_size, sizes
+
+
+def _is_mosaic_module(pl_module: LightningModule) -> bool:
+    from lightning_mosaic.module import MosaicModule
+
+    return isinstance(pl_module, MosaicModule)
 
 
 def _local_rows(pl_module: LightningModule) -> Tensor:
@@ -97,6 +106,13 @@ class MosaicGossip(Callback):
         every_n_steps: Local steps per round (>= 1, default 1).
         seed: Seed of the fragmentation and of the graph stream.
         drop_prob: Probability in [0, 1] that each fragment message is lost (fault model, default 0).
+        availability: Probability in [0, 1] that a node is online in a round (churn; default 1). An offline node
+            neither trains in the local steps leading to the round, nor sends, nor receives.
+        churn_trace: Optional CSV file of offline intervals, header ``node,first_round,last_round`` (inclusive,
+            rounds from 1), applied on top of ``availability``.
+        straggler_prob: Probability in [0, 1] that a node skips a given local step (stragglers; default 0). Churn
+            and stragglers need a :class:`~lightning_mosaic.MosaicModule`; see
+            :class:`~lightning_mosaic.gossip.faults.NodeFaults`.
         on_nonfinite: What to do when, after local training and before gossip, some nodes hold NaN or Inf
             parameters: ``"raise"`` (default) a :class:`NonFiniteParametersError` naming the nodes and the round,
             before anything is sent; ``"isolate"`` those nodes for the round (they neither send nor receive), log
@@ -118,12 +134,19 @@ class MosaicGossip(Callback):
         seed: int = 0,
         drop_prob: float = 0.0,
         on_nonfinite: str = "raise",
+        availability: float = 1.0,
+        churn_trace: str | None = None,
+        straggler_prob: float = 0.0,
     ) -> None:
         _check_int("fragments", fragments, 1)
         _check_int("peers", peers, 1)
         _check_int("every_n_steps", every_n_steps, 1)
         _check_int("seed", seed, 0)
         check_probability("drop_prob", drop_prob)
+        check_probability("availability", availability)
+        check_probability("straggler_prob", straggler_prob)
+        if churn_trace is not None and not Path(churn_trace).is_file():
+            raise FileNotFoundError(f"churn_trace {churn_trace} does not exist")
         if on_nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
         if topology not in TOPOLOGIES:
@@ -137,6 +160,10 @@ class MosaicGossip(Callback):
         self.every_n_steps = every_n_steps
         self.seed = seed
         self.drop_prob = float(drop_prob)
+        self.availability = float(availability)
+        self.churn_trace = None if churn_trace is None else str(churn_trace)
+        self.straggler_prob = float(straggler_prob)
+        self.faults: NodeFaults | None = None
         self.on_nonfinite = on_nonfinite
         self.protocol: FragmentGossip | None = None
         self._mixer: ShardedMixer | None = None
@@ -178,8 +205,15 @@ class MosaicGossip(Callback):
         if self.protocol is not None and (self._world_size, self._rank) == (world_size, rank):
             return self.protocol
         num_nodes, sizes = _gossip_shape(pl_module, world_size)
-        protocol_args = {k: v for k, v in self._config().items() if k != "every_n_steps"}
+        protocol_args = {k: v for k, v in self._config().items() if k not in ("every_n_steps", *FAULT_SETTINGS)}
         protocol = FragmentGossip(sizes, num_nodes, **protocol_args)
+        faults = NodeFaults(num_nodes, self.availability, self.churn_trace, self.straggler_prob, seed=self.seed)
+        if faults.active and not _is_mosaic_module(pl_module):
+            raise TypeError(
+                "availability, churn_trace and straggler_prob need a lightning_mosaic.MosaicModule (nodes that skip "
+                f"local steps), got {type(pl_module).__name__}"
+            )
+        self.faults = faults if faults.active else None
         if world_size > 1:
             bounds = node_bounds(num_nodes, world_size)
             self._mixer = ShardedMixer(bounds, rank, protocol.fragmentation, self.peers)
@@ -212,6 +246,15 @@ class MosaicGossip(Callback):
                     "the gossip: " + "; ".join(diffs)
                 )
 
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.faults is None or self.protocol is None:
+            return
+        step = trainer.global_step + 1  # the local step this batch belongs to
+        round_ = self.protocol.rounds + 1  # the round it leads to
+        idle = self.faults.idle(step, round_)
+        nodes = pl_module.local_nodes
+        pl_module.idle_nodes = idle[nodes.start : nodes.stop]
+
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -241,6 +284,9 @@ class MosaicGossip(Callback):
                     )
                 rank_zero_warn(message + "; they are isolated for this round (neither send nor receive)")
                 offline = bad
+            churned = None if self.faults is None else self.faults.offline(rounds_before + 1).to(bad.device)
+            if churned is not None and bool(churned.any()):
+                offline = churned if offline is None else offline | churned
             with torch.no_grad():
                 if sharded:
                     stats = self._mixer.mix_(local, protocol.next_matrices(local.dtype, offline), offline)
@@ -248,7 +294,7 @@ class MosaicGossip(Callback):
                     protocol.round_(local, offline)
             _store_local_rows(pl_module, local)
             own_bad = bad[self._mixer.lo : self._mixer.hi] if sharded else bad
-            good = local[~own_bad] if offline is not None else local
+            good = local[~own_bad] if bool(bad.any()) else local
             distance = global_consensus_distance(good, protocol.num_nodes - int(bad.sum()), sharded=sharded)
         except (RuntimeError, dist.DistBackendError) as error:
             if not sharded or isinstance(error, NonFiniteParametersError):
@@ -276,6 +322,8 @@ class MosaicGossip(Callback):
             metrics["gossip/bytes_sent_per_rank"] = float(stats.bytes_sent)
         if self.on_nonfinite == "isolate":
             metrics["gossip/isolated_nodes"] = float(bad.sum())
+        if self.faults is not None:
+            metrics["gossip/offline_nodes"] = float(churned.sum())
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
 
     def _nonfinite(self, local: Tensor, num_nodes: int) -> Tensor:
@@ -307,6 +355,9 @@ class MosaicGossip(Callback):
             "every_n_steps": self.every_n_steps,
             "seed": self.seed,
             "drop_prob": self.drop_prob,
+            "availability": self.availability,
+            "churn_trace": self.churn_trace,
+            "straggler_prob": self.straggler_prob,
         }
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
