@@ -79,6 +79,7 @@ class MosaicModule(LightningModule):
     ) -> None:
         super().__init__()
         check_int("num_nodes", num_nodes, 2)
+        check_int("seed", seed, 0)
         if execution not in EXECUTIONS:
             raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
         if lr_scheduler_interval not in ("step", "epoch"):

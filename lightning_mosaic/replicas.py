@@ -86,6 +86,7 @@ class ReplicaStack(nn.Module):
     ) -> None:
         super().__init__()
         check_int("num_nodes", num_nodes, 1)
+        check_int("seed", seed, 0)
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if not isinstance(model, nn.Module) and not callable(model):
