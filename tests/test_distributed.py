@@ -162,6 +162,11 @@ def _parameters(run: Path, step: int) -> torch.Tensor:
     return torch.cat([s["state_dict"]["replicas.flat"] for s in states])
 
 
+def _logged_consensus(run: Path) -> dict[int, float]:
+    rows = csv.DictReader((run / "metrics.csv").open())
+    return {int(r["step"]): float(r["gossip/consensus_distance"]) for r in rows if r.get("gossip/round")}
+
+
 SUMMARY_KEYS = ("node_acc_mean", "node_acc_std", "avg_model_acc", "val_loss", "consensus_distance", "rounds")
 
 
@@ -183,6 +188,11 @@ def test_sharded_run_equals_single_process_run(tmp_path, world, single_process_r
     run = _run_dir(tmp_path / "runs")
     for step in (20, steps):
         torch.testing.assert_close(_parameters(run, step), _parameters(single_process_run, step), rtol=1e-5, atol=1e-6)
+    # the per-round consensus distance logged by rank 0 is over all n nodes: the single-process values
+    logged, expected_log = _logged_consensus(run), _logged_consensus(single_process_run)
+    assert logged and all(step in expected_log for step in logged)
+    for step, value in logged.items():
+        assert value == pytest.approx(expected_log[step], rel=1e-5), step
     if world == 2:
         summary = json.loads((run / "summary.json").read_text())
         expected = json.loads((single_process_run / "summary.json").read_text())
