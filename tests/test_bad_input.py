@@ -40,7 +40,7 @@ CASES = [
     (lambda: DigitsDataModule(4, test_fraction=2.0), ValueError, r"test_fraction must be a float in \(0, 1\); got 2.0"),
     (lambda: CIFAR10DataModule(data_dir=None, num_nodes=4), ValueError, r"data_dir must be a non-empty path"),
     (lambda: CIFAR100DataModule(data_dir="", num_nodes=4), ValueError, r"data_dir must be a non-empty path"),
-    (lambda: MovieLensDataModule("d", num_nodes=4, variant="10m"), ValueError, r"variant must be .auto. or one of .100k., .1m., .latest-small.; got .10m."),
+    (lambda: MovieLensDataModule("d", num_nodes=4, variant="10m"), ValueError, r"variant must be .auto.*got .10m."),
     (lambda: NodeBatchSampler([[0, 1], []], 2), ValueError, r"partition\[1\] must be a non-empty 1-D index array"),
     (lambda: NodeBatchSampler([[0, 1]], 2, nodes=range(1, 3)), ValueError, r"nodes must be a non-empty range"),
     (lambda: NodeShardSampler([[0], [1]], rank=5), ValueError, r"rank must be an integer in \[0, 1\]"),
