@@ -2,7 +2,7 @@
 
 from lightning_mosaic.gossip.fragmentation import FRAGMENTATIONS, Fragmentation, make_fragmentation
 from lightning_mosaic.gossip.metrics import bytes_sent_per_node, consensus_distance, values_sent_per_node
-from lightning_mosaic.gossip.mixing import KERNELS, default_kernel, mix, mix_, mix_received_
+from lightning_mosaic.gossip.mixing import KERNELS, default_kernel, mix, mix_, mix_received_, workspace_size
 from lightning_mosaic.gossip.protocol import FragmentGossip, RoundGraphs, derive_seed, nonfinite_nodes
 from lightning_mosaic.gossip.topology import (
     TOPOLOGIES,
@@ -39,6 +39,7 @@ __all__ = [
     "mix",
     "mix_",
     "mix_received_",
+    "workspace_size",
     "mixing_matrices",
     "mixing_matrices_from_adjacency",
     "nonfinite_nodes",

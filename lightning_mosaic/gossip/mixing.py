@@ -80,7 +80,13 @@ def _check_receivers(params: Tensor, receivers: Tensor, delivered: Tensor | None
 
 
 @torch.no_grad()
-def mix_received_(params: Tensor, receivers: Tensor, delivered: Tensor | None, fragmentation: Fragmentation) -> Tensor:
+def mix_received_(
+    params: Tensor,
+    receivers: Tensor,
+    delivered: Tensor | None,
+    fragmentation: Fragmentation,
+    workspace: Tensor | None = None,
+) -> Tensor:
     """One round of fragment-wise mixing in place from receiver lists, without any ``n x n`` matrix.
 
     Computes exactly what :func:`mix_` computes with the matrices of the same graphs (up to float rounding):
@@ -89,7 +95,7 @@ def mix_received_(params: Tensor, receivers: Tensor, delivered: Tensor | None, f
     (:attr:`Fragmentation.groups`) are one ``(n * K_g, q)`` row block, and each of the s message slots is one
     ``index_add_`` of that block into an accumulator. An undelivered message is added to a spare row that is thrown
     away, so a node's values (even NaN) never reach a node that should not receive them. Work ``O(s n d)``, extra
-    memory ``(n + 1) d`` values plus ``O(K n s)`` indices.
+    memory at most ``(2 n + 1) d`` values (:func:`workspace_size`) plus ``O(K n s)`` indices.
 
     Args:
         params: ``(n, d)`` parameter matrix, one row per node; overwritten.
@@ -98,14 +104,26 @@ def mix_received_(params: Tensor, receivers: Tensor, delivered: Tensor | None, f
         delivered: Optional ``(K, n, s)`` bool, ``False`` where that message is lost or its sender or receiver is
             offline (default: every message arrives).
         fragmentation: The partition of the d columns into K fragments.
+        workspace: Optional 1-D scratch tensor of ``params``' dtype and device with at least
+            :func:`workspace_size` elements, reused across rounds so that no large buffer is allocated (and
+            page-faulted in) every round; default: allocate per call.
 
     Returns:
         ``params``, mixed.
 
     Raises:
-        ValueError: If the shapes of ``params``, ``receivers``, ``delivered`` and ``fragmentation`` disagree.
+        ValueError: If the shapes of ``params``, ``receivers``, ``delivered`` and ``fragmentation`` disagree, or
+            ``workspace`` is too small.
     """
     _check_receivers(params, receivers, delivered, fragmentation)
+    needed = workspace_size(params.shape[0], fragmentation)
+    if workspace is None:
+        workspace = params.new_empty(needed)
+    elif workspace.numel() < needed or workspace.dtype != params.dtype or workspace.device != params.device:
+        raise ValueError(
+            f"workspace must hold at least {needed} {params.dtype} values on {params.device}, got "
+            f"{workspace.numel()} {workspace.dtype} values on {workspace.device}"
+        )
     n = params.shape[0]
     receivers = receivers.to(params.device)
     if delivered is not None:
@@ -115,40 +133,63 @@ def mix_received_(params: Tensor, receivers: Tensor, delivered: Tensor | None, f
         kg, q = frags.numel(), group.size
         rows = n * kg
         cols = group.columns if isinstance(group.columns, slice) else group.columns.to(params.device)
-        block = params[:, cols] if isinstance(cols, slice) else params.index_select(1, cols)
-        source = block.reshape(rows, q)  # row i * kg + g: node i, fragment frags[g]
+        acc = workspace[: (rows + 1) * q].view(rows + 1, q)
+        if isinstance(cols, slice):
+            block = params[:, cols]
+        else:
+            block = workspace[(rows + 1) * q : (2 * rows + 1) * q].view(n, kg * q)
+            torch.index_select(params, 1, cols, out=block)
+        source = block.reshape(rows, q)  # row i * kg + g: node i, fragment frags[g]; a view unless a partial slice
         # destination row of the message of slot r from (i, g): receivers[frags[g], i, r] * kg + g
         dst = receivers.index_select(0, frags).permute(2, 1, 0) * kg + torch.arange(kg, device=params.device)
         if delivered is not None:
             dst = torch.where(delivered.index_select(0, frags).permute(2, 1, 0), dst, rows)
         dst = dst.reshape(dst.shape[0], rows)
-        acc = torch.empty(rows + 1, q, dtype=params.dtype, device=params.device)
         acc[:rows].copy_(source)
         acc[rows].zero_()
         for slot in dst:
             acc.index_add_(0, slot, source)
         counts = torch.bincount(dst.reshape(-1), minlength=rows + 1)[:rows].add_(1).to(params.dtype)
-        mixed = acc[:rows].div_(counts[:, None]).view(n, kg * q)
-        if isinstance(cols, slice):
-            params[:, cols] = mixed
+        if isinstance(cols, slice):  # divide straight into the parameters
+            torch.div(acc[:rows].view(n, kg, q), counts.view(n, kg, 1), out=params[:, cols].view(n, kg, q))
         else:
-            params.index_copy_(1, cols, mixed)
+            params.index_copy_(1, cols, acc[:rows].div_(counts[:, None]).view(n, kg * q))
     return params
+
+
+def workspace_size(num_nodes: int, fragmentation: Fragmentation) -> int:
+    """Scratch elements :func:`mix_received_` needs for n nodes: per fragment group, an ``(n K_g + 1, q)``
+    accumulator, plus an ``(n, K_g q)`` gathered block when the group's columns are not one range; at most
+    ``(2 n + 1) d``."""
+    sizes = []
+    for group in fragmentation.groups:
+        rows = num_nodes * group.fragments.numel()
+        sizes.append((rows + 1) * group.size + (0 if isinstance(group.columns, slice) else rows * group.size))
+    return max(sizes)
 
 
 KERNELS: tuple[str, ...] = ("auto", "dense", "index")
 """Mixing kernels: ``"dense"`` (:func:`mix_` with ``(K, n, n)`` matrices), ``"index"`` (:func:`mix_received_`)."""
 
 INDEX_KERNEL_MIN_NODES = 32
-"""Smallest n for which :func:`default_kernel` picks the index kernel (see its docstring for the measurements)."""
+"""Smallest n for which :func:`default_kernel` picks the index kernel whatever K is."""
+DENSE_KERNEL_MAX_FRAGMENTS = 16
+"""Largest K for which :func:`default_kernel` keeps the dense kernel below :data:`INDEX_KERNEL_MIN_NODES` nodes."""
 
 
 def default_kernel(num_nodes: int, num_fragments: int) -> str:
-    """The mixing kernel ``kernel="auto"`` uses for n nodes and K fragments.
+    """The mixing kernel ``kernel="auto"`` uses for n nodes and K fragments: ``"dense"`` when
+    ``n < INDEX_KERNEL_MIN_NODES`` and ``K <= DENSE_KERNEL_MAX_FRAGMENTS``, else ``"index"``.
 
-    ``"index"`` when ``n >= INDEX_KERNEL_MIN_NODES``, else ``"dense"``. The dense kernel is one ``(n, n) @ (n, d_k)``
-    product per fragment (``2 n^2 d`` flops, plus K Python iterations); the index kernel does ``s + 3`` passes over
-    the ``(n, d)`` matrix whatever n and K are. Measured with ``python -m benchmarks.run`` (table in
-    ``docs/benchmarks.md``): see there for the ratios to the copy floor on which this rule rests.
+    From ``python -m benchmarks.run`` (section ``mixing``, table in ``docs/benchmarks.md``; 2 shared CPU cores,
+    random fragmentation, s = 3), kernel time / copy floor: at n = 16, d = 9e4 the dense kernel (one
+    ``(n, n) @ (n, d_k)`` product per fragment) is as fast as or faster than the index kernel for K <= 8 and 2-5x
+    slower for K >= 64 (K Python iterations of a column gather, a small product and a column scatter); from n = 64
+    on, the index kernel is faster for every K (the dense product costs ``2 n^2 d`` flops, the index kernel
+    ``s + 3`` passes over the ``(n, d)`` matrix), e.g. 5.5x vs 40x the floor at n = 256, d = 1e6, K = 1. The
+    thresholds sit between measured points (n = 16 and 64; K = 8 and 64). Keeping the dense kernel for small n and K
+    also keeps every seeded result at those sizes bit-identical to the first releases (the quickstart, README).
     """
-    return "index" if num_nodes >= INDEX_KERNEL_MIN_NODES else "dense"
+    if num_nodes >= INDEX_KERNEL_MIN_NODES or num_fragments > DENSE_KERNEL_MAX_FRAGMENTS:
+        return "index"
+    return "dense"

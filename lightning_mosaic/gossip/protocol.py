@@ -14,7 +14,7 @@ from torch import Tensor
 
 from lightning_mosaic._validation import check_probability
 from lightning_mosaic.gossip.fragmentation import Fragmentation, make_fragmentation
-from lightning_mosaic.gossip.mixing import KERNELS, default_kernel, mix_, mix_received_
+from lightning_mosaic.gossip.mixing import KERNELS, default_kernel, mix_, mix_received_, workspace_size
 from lightning_mosaic.gossip.topology import (
     dense_draw,
     mixing_matrices_from_adjacency,
@@ -110,6 +110,7 @@ class FragmentGossip:
         self.rounds = 0
         self.kernel = default_kernel(num_nodes, self.fragmentation.num_fragments) if kernel == "auto" else kernel
         """The kernel in use, ``"dense"`` or ``"index"`` (``"auto"`` resolved)."""
+        self._workspace: Tensor | None = None
 
     @property
     def num_fragments(self) -> int:
@@ -179,7 +180,7 @@ class FragmentGossip:
             self.fragmentation = self.fragmentation.to(params.device)
         if self.kernel == "index":
             receivers, delivered = self.next_graphs(offline)
-            mix_received_(params, receivers, delivered, self.fragmentation)
+            mix_received_(params, receivers, delivered, self.fragmentation, self._scratch(params))
             return None
         matrices = self.next_matrices(params.dtype, offline).to(params.device)
         if offline is None or not bool(offline.any()):
@@ -193,6 +194,13 @@ class FragmentGossip:
         mix_(params, matrices, self.fragmentation)
         params[offline] = kept
         return matrices
+
+    def _scratch(self, params: Tensor) -> Tensor:
+        """The index kernel's workspace, allocated once per dtype and device and reused every round."""
+        ws = self._workspace
+        if ws is None or ws.dtype != params.dtype or ws.device != params.device:
+            ws = self._workspace = params.new_empty(workspace_size(self.num_nodes, self.fragmentation))
+        return ws
 
     def state_dict(self) -> dict[str, Any]:
         """Random state and round counter, for exact resume."""
