@@ -20,13 +20,17 @@ import sys
 import time
 from typing import Any
 
+import torch
+
 from benchmarks import execution_paths, gpu, mixing, overhead, scale, soak
 from benchmarks.common import machine, write_json_atomic
 
 SECTIONS = ("overhead", "mixing", "execution", "scale", "soak", "gpu")
 
 
-def run_sections(sections: list[str], tiny: bool, scale_nodes: list[int], soak_rounds: int) -> dict[str, Any]:
+def run_sections(
+    sections: list[str], tiny: bool, scale_nodes: list[int], soak_rounds: int, scale_rounds: int = 2
+) -> dict[str, Any]:
     """Run the chosen sections; returns ``{section: rows or result}`` (``None`` for a skipped GPU section)."""
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
@@ -40,9 +44,12 @@ def run_sections(sections: list[str], tiny: bool, scale_nodes: list[int], soak_r
         elif name == "execution":
             results[name] = execution_paths.run(tiny=tiny)
         elif name == "scale":
-            sizes = [4] if tiny else scale_nodes
+            if tiny:
+                rows = scale.run([4], batch=4, rounds=2, fragments=2, peers=1, tiny=True)
+            else:
+                rows = scale.run(scale_nodes, batch=8, rounds=scale_rounds, fragments=8, peers=3)
             results[name] = {
-                "rows": scale.run(sizes, 4 if tiny else 8, 2 if tiny else 3, 2 if tiny else 8, 1 if tiny else 3, tiny),
+                "rows": rows,
                 "matrix_factorization": overhead.matrix_factorization_status(),
             }
         elif name == "soak":
@@ -139,11 +146,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--scale-nodes", type=int, nargs="+", default=[16, 256, 1024])
     parser.add_argument("--soak-rounds", type=int, default=10_000)
+    parser.add_argument("--scale-rounds", type=int, default=2, help="rounds per scale run; the first is start-up")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads for every section and subprocess (default: torch's default, one per core). "
+        "On cores shared with other busy processes, 1 avoids OpenMP's oversubscription stalls",
+    )
     args = parser.parse_args(argv)
     if any(n < 2 for n in args.scale_nodes):
         parser.error(f"--scale-nodes must all be >= 2, got {args.scale_nodes}")
+    if args.scale_rounds < 2:
+        parser.error(f"--scale-rounds must be >= 2 (the first round is start-up), got {args.scale_rounds}")
     if args.soak_rounds < 1000 and not args.tiny:
         parser.error(f"--soak-rounds must be >= 1000 (memory is reported at round 1,000), got {args.soak_rounds}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the scale and soak subprocesses
     info = machine()
     print(
         f"machine: {info['cpu']} ({info['machine']}), {info['cores']} cores, {info['memory_gib']} GiB, "
@@ -152,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     start = time.perf_counter()
-    results = run_sections(args.sections, args.tiny, args.scale_nodes, args.soak_rounds)
+    results = run_sections(args.sections, args.tiny, args.scale_nodes, args.soak_rounds, args.scale_rounds)
     table = summary(results)
     payload = {
         "command": "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv),
