@@ -68,8 +68,24 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far, in bytes (``getrusage``; Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Peak resident set size of this process in bytes since it started or since the last
+    :func:`reset_peak_rss` (Linux ``VmHWM``; elsewhere ``getrusage``, which cannot be reset)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak resident set size to the current one (Linux: write ``5`` to ``/proc/self/clear_refs``), so
+    that a later :func:`peak_rss_bytes` measures one phase only; returns whether it worked."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> None:

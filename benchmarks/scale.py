@@ -1,17 +1,19 @@
 """Scale: how many GN-LeNet nodes train on real CIFAR-10 in one process, at what speed and memory per node.
 
 Every size runs in a fresh subprocess (``python -m benchmarks.scale --worker ...``), so that its peak resident set
-size (``getrusage``) belongs to that size alone. A worker loads CIFAR-10 (the 60,000 JPEGs of ``cifar10-jpg.tar.gz``,
-decoded once into one uint8 tensor shared by all nodes), builds ``MosaicModule(GNLeNet, n)`` + ``MosaicGossip(K=8,
-s=3)`` and trains ``rounds`` rounds (one local SGD step each) with a Lightning ``Trainer``. Reported:
+size (``VmHWM``) belongs to that size alone. A worker loads CIFAR-10 (the 60,000 JPEGs of ``cifar10-jpg.tar.gz``,
+decoded once into one uint8 tensor shared by all nodes; Dirichlet alpha 1), builds ``MosaicModule(GNLeNet, n)``
++ ``MosaicGossip(K=8, s=3)`` and trains ``rounds`` rounds (one local SGD step each) with a Lightning
+``Trainer``. Reported:
 
 * ``startup_s``: process start to the end of the first round (imports, data decode, model build, first round), and
   its parts ``import_s``, ``data_s`` (decode and partition), ``first_round_s``;
 * ``rounds_per_s``: rounds after the first;
-* ``peak_rss_mib`` and ``rss_after_data_mib``; ``per_node_mib`` = (peak - after data) / n, everything the nodes add
-  beyond the data they share; and ``ideal_per_node_mib`` = parameters + gradients + optimizer state
-  (plain SGD: none) = 2 * 4 d bytes. ``activation_mib_per_node_estimate`` is the measured difference explained by the
-  autograd graph of one step (all n nodes' activations are alive until the one backward).
+* ``peak_rss_mib`` (peak during the rounds: the high-water mark is reset after the data is loaded, Linux
+  ``clear_refs``), ``peak_rss_during_data_load_mib`` and ``rss_after_data_mib``; ``per_node_mib`` = (peak - after
+  data) / n, everything the nodes add beyond the data they share; and ``ideal_per_node_mib`` = parameters +
+  gradients + optimizer state (plain SGD: none) = 2 * 4 d bytes. ``activation_mib_per_node_estimate``: bytes autograd
+  saves for one node's backward at batch B (all n nodes' activations are alive until the one backward).
 """
 
 from __future__ import annotations
@@ -75,20 +77,23 @@ def worker(data_dir: str | None, nodes: int, batch: int, rounds: int, fragments:
     import torch
     from lightning.pytorch import Callback, Trainer
 
-    from benchmarks.common import peak_rss_bytes, rss_bytes
+    from benchmarks.common import peak_rss_bytes, reset_peak_rss, rss_bytes
     from lightning_mosaic import MosaicGossip, MosaicModule
     from lightning_mosaic.data import CIFAR10DataModule, DigitsDataModule
     from lightning_mosaic.models import MLP, GNLeNet
 
     imported = time.perf_counter()
-    common = {"num_nodes": nodes, "alpha": 0.1, "batch_size": batch, "seed": 0, "steps_per_epoch": rounds}
+    # Dirichlet alpha 1: with alpha 0.1, 50,000 CIFAR-10 samples cannot give each of 1,024 nodes a sample.
+    common = {"num_nodes": nodes, "alpha": 1.0, "batch_size": batch, "seed": 0, "steps_per_epoch": rounds}
     if data_dir is None:
         data, model, shape = DigitsDataModule(**common), MLP, (1, 8, 8)
     else:
         data, model, shape = CIFAR10DataModule(data_dir, **common), GNLeNet, (3, 32, 32)
     data.setup("fit")
     loaded = time.perf_counter()
+    load_peak = peak_rss_bytes()
     rss_data = rss_bytes()
+    peak_was_reset = reset_peak_rss()  # the decode's temporaries must not count as the nodes' memory
     module = MosaicModule(model, nodes, optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
     ends: list[float] = []
 
@@ -130,6 +135,8 @@ def worker(data_dir: str | None, nodes: int, batch: int, rounds: int, fragments:
         "rounds_per_s": len(after_rounds) / sum(after_rounds) if after_rounds else None,
         "seconds_per_round": sum(after_rounds) / len(after_rounds) if after_rounds else None,
         "rss_after_data_mib": rss_data / 2**20,
+        "peak_rss_during_data_load_mib": load_peak / 2**20,
+        "peak_reset_after_data": peak_was_reset,
         "peak_rss_mib": peak / 2**20,
         "per_node_mib": (peak - rss_data) / nodes / 2**20,
         "ideal_per_node_mib": 2 * 4 * d / 2**20,
