@@ -100,3 +100,33 @@ def write_json_atomic(path: str | Path, payload: Any) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def fit_rounds(module: Any, data: Any, rounds: int, fragments: int, peers: int) -> list[float]:
+    """``Trainer.fit`` ``module`` on ``data`` (a DataModule or a train DataLoader) for ``rounds`` rounds with
+    ``MosaicGossip(fragments, peers)`` on the CPU, without logger, checkpoints, progress bar or validation; returns the
+    ``time.perf_counter()`` at the end of every round (after the gossip)."""
+    from lightning.pytorch import Callback, Trainer
+
+    from lightning_mosaic import MosaicGossip
+
+    ends: list[float] = []
+
+    class RoundEnds(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            ends.append(time.perf_counter())
+
+    trainer = Trainer(
+        max_steps=rounds,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[MosaicGossip(fragments=fragments, peers=peers, seed=0), RoundEnds()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, data)
+    return ends

@@ -24,12 +24,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, Trainer
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_mosaic import MosaicGossip, MosaicModule
+from benchmarks.common import fit_rounds
+from lightning_mosaic import MosaicModule
 from lightning_mosaic.gossip import FragmentGossip
 from lightning_mosaic.models import MLP, GNLeNet
 
@@ -49,32 +49,9 @@ class _Batches(Dataset):
         return self.batches[i % len(self.batches)]
 
 
-class _RoundTimer(Callback):
-    """Records ``time.perf_counter()`` at the end of every training batch (after the gossip callback)."""
-
-    def __init__(self) -> None:
-        self.ends: list[float] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.ends.append(time.perf_counter())
-
-
 def _lightning_rounds(module: MosaicModule, batches, rounds: int, fragments: int, peers: int) -> list[float]:
-    timer = _RoundTimer()
-    trainer = Trainer(
-        max_steps=rounds,
-        accelerator="cpu",
-        devices=1,
-        callbacks=[MosaicGossip(fragments=fragments, peers=peers, seed=0), timer],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(module, DataLoader(_Batches(batches, rounds), batch_size=None))
-    return [b - a for a, b in zip(timer.ends, timer.ends[1:])]
+    ends = fit_rounds(module, DataLoader(_Batches(batches, rounds), batch_size=None), rounds, fragments, peers)
+    return [b - a for a, b in zip(ends, ends[1:])]
 
 
 class _BareLoop:

@@ -75,10 +75,9 @@ def worker(data_dir: str | None, nodes: int, batch: int, rounds: int, fragments:
     """Train ``rounds`` rounds of ``nodes`` GN-LeNet nodes on CIFAR-10 (``data_dir``), or, with ``data_dir=None``
     (the smoke test), MLP nodes on the bundled digits; runs in its own process."""
     import torch
-    from lightning.pytorch import Callback, Trainer
 
-    from benchmarks.common import peak_rss_bytes, reset_peak_rss, rss_bytes
-    from lightning_mosaic import MosaicGossip, MosaicModule
+    from benchmarks.common import fit_rounds, peak_rss_bytes, reset_peak_rss, rss_bytes
+    from lightning_mosaic import MosaicModule
     from lightning_mosaic.data import CIFAR10DataModule, DigitsDataModule
     from lightning_mosaic.models import MLP, GNLeNet
 
@@ -95,25 +94,7 @@ def worker(data_dir: str | None, nodes: int, batch: int, rounds: int, fragments:
     rss_data = rss_bytes()
     peak_was_reset = reset_peak_rss()  # the decode's temporaries must not count as the nodes' memory
     module = MosaicModule(model, nodes, optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
-    ends: list[float] = []
-
-    class Ends(Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, b, i) -> None:
-            ends.append(time.perf_counter())
-
-    trainer = Trainer(
-        max_steps=rounds,
-        accelerator="cpu",
-        devices=1,
-        callbacks=[MosaicGossip(fragments=fragments, peers=peers, seed=0), Ends()],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(module, data)
+    ends = fit_rounds(module, data, rounds, fragments, peers)
     d = module.replicas.num_coordinates
     peak = peak_rss_bytes()
     after_rounds = [b - a for a, b in zip(ends, ends[1:])]
