@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
+import torch
 
 from benchmarks import run as suite
 
@@ -17,8 +19,15 @@ def _positive(value) -> bool:
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
+    """One tiny run of the whole suite (``--threads 1`` sets torch's threads and ``OMP_NUM_THREADS``: restored)."""
     out = tmp_path_factory.mktemp("bench") / "results.json"
-    assert suite.main(["--tiny", "--out", str(out)]) == 0
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", ""))
+        try:
+            assert suite.main(["--tiny", "--threads", "1", "--out", str(out)]) == 0
+        finally:
+            torch.set_num_threads(threads)
     return json.loads(out.read_text())
 
 
@@ -32,8 +41,8 @@ def test_suite_writes_machine_and_table(smoke):
 
 def test_every_ratio_is_finite_and_positive(smoke):
     res = smoke["results"]
+    assert {r["model"] for r in res["overhead"]["rows"]} == {"gnlenet", "mlp"}
     for r in res["overhead"]["rows"]:
-        assert {r["model"] for r in res["overhead"]["rows"]} == {"gnlenet", "mlp"}
         for key in ("lightning_over_bare", "lightning_over_bare_nomix", "bare_over_bare_nomix"):
             assert _positive(r[key]), (r["model"], key, r[key])
     assert len(res["mixing"]) == 4
