@@ -20,7 +20,7 @@ FragmentationName = Literal["random", "contiguous", "layer"]
 FRAGMENTATIONS: tuple[str, ...] = get_args(FragmentationName)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FragmentGroup:
     """Fragments of equal size ``q``, laid out as one ``(n, K_g * q)`` block: fragment ``fragments[g]`` occupies
     block columns ``g * q .. (g + 1) * q - 1``.
