@@ -1,7 +1,8 @@
 """Benchmark: vmap vs per-node loop for one training step (forward + backward) of n replicas.
 
 Prints, per model, the time per step of each path and the ratio loop / vmap measured in the same run, plus the
-machine. Usage: ``python benchmarks/execution_paths.py [--nodes 16] [--batch 32] [--repeats 20]``.
+machine. Usage: ``python benchmarks/execution_paths.py [--nodes 16] [--batch 32] [--repeats 20]``; the suite
+(``python -m benchmarks.run``) calls :func:`run`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 import torch
 
 from lightning_mosaic.models import MLP, GNLeNet
-from lightning_mosaic.replicas import ReplicaStack
+from lightning_mosaic.replicas import ReplicaStack, default_execution
 
 MODELS = {
     "gnlenet": (lambda: GNLeNet(), (3, 32, 32)),
@@ -46,6 +47,36 @@ def time_paths(stack: ReplicaStack, x: torch.Tensor, y: torch.Tensor, repeats: i
         for execution in ("vmap", "loop"):
             samples[execution].append(step(execution))
     return {execution: statistics.median(times) for execution, times in samples.items()}
+
+
+def run(nodes: int = 16, batch: int = 32, repeats: int = 5, device: str = "cpu", tiny: bool = False) -> list[dict]:
+    """Rows ``{model, n, B, device, vmap_ms, loop_ms, loop_over_vmap, default}`` for every model of :data:`MODELS`;
+    ``default`` is what ``execution="auto"`` picks (:func:`~lightning_mosaic.replicas.default_execution`)."""
+    if tiny:
+        nodes, batch, repeats = 4, 4, 1
+    dev = torch.device(device)
+    rows = []
+    for name, (factory, shape) in MODELS.items():
+        stack = ReplicaStack(factory, nodes).to(dev)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(nodes, batch, *shape, generator=gen).to(dev)
+        y = torch.randint(0, 10, (nodes, batch), generator=gen).to(dev)
+        times = time_paths(stack, x, y, repeats)
+        rows.append(
+            {
+                "model": name,
+                "n": nodes,
+                "B": batch,
+                "device": dev.type,
+                "vmap_ms": 1e3 * times["vmap"],
+                "loop_ms": 1e3 * times["loop"],
+                "loop_over_vmap": times["loop"] / times["vmap"],
+                "default": default_execution(dev, stack.template),
+            }
+        )
+        r = rows[-1]
+        print(f"  execution {name} n={nodes} B={batch}: loop/vmap {r['loop_over_vmap']:.2f}, default {r['default']}")
+    return rows
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal, get_args
 
 import torch
@@ -17,6 +18,23 @@ from lightning_mosaic._validation import check_int
 
 FragmentationName = Literal["random", "contiguous", "layer"]
 FRAGMENTATIONS: tuple[str, ...] = get_args(FragmentationName)
+
+
+@dataclass(frozen=True, eq=False)
+class FragmentGroup:
+    """Fragments of equal size ``q``, laid out as one ``(n, K_g * q)`` block: fragment ``fragments[g]`` occupies
+    block columns ``g * q .. (g + 1) * q - 1``.
+
+    Attributes:
+        size: q, the number of coordinates of each fragment in the group.
+        fragments: ``(K_g,)`` int64, the fragment numbers, increasing.
+        columns: The block's ``K_g * q`` coordinates of the flat vector in block order: a ``slice`` when they are one
+            contiguous range, else an int64 tensor.
+    """
+
+    size: int
+    fragments: Tensor
+    columns: slice | Tensor
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,6 +68,30 @@ class Fragmentation:
     def sizes(self) -> list[int]:
         """Number of coordinates in each fragment, ``[d_1, ..., d_K]``."""
         return [int(i.numel()) for i in self.indices]
+
+    @cached_property
+    def groups(self) -> tuple[FragmentGroup, ...]:
+        """The fragments grouped by size, for kernels that process all equal-sized fragments in one call.
+
+        ``"random"`` and ``"contiguous"`` partitions have at most two sizes (``d // K`` and ``d // K + 1``), so at
+        most two groups; ``"layer"`` ones up to K. Computed once per fragmentation.
+        """
+        by_size: dict[int, list[int]] = {}
+        for k, idx in enumerate(self.indices):
+            by_size.setdefault(int(idx.numel()), []).append(k)
+        groups = []
+        for size, members in sorted(by_size.items(), reverse=True):
+            columns = torch.cat([self.indices[k] for k in members])
+            first = int(columns[0])
+            contiguous = bool(torch.equal(columns, torch.arange(first, first + columns.numel(), device=columns.device)))
+            groups.append(
+                FragmentGroup(
+                    size,
+                    torch.tensor(members, dtype=torch.long, device=columns.device),
+                    slice(first, first + columns.numel()) if contiguous else columns,
+                )
+            )
+        return tuple(groups)
 
     def to(self, device: torch.device | str) -> Fragmentation:
         """Return the same fragmentation with its index tensors on ``device``."""

@@ -8,19 +8,24 @@ from torch import Tensor
 from lightning_mosaic.gossip.fragmentation import Fragmentation
 
 
-def _check(params: Tensor, matrices: Tensor, fragmentation: Fragmentation) -> None:
+def _check_params(params: Tensor, fragmentation: Fragmentation) -> None:
     if params.dim() != 2:
         raise ValueError(f"params must be an (n, d) matrix, got shape {tuple(params.shape)}")
-    n, d = params.shape
+    if fragmentation.num_coordinates != params.shape[1]:
+        raise ValueError(
+            f"the fragmentation covers d = {fragmentation.num_coordinates} coordinates but params has "
+            f"d = {params.shape[1]}"
+        )
+
+
+def _check(params: Tensor, matrices: Tensor, fragmentation: Fragmentation) -> None:
+    _check_params(params, fragmentation)
+    n = params.shape[0]
     k = fragmentation.num_fragments
     if tuple(matrices.shape) != (k, n, n):
         raise ValueError(
             f"matrices must have shape (K, n, n) = ({k}, {n}, {n}) for {k} fragments and {n} nodes, "
             f"got {tuple(matrices.shape)}"
-        )
-    if fragmentation.num_coordinates != d:
-        raise ValueError(
-            f"the fragmentation covers d = {fragmentation.num_coordinates} coordinates but params has d = {d}"
         )
 
 
@@ -58,3 +63,133 @@ def mix_(params: Tensor, matrices: Tensor, fragmentation: Fragmentation) -> Tens
 def mix(params: Tensor, matrices: Tensor, fragmentation: Fragmentation) -> Tensor:
     """Out-of-place :func:`mix_`: returns the mixed ``(n, d)`` matrix and leaves ``params`` unchanged."""
     return mix_(params.detach().clone(), matrices, fragmentation)
+
+
+def _check_receivers(params: Tensor, receivers: Tensor, delivered: Tensor | None, fragmentation: Fragmentation) -> None:
+    _check_params(params, fragmentation)
+    n, k = params.shape[0], fragmentation.num_fragments
+    if receivers.dim() != 3 or tuple(receivers.shape[:2]) != (k, n):
+        raise ValueError(
+            f"receivers must have shape (K, n, s) with K = {k} fragments and n = {n} nodes, "
+            f"got {tuple(receivers.shape)}"
+        )
+    if delivered is not None and delivered.shape != receivers.shape:
+        raise ValueError(
+            f"delivered must have the shape of receivers {tuple(receivers.shape)}, got {tuple(delivered.shape)}"
+        )
+
+
+@torch.no_grad()
+def mix_received_(
+    params: Tensor,
+    receivers: Tensor,
+    delivered: Tensor | None,
+    fragmentation: Fragmentation,
+    workspace: Tensor | None = None,
+) -> Tensor:
+    """One round of fragment-wise mixing in place from receiver lists, without any ``n x n`` matrix.
+
+    Computes exactly what :func:`mix_` computes with the matrices of the same graphs (up to float rounding):
+    ``x_j[P_k] <- (x_j[P_k] + sum of the copies of fragment k node j received) / (m_jk + 1)`` from the pre-round
+    values (DESIGN.md step 4; EL, de Vos et al. 2023, Eq. 2), as a scatter-add: all equal-sized fragments
+    (:attr:`Fragmentation.groups`) are one ``(n * K_g, q)`` row block, and each of the s message slots is one
+    ``index_add_`` of that block into an accumulator. An undelivered message is added to a spare row that is thrown
+    away, so a node's values (even NaN) never reach a node that should not receive them. Work ``O(s n d)``, extra
+    memory at most ``(2 n + 1) d`` values (:func:`workspace_size`) plus ``O(K n s)`` indices.
+
+    Args:
+        params: ``(n, d)`` parameter matrix, one row per node; overwritten.
+        receivers: ``(K, n, s)`` int64, ``receivers[k, i]`` = the peers node i sends fragment k to
+            (:func:`~lightning_mosaic.gossip.sample_receivers`).
+        delivered: Optional ``(K, n, s)`` bool, ``False`` where that message is lost or its sender or receiver is
+            offline (default: every message arrives).
+        fragmentation: The partition of the d columns into K fragments.
+        workspace: Optional 1-D scratch tensor of ``params``' dtype and device with at least
+            :func:`workspace_size` elements, reused across rounds so that no large buffer is allocated (and
+            page-faulted in) every round; default: allocate per call.
+
+    Returns:
+        ``params``, mixed.
+
+    Raises:
+        ValueError: If the shapes of ``params``, ``receivers``, ``delivered`` and ``fragmentation`` disagree, or
+            ``workspace`` is too small.
+    """
+    _check_receivers(params, receivers, delivered, fragmentation)
+    needed = workspace_size(params.shape[0], fragmentation)
+    if workspace is None:
+        workspace = params.new_empty(needed)
+    elif workspace.numel() < needed or workspace.dtype != params.dtype or workspace.device != params.device:
+        raise ValueError(
+            f"workspace must hold at least {needed} {params.dtype} values on {params.device}, got "
+            f"{workspace.numel()} {workspace.dtype} values on {workspace.device}"
+        )
+    n = params.shape[0]
+    receivers = receivers.to(params.device)
+    if delivered is not None:
+        delivered = delivered.to(params.device)
+    for group in fragmentation.groups:
+        frags = group.fragments.to(params.device)
+        kg, q = frags.numel(), group.size
+        rows = n * kg
+        cols = group.columns if isinstance(group.columns, slice) else group.columns.to(params.device)
+        acc = workspace[: (rows + 1) * q].view(rows + 1, q)
+        if isinstance(cols, slice):
+            block = params[:, cols]
+        else:
+            block = workspace[(rows + 1) * q : (2 * rows + 1) * q].view(n, kg * q)
+            torch.index_select(params, 1, cols, out=block)
+        source = block.reshape(rows, q)  # row i * kg + g: node i, fragment frags[g]; a view unless a partial slice
+        # destination row of the message of slot r from (i, g): receivers[frags[g], i, r] * kg + g
+        dst = receivers.index_select(0, frags).permute(2, 1, 0) * kg + torch.arange(kg, device=params.device)
+        if delivered is not None:
+            dst = torch.where(delivered.index_select(0, frags).permute(2, 1, 0), dst, rows)
+        dst = dst.reshape(dst.shape[0], rows)
+        acc[:rows].copy_(source)
+        acc[rows].zero_()
+        for slot in dst:
+            acc.index_add_(0, slot, source)
+        counts = torch.bincount(dst.reshape(-1), minlength=rows + 1)[:rows].add_(1).to(params.dtype)
+        if isinstance(cols, slice):  # divide straight into the parameters
+            torch.div(acc[:rows].view(n, kg, q), counts.view(n, kg, 1), out=params[:, cols].view(n, kg, q))
+        else:
+            params.index_copy_(1, cols, acc[:rows].div_(counts[:, None]).view(n, kg * q))
+    return params
+
+
+def workspace_size(num_nodes: int, fragmentation: Fragmentation) -> int:
+    """Scratch elements :func:`mix_received_` needs for n nodes: per fragment group, an ``(n K_g + 1, q)``
+    accumulator, plus an ``(n, K_g q)`` gathered block when the group's columns are not one range; at most
+    ``(2 n + 1) d``."""
+    sizes = []
+    for group in fragmentation.groups:
+        rows = num_nodes * group.fragments.numel()
+        sizes.append((rows + 1) * group.size + (0 if isinstance(group.columns, slice) else rows * group.size))
+    return max(sizes)
+
+
+KERNELS: tuple[str, ...] = ("auto", "dense", "index")
+"""Mixing kernels: ``"dense"`` (:func:`mix_` with ``(K, n, n)`` matrices), ``"index"`` (:func:`mix_received_`)."""
+
+INDEX_KERNEL_MIN_NODES = 32
+"""Smallest n for which :func:`default_kernel` picks the index kernel whatever K is."""
+DENSE_KERNEL_MAX_FRAGMENTS = 16
+"""Largest K for which :func:`default_kernel` keeps the dense kernel below :data:`INDEX_KERNEL_MIN_NODES` nodes."""
+
+
+def default_kernel(num_nodes: int, num_fragments: int) -> str:
+    """The mixing kernel ``kernel="auto"`` uses for n nodes and K fragments: ``"dense"`` when
+    ``n < INDEX_KERNEL_MIN_NODES`` and ``K <= DENSE_KERNEL_MAX_FRAGMENTS``, else ``"index"``.
+
+    From ``python -m benchmarks.run`` (section ``mixing``, table in ``docs/benchmarks.md``; 2 shared CPU cores,
+    random fragmentation, s = 3), kernel time / copy floor: at n = 16, d = 9e4 the dense kernel (one
+    ``(n, n) @ (n, d_k)`` product per fragment) is as fast as or faster than the index kernel for K <= 8 and 2-5x
+    slower for K >= 64 (K Python iterations of a column gather, a small product and a column scatter); from n = 64
+    on, the index kernel is faster for every K (the dense product costs ``2 n^2 d`` flops, the index kernel
+    ``s + 3`` passes over the ``(n, d)`` matrix), e.g. 5.5x vs 40x the floor at n = 256, d = 1e6, K = 1. The
+    thresholds sit between measured points (n = 16 and 64; K = 8 and 64). Keeping the dense kernel for small n and K
+    also keeps every seeded result at those sizes bit-identical to the first releases (the quickstart, README).
+    """
+    if num_nodes >= INDEX_KERNEL_MIN_NODES or num_fragments > DENSE_KERNEL_MAX_FRAGMENTS:
+        return "index"
+    return "dense"

@@ -6,7 +6,7 @@ Pure tensor code (no Lightning); :class:`~lightning_mosaic.callbacks.MosaicGossi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -14,10 +14,12 @@ from torch import Tensor
 
 from lightning_mosaic._validation import check_probability
 from lightning_mosaic.gossip.fragmentation import Fragmentation, make_fragmentation
-from lightning_mosaic.gossip.mixing import mix_
+from lightning_mosaic.gossip.mixing import KERNELS, default_kernel, mix_, mix_received_, workspace_size
 from lightning_mosaic.gossip.topology import (
+    dense_draw,
     mixing_matrices_from_adjacency,
-    sample_adjacency,
+    receivers_to_adjacency,
+    sample_receivers,
     validate_topology,
 )
 
@@ -35,6 +37,23 @@ def nonfinite_nodes(params: Tensor) -> Tensor:
 
 FRAGMENTATION_STREAM = 0
 TOPOLOGY_STREAM = 1
+
+
+class RoundGraphs(NamedTuple):
+    """One round's communication, one graph per fragment, as receiver lists (memory ``O(K n s)``).
+
+    Attributes:
+        receivers: ``(K, n, s)`` int64, ``receivers[k, i]`` = the s peers node i sends fragment k to.
+        delivered: ``(K, n, s)`` bool, ``False`` where that message is lost (``drop_prob``) or its sender or receiver
+            is offline; ``None`` when every message arrives.
+    """
+
+    receivers: Tensor
+    delivered: Tensor | None
+
+    def adjacency(self) -> Tensor:
+        """``(K, n, n)`` float32 received-copies counts, ``adjacency[k, j, i]`` = copies j receives from i."""
+        return receivers_to_adjacency(self.receivers, self.delivered)
 
 
 class FragmentGossip:
@@ -55,6 +74,10 @@ class FragmentGossip:
         drop_prob: Probability in [0, 1] that a fragment message is lost in transit, independently per message
             (fault model; the sender still spends the bandwidth). Drops are drawn from the graph generator after
             the round's graphs, and only when ``drop_prob > 0``, so ``drop_prob = 0`` leaves the stream unchanged.
+        kernel: How :meth:`round_` mixes: ``"dense"`` (``(K, n, n)`` matrices, :func:`~lightning_mosaic.gossip.mix_`),
+            ``"index"`` (receiver lists, :func:`~lightning_mosaic.gossip.mix_received_`, no ``n x n`` tensor) or
+            ``"auto"`` (:func:`~lightning_mosaic.gossip.default_kernel`, from measurements). Both draw the same
+            graphs from the same stream and give the same result up to float rounding.
 
     Raises:
         ValueError: For any argument outside the ranges above, naming it.
@@ -70,8 +93,11 @@ class FragmentGossip:
         fragmentation: str = "random",
         seed: int = 0,
         drop_prob: float = 0.0,
+        kernel: str = "auto",
     ) -> None:
         validate_topology(topology, num_nodes, peers)
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         self.drop_prob = check_probability("drop_prob", drop_prob)
         self.num_nodes = num_nodes
         self.peers = peers
@@ -82,6 +108,9 @@ class FragmentGossip:
         )
         self.generator = torch.Generator().manual_seed(derive_seed(seed, TOPOLOGY_STREAM))
         self.rounds = 0
+        self.kernel = default_kernel(num_nodes, self.fragmentation.num_fragments) if kernel == "auto" else kernel
+        """The kernel in use, ``"dense"`` or ``"index"`` (``"auto"`` resolved)."""
+        self._workspace: Tensor | None = None
 
     @property
     def num_fragments(self) -> int:
@@ -93,8 +122,38 @@ class FragmentGossip:
         """d."""
         return self.fragmentation.num_coordinates
 
+    def next_graphs(self, offline: Tensor | None = None) -> RoundGraphs:
+        """Draw the next round's graphs as receiver lists and advance the round counter.
+
+        Order of draws from :attr:`generator`: the K graphs, then (only when ``drop_prob > 0``) one uniform per
+        message. While :func:`~lightning_mosaic.gossip.topology.dense_draw` holds (small ``K n^2``), the drop
+        uniforms are drawn as one ``(K, n, n)`` tensor, exactly as in the first releases, so seeded results there
+        are unchanged; above it, one ``(K, n, s)`` tensor.
+
+        Args:
+            offline: Optional ``(n,)`` bool mask of nodes that neither send nor receive this round. The graphs are
+                drawn as if all nodes were online, so the random stream does not depend on the mask.
+        """
+        n, k = self.num_nodes, self.num_fragments
+        receivers = sample_receivers(self.topology, n, self.peers, k, self.generator)
+        delivered = None
+        if self.drop_prob > 0:
+            if dense_draw(n, k):
+                uniforms = torch.rand(k, n, n, generator=self.generator)  # [k, j, i]: message i -> j
+                delivered = uniforms.transpose(1, 2).gather(2, receivers) >= self.drop_prob
+            else:
+                delivered = torch.rand(receivers.shape, generator=self.generator) >= self.drop_prob
+        if offline is not None:
+            online = ~offline.to(device="cpu", dtype=torch.bool)
+            reachable = online[None, :, None] & online[receivers]
+            delivered = reachable if delivered is None else delivered & reachable
+        self.rounds += 1
+        return RoundGraphs(receivers, delivered)
+
     def next_matrices(self, dtype: torch.dtype = torch.float32, offline: Tensor | None = None) -> Tensor:
         """Draw the next round's ``(K, n, n)`` mixing matrices in ``dtype`` and advance the round counter.
+
+        The same draws as :meth:`next_graphs`, made dense: memory ``O(K n^2)``.
 
         Args:
             dtype: dtype of the matrices.
@@ -102,27 +161,28 @@ class FragmentGossip:
                 every matrix are the identity and no other row gives them weight). The graphs are drawn as if all
                 nodes were online, so the random stream does not depend on the mask.
         """
-        adjacency = sample_adjacency(self.topology, self.num_nodes, self.peers, self.num_fragments, self.generator)
-        if self.drop_prob > 0:
-            delivered = torch.rand(adjacency.shape, generator=self.generator) >= self.drop_prob
-            adjacency = adjacency * delivered
-        if offline is not None:
-            online = (~offline.to(device="cpu", dtype=torch.bool)).to(adjacency.dtype)
-            adjacency = adjacency * online[None, :, None] * online[None, None, :]
-        self.rounds += 1
-        return mixing_matrices_from_adjacency(adjacency.to(dtype))
+        return mixing_matrices_from_adjacency(self.next_graphs(offline).adjacency().to(dtype))
 
-    def round_(self, params: Tensor, offline: Tensor | None = None) -> Tensor:
-        """Run one gossip round in place on ``params`` of shape ``(n, d)``; returns the ``(K, n, n)`` matrices used
-        (in ``params.dtype``, so that EL-Oracle's matrices are doubly stochastic to that precision).
+    def round_(self, params: Tensor, offline: Tensor | None = None) -> Tensor | None:
+        """Run one gossip round in place on ``params`` of shape ``(n, d)`` with :attr:`kernel`.
 
         Args:
             params: ``(n, d)`` parameter matrix, mixed in place.
-            offline: Optional ``(n,)`` bool mask of nodes isolated this round (see :meth:`next_matrices`).
+            offline: Optional ``(n,)`` bool mask of nodes isolated this round (see :meth:`next_matrices`); their
+                rows are left exactly as they were, and nothing of theirs (not even NaN) reaches another row.
+
+        Returns:
+            With the dense kernel, the ``(K, n, n)`` matrices used (in ``params.dtype``, so that EL-Oracle's
+            matrices are doubly stochastic to that precision); with the index kernel, ``None`` (no matrix exists;
+            use :meth:`next_graphs` and :meth:`RoundGraphs.adjacency` to inspect graphs).
         """
-        matrices = self.next_matrices(params.dtype, offline).to(params.device)
         if params.device != self.fragmentation.assignment.device:
             self.fragmentation = self.fragmentation.to(params.device)
+        if self.kernel == "index":
+            receivers, delivered = self.next_graphs(offline)
+            mix_received_(params, receivers, delivered, self.fragmentation, self._scratch(params))
+            return None
+        matrices = self.next_matrices(params.dtype, offline).to(params.device)
         if offline is None or not bool(offline.any()):
             mix_(params, matrices, self.fragmentation)
             return matrices
@@ -134,6 +194,13 @@ class FragmentGossip:
         mix_(params, matrices, self.fragmentation)
         params[offline] = kept
         return matrices
+
+    def _scratch(self, params: Tensor) -> Tensor:
+        """The index kernel's workspace, allocated once per dtype and device and reused every round."""
+        ws = self._workspace
+        if ws is None or ws.dtype != params.dtype or ws.device != params.device:
+            ws = self._workspace = params.new_empty(workspace_size(self.num_nodes, self.fragmentation))
+        return ws
 
     def state_dict(self) -> dict[str, Any]:
         """Random state and round counter, for exact resume."""

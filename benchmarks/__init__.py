@@ -1,0 +1,1 @@
+"""Benchmark suite of lightning-mosaic (issue 7, speed and scale). Run it with ``python -m benchmarks.run``."""

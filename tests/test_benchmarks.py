@@ -1,0 +1,62 @@
+"""Smoke test of the benchmark suite (``python -m benchmarks.run --tiny``): it runs end to end and writes the JSON
+table. No timing is asserted: only that every section produced its keys and finite, positive ratios."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from benchmarks import run as suite
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One tiny run of the whole suite (``--threads 1`` sets torch's threads and ``OMP_NUM_THREADS``: restored)."""
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", ""))
+        try:
+            assert suite.main(["--tiny", "--threads", "1", "--out", str(out)]) == 0
+        finally:
+            torch.set_num_threads(threads)
+    return json.loads(out.read_text())
+
+
+def test_suite_writes_machine_and_table(smoke):
+    assert smoke["tiny"] is True
+    for key in ("platform", "cpu", "cores", "torch", "torch_threads"):
+        assert key in smoke["machine"]
+    assert smoke["table"] and all({"quantity", "measured", "unit", "target"} <= set(r) for r in smoke["table"])
+    assert set(smoke["results"]) >= set(suite.SECTIONS)
+
+
+def test_every_ratio_is_finite_and_positive(smoke):
+    res = smoke["results"]
+    assert {r["model"] for r in res["overhead"]["rows"]} == {"gnlenet", "mlp"}
+    for r in res["overhead"]["rows"]:
+        for key in ("lightning_over_bare", "lightning_over_bare_nomix", "bare_over_bare_nomix"):
+            assert _positive(r[key]), (r["model"], key, r[key])
+    assert len(res["mixing"]) == 4
+    for r in res["mixing"]:
+        assert r["rule_picks"] in ("dense", "index")
+        for key in ("index_over_floor", "index_contiguous_over_floor", "dense_over_floor", "picked_over_floor"):
+            assert _positive(r[key]), (r["n"], r["K"], key, r[key])
+    assert {r["model"] for r in res["execution"]} == {"gnlenet", "mlp"}
+    assert all(_positive(r["loop_over_vmap"]) and r["default"] in ("vmap", "loop") for r in res["execution"])
+    (scale,) = res["scale"]["rows"]
+    for key in ("rounds_per_s", "startup_s", "per_node_mib", "ideal_per_node_mib", "peak_rss_mib"):
+        assert _positive(scale[key]), key
+    soak = res["soak"]
+    assert soak["last_round"] == 40 and _positive(soak["rss_mib_at_last_round"])
+    assert math.isfinite(soak["growth_mib_per_1000_rounds"])
+    assert [r["n"] for r in res["gpu"]] == [2, 4]
+    assert all(_positive(r["vmap_over_single"]) and _positive(r["loop_over_single"]) for r in res["gpu"])
