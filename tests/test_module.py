@@ -134,15 +134,21 @@ def test_checkpoint_resume_continues_exactly(tmp_path):
     torch.testing.assert_close(resumed, full, rtol=0, atol=0)
 
 
-def test_node_state_dict_exports_one_node():
-    module = MosaicModule(MLP, 4, init="independent")
+def test_node_state_dict_exports_one_node(tmp_path):
+    n = 16
+    module = MosaicModule(MLP, n, init="independent")
     state = module.node_state_dict(2)
     model = MLP()
     model.load_state_dict(state)
     x = torch.randn(5, 1, 8, 8)
     torch.testing.assert_close(model(x), module(x, shared_input=True)[2])
     with pytest.raises(IndexError, match="node"):
-        module.node_state_dict(4)
+        module.node_state_dict(n)
+    # a plain state_dict of about 1/n of the module's: copies, not views of the (n, d) buffer
+    torch.save(state, tmp_path / "node.pt")
+    torch.save(module.state_dict(), tmp_path / "all.pt")
+    ratio = (tmp_path / "node.pt").stat().st_size / (tmp_path / "all.pt").stat().st_size
+    assert 0.5 / n < ratio < 1.5 / n
 
 
 @pytest.mark.parametrize(
