@@ -113,7 +113,14 @@ def main(args: Any = None) -> None:
 
     A configuration error raised by the library (``ValueError``, ``TypeError``, ``FileNotFoundError``) is printed
     as one line, ``mosaic: error: ...``, with exit status 2; set ``MOSAIC_TRACEBACK=1`` for the full traceback.
+    ``mosaic analyze ...`` is dispatched to :func:`lightning_mosaic.analysis.cli.main` (no Lightning involved).
     """
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, list) and argv[:1] == ["analyze"]:
+        from lightning_mosaic.analysis.cli import main as analyze
+
+        analyze(argv[1:])
+        return
     try:
         MosaicCLI(
             MosaicModule,
