@@ -141,8 +141,8 @@ def analyze(
     return {name: str(path) for name, path in written.items()}
 
 
-def _interval(row: dict, key: str) -> str:
-    return f"{row[key]:.4f} [{row[key + '_low']:.4f}, {row[key + '_high']:.4f}]"
+def _interval(row: dict, key: str, value_suffix: str = "") -> str:
+    return f"{row[key + value_suffix]:.4f} [{row[key + '_low']:.4f}, {row[key + '_high']:.4f}]"
 
 
 def _format_summary(rows: list[dict]) -> str:
@@ -152,7 +152,8 @@ def _format_summary(rows: list[dict]) -> str:
     lines = [header, "-" * len(header)]
     for r in rows:
         system = f"{r['curvature']}, rho={r['correlation']:g}"
-        lam, rad, dec = (_interval(r, k) for k in ("lambda_max", "second_moment_radius", "consensus_decay_rate"))
+        lam = _interval(r, "lambda_max", "_mean")
+        rad, dec = _interval(r, "second_moment_radius"), _interval(r, "consensus_decay_rate")
         lines.append(f"{system:<26} {r['fragments']:>3} {lam:>30} {rad:>28} {dec:>26}")
     return "\n".join(lines)
 
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     """
     parser = build_parser()
     try:
-        config = parser.instantiate_classes(parser.parse_args(sys.argv[1:] if argv is None else argv))
+        config = parser.instantiate(parser.parse_args(sys.argv[1:] if argv is None else argv))
         return analyze(**{key: value for key, value in vars(config).items() if key != "config"})
     except Exception as error:  # jsonargparse's ArgumentError, or the library's ValueError / FileNotFoundError
         from jsonargparse import ArgumentError

@@ -58,6 +58,12 @@ def save_figure(figure: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> 
         plt.close(figure)
 
 
+def _positive(values: Sequence[float]) -> np.ndarray:
+    """Interval bounds for a log axis: a lower bound <= 0 (few runs) is not drawn (NaN); the CSV keeps it."""
+    x = np.asarray(values, dtype=np.float64)
+    return np.where(x > 0, x, np.nan)
+
+
 def _systems(rows: Sequence[Mapping]) -> list[tuple[str, float]]:
     seen: dict[tuple[str, float], None] = {}
     for row in rows:
@@ -147,8 +153,9 @@ def plot_consensus(result: SweepResult, path: str | os.PathLike, confidence: flo
             mine = [r for r in rows if r["fragments"] == k]
             t = [r["round"] for r in mine]
             (line,) = ax.plot(t, [r["mean"] for r in mine], label=f"K = {k}")
-            low = np.maximum([r["low"] for r in mine], np.finfo(float).tiny)
-            ax.fill_between(t, low, [r["high"] for r in mine], color=line.get_color(), alpha=0.2)
+            ax.fill_between(
+                t, _positive([r["low"] for r in mine]), [r["high"] for r in mine], color=line.get_color(), alpha=0.2
+            )
         ax.set_yscale("log")
         ax.set_title(f"{curvature}, $\\rho$ = {correlation:g}", fontsize=9)
         ax.set_xlabel("round")
@@ -194,8 +201,9 @@ def plot_training_consensus(rows: Sequence[Mapping], path: str | os.PathLike, ti
         t = [r["round"] for r in mine]
         (line,) = ax.plot(t, [r["mean"] for r in mine], label=f"{label} ({mine[0]['runs']} runs)", linewidth=1)
         if mine[0]["runs"] > 1:
-            low = np.maximum([r["low"] for r in mine], np.finfo(float).tiny)
-            ax.fill_between(t, low, [r["high"] for r in mine], color=line.get_color(), alpha=0.2)
+            ax.fill_between(
+                t, _positive([r["low"] for r in mine]), [r["high"] for r in mine], color=line.get_color(), alpha=0.2
+            )
     ax.set_yscale("log")
     ax.set_xlabel("round")
     ax.set_ylabel("consensus distance in training")

@@ -241,13 +241,12 @@ def second_moment_operator_dense(
     size = system.dim * (system.num_nodes - 1)
     if size * size > DENSE_LIMIT:
         raise ValueError(f"d (n - 1) = {size} is too large for the dense operator (at most {int(DENSE_LIMIT**0.5)})")
-    count = len(matrices)
+    rounds = torch.stack(list(matrices)) if not isinstance(matrices, Tensor) else matrices
+    count = rounds.shape[0]
     p = torch.full((count,), 1.0 / count, dtype=torch.float64) if weights is None else weights.to(torch.float64)
-    total = torch.zeros(size * size, size * size, dtype=torch.float64)
-    for prob, w in zip(p, matrices):
-        m = system.disagreement_operator(w, fragmentation)
-        total += prob * torch.kron(m, m)
-    return total
+    m = system.disagreement_operator(rounds, fragmentation)  # (R, D, D)
+    # kron(m, m)[(a, c), (b, e)] = m[a, b] m[c, e], averaged with the weights
+    return torch.einsum("r,rab,rce->acbe", p, m, m).reshape(size * size, size * size)
 
 
 @dataclass(frozen=True)

@@ -146,17 +146,17 @@ class QuadraticSystem:
         M_t[(c, i), (a, j)] = W_{k(c)}[i, j] (I - eta A_j)[c, a] (module docstring).
 
         Args:
-            matrices: ``(K, n, n)`` mixing matrices of the round (``FragmentGossip.next_matrices``).
+            matrices: ``(..., K, n, n)`` mixing matrices of a round (``FragmentGossip.next_matrices``), optionally
+                with leading batch dimensions (several rounds at once).
             fragmentation: The partition of the d coordinates into K fragments.
 
         Returns:
-            ``(n d, n d)`` float64 tensor.
+            ``(..., n d, n d)`` float64 tensor.
         """
         n, d = self.num_nodes, self.dim
-        per_coordinate = matrices.to(torch.float64)[fragmentation.assignment]  # (d, n, n): W_{k(c)}
-        contraction = self.contraction()  # (n, d, d): [j, c, a]
-        operator = torch.einsum("cij,jca->ciaj", per_coordinate, contraction)
-        return operator.reshape(d * n, d * n)
+        per_coordinate = matrices.to(torch.float64)[..., fragmentation.assignment, :, :]  # (..., d, n, n)
+        operator = torch.einsum("...cij,jca->...ciaj", per_coordinate, self.contraction())
+        return operator.reshape(*matrices.shape[:-3], d * n, d * n)
 
     def disagreement_operator(self, matrices: Tensor, fragmentation: Fragmentation) -> Tensor:
         """Q^T M_t Q with Q = I_d kron U: M_t restricted to the disagreement subspace, in the basis of
@@ -165,14 +165,32 @@ class QuadraticSystem:
         Exact (the disagreement evolves autonomously under it) for a shared curvature; the compression of M_t to the
         disagreement subspace otherwise.
 
+        Args:
+            matrices: ``(..., K, n, n)``, as in :meth:`round_operator`.
+            fragmentation: The partition of the d coordinates.
+
         Returns:
-            ``(d (n - 1), d (n - 1))`` float64 tensor.
+            ``(..., d (n - 1), d (n - 1))`` float64 tensor.
         """
         n, d = self.num_nodes, self.dim
         basis = disagreement_basis(n)
-        operator = self.round_operator(matrices, fragmentation).reshape(d, n, d, n)
-        reduced = torch.einsum("ip,ciaj,jq->cpaq", basis, operator, basis)
-        return reduced.reshape(d * (n - 1), d * (n - 1))
+        batch = matrices.shape[:-3]
+        operator = self.round_operator(matrices, fragmentation).reshape(*batch, d, n, d, n)
+        reduced = torch.einsum("ip,...ciaj,jq->...cpaq", basis, operator, basis)
+        return reduced.reshape(*batch, d * (n - 1), d * (n - 1))
+
+
+def mixing_operator(matrices: Tensor, fragmentation: Fragmentation) -> Tensor:
+    """The mixing factor of M_t alone: blockdiag_c W_{k(c)} on vec(X) (index ``c * n + i``).
+
+    Args:
+        matrices: ``(K, n, n)`` mixing matrices of one round.
+        fragmentation: The partition of the d coordinates into K fragments.
+
+    Returns:
+        ``(n d, n d)`` float64 tensor.
+    """
+    return torch.block_diag(*matrices.to(torch.float64)[fragmentation.assignment])
 
 
 def make_system(
