@@ -131,6 +131,8 @@ def test_reduced_second_moment_equals_brute_force(curvature, correlation, fragme
     dense = second_moment_operator_dense(system, fragmentation, rounds)
     reduced = second_moment_operator(system.contraction()[0], fragmentation.assignment, alpha, beta)
     assert spectral_radius(reduced) == pytest.approx(spectral_radius(dense), rel=1e-9)
+    radius, low, high = second_moment_radius(system, fragmentation, MixingMoments(alpha, beta))
+    assert radius == low == high == pytest.approx(spectral_radius(dense), rel=1e-9)
 
 
 def test_uncorrelated_parameters_make_the_second_moment_independent_of_k():

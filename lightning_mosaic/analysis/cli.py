@@ -49,6 +49,7 @@ def analyze(
     moment_draws: int = 10000,
     confidence: float = 0.95,
     seed: int = 0,
+    workers: int = 1,
     training_logs: dict[str, list[str]] | None = None,
     training_title: str = "",
 ) -> dict[str, str]:
@@ -73,6 +74,7 @@ def analyze(
         moment_draws: EL-Local mixing matrices averaged for the second moment beta.
         confidence: Level of every interval, in (0, 1).
         seed: Base seed of everything random.
+        workers: Processes analysing (system, K) pairs in parallel (the numbers do not depend on it).
         training_logs: label -> list of ``metrics.csv`` files written by ``mosaic fit`` (one per seed), plotted as
             the consensus distance measured in training.
         training_title: Title of the training figure.
@@ -98,7 +100,13 @@ def analyze(
         from lightning_mosaic.analysis.systems import make_system
 
         make_system(num_nodes, dim, 0.0, step_size=step_size, heterogeneity=heterogeneity)  # checks eta and zeta
-        for name, value, low in (("draws", draws, 1), ("seeds", seeds, 2), ("rounds", rounds, 2), ("seed", seed, 0)):
+        for name, value, low in (
+            ("draws", draws, 1),
+            ("seeds", seeds, 2),
+            ("rounds", rounds, 2),
+            ("seed", seed, 0),
+            ("workers", workers, 1),
+        ):
             check_int(name, value, low)
         if topology == "el-local":
             check_int("moment_draws", moment_draws, 2)
@@ -120,7 +128,7 @@ def analyze(
         result = run_sweep(
             systems, fragments, num_nodes=num_nodes, dim=dim, peers=peers, topology=topology,
             fragmentation=fragmentation, step_size=step_size, heterogeneity=heterogeneity, draws=draws, seeds=seeds,
-            rounds=rounds, moment_draws=moment_draws, confidence=confidence, seed=seed,
+            rounds=rounds, moment_draws=moment_draws, confidence=confidence, seed=seed, workers=workers,
         )  # fmt: skip
         written["eigenvalues_csv"] = plots.write_csv(result.eigenvalues, out / OUTPUTS["eigenvalues_csv"])
         written["summary_csv"] = plots.write_csv(result.summary, out / OUTPUTS["summary_csv"])
