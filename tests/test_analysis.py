@@ -26,7 +26,7 @@ from lightning_mosaic.analysis import (
     second_moment_radius,
     spectral_radius,
 )
-from lightning_mosaic.analysis.spectra import MixingMoments
+from lightning_mosaic.analysis.spectra import MixingMoments, mean_gram_largest
 from lightning_mosaic.analysis.systems import mixing_operator
 from lightning_mosaic.cli import main
 from lightning_mosaic.gossip import FragmentGossip, make_fragmentation, mix, mixing_matrices_from_adjacency
@@ -133,6 +133,10 @@ def test_reduced_second_moment_equals_brute_force(curvature, correlation, fragme
     assert spectral_radius(reduced) == pytest.approx(spectral_radius(dense), rel=1e-9)
     radius, low, high = second_moment_radius(system, fragmentation, MixingMoments(alpha, beta))
     assert radius == low == high == pytest.approx(spectral_radius(dense), rel=1e-9)
+    m = system.disagreement_operator(rounds, fragmentation)
+    mean_gram = torch.einsum("rab,rac->bc", m, m) / len(rounds)
+    exact = mean_gram_largest(system, MixingMoments(alpha, beta))
+    assert float(torch.linalg.eigvalsh(mean_gram)[-1]) == pytest.approx(exact, rel=1e-9)
 
 
 def test_uncorrelated_parameters_make_the_second_moment_independent_of_k():
@@ -201,7 +205,8 @@ HEADER = "epoch,gossip/consensus_distance,gossip/round,gossip/values_sent_per_no
 
 
 def write_log(path, values):
-    lines = [HEADER] + [f"0,{v},{t + 1}.0,14430.0,{t},2.0" for t, v in enumerate(values)] + ["0,,,,5,"]
+    lines = [HEADER] + [f"0,{v},{t + 1}.0,14430.0,{t},2.0" for t, v in enumerate(values)]
+    lines += ["0,,,,5,", f"0,{values[-1]},,,{len(values) - 1},"]  # a row of other metrics; a validation row
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -25,7 +25,7 @@ def read_consensus_log(path: str | PathLike) -> tuple[np.ndarray, np.ndarray]:
         path: A ``metrics.csv`` written by Lightning's ``CSVLogger`` during ``mosaic fit``.
 
     Returns:
-        ``(rounds, consensus)``, two ``(T,)`` float64 arrays, rows without a consensus value skipped.
+        ``(rounds, consensus)``, two ``(T,)`` float64 arrays; rows without a consensus value or a round skipped.
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
@@ -42,8 +42,8 @@ def read_consensus_log(path: str | PathLike) -> tuple[np.ndarray, np.ndarray]:
         if missing:
             raise ValueError(f"training log {path} has no column {missing[0]!r} (columns: {reader.fieldnames})")
         for row in reader:
-            if not row[CONSENSUS_COLUMN]:
-                continue
+            if not row[CONSENSUS_COLUMN] or not row[ROUND_COLUMN]:
+                continue  # other metrics' rows (validation rows repeat the last consensus value without a round)
             try:
                 rounds.append(float(row[ROUND_COLUMN]))
                 values.append(float(row[CONSENSUS_COLUMN]))

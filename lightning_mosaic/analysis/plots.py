@@ -28,6 +28,9 @@ def _atomic(path: Path, write) -> Path:
     os.close(handle)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -95,9 +98,12 @@ def plot_spectra(result: SweepResult, path: str | os.PathLike, confidence: float
             for k in ks
         ]
         top.boxplot(samples, tick_labels=[str(k) for k in ks], showfliers=False)
+        mean_gram = [r["lambda_max_of_mean_gram"] for r in summary]  # exact (shared curvature), else sampled
+        if not np.isfinite(mean_gram).all():
+            mean_gram = [r["lambda_max_of_mean_gram_sampled"] for r in summary]
         top.plot(
             range(1, len(ks) + 1),
-            [r["lambda_max_of_mean_gram"] for r in summary],
+            mean_gram,
             "s--",
             color="tab:gray",
             label=r"$\lambda_{max}(E[M^T M])$",
@@ -194,12 +200,16 @@ def training_rows(logs: Mapping[str, tuple[np.ndarray, np.ndarray]], confidence:
 
 def plot_training_consensus(rows: Sequence[Mapping], path: str | os.PathLike, title: str = "") -> Path:
     """The consensus distance measured in training (``gossip/consensus_distance``) per label, mean and interval."""
-    figure, axes = _grid(1)
-    ax = axes[0, 0]
+    figure, ax = plt.subplots(figsize=(6.4, 3.6))
     for label in dict.fromkeys(r["label"] for r in rows):
         mine = [r for r in rows if r["label"] == label]
         t = [r["round"] for r in mine]
-        (line,) = ax.plot(t, [r["mean"] for r in mine], label=f"{label} ({mine[0]['runs']} runs)", linewidth=1)
+        (line,) = ax.plot(
+            t,
+            [r["mean"] for r in mine],
+            label=f"{label} ({mine[0]['runs']} run{'s' * (mine[0]['runs'] > 1)})",
+            linewidth=0.8,
+        )
         if mine[0]["runs"] > 1:
             ax.fill_between(
                 t, _positive([r["low"] for r in mine]), [r["high"] for r in mine], color=line.get_color(), alpha=0.2

@@ -223,6 +223,21 @@ def _reduced_radius(contraction: Tensor, assignment: Tensor, alpha: float, beta:
     return float(torch.linalg.eigvalsh(symmetric).abs().max())
 
 
+def mean_gram_largest(system: QuadraticSystem, moments: MixingMoments) -> float:
+    """lambda_max(E[M~_t^T M~_t]) for a shared curvature, exactly: beta * lambda_max(B^T B), whatever K is.
+
+    E[M~^T M~] = sum_k (B^T Pi_k B) kron E[W~^T W~] (Pi_k: the coordinates of fragment k), and by node symmetry
+    E[W~^T W~] = gamma I with gamma = E ||P W P||_F^2 / (n - 1) = beta, so E[M~^T M~] = (B^T B) kron beta I.
+
+    Raises:
+        ValueError: If the curvature is not shared by all nodes.
+    """
+    if not system.shared:
+        raise ValueError("curvature must be shared by all nodes for the exact mean Gram, got 'random-per-node'")
+    b = system.contraction()[0]
+    return moments.beta * float(torch.linalg.eigvalsh(b.T @ b)[-1])
+
+
 def second_moment_operator_dense(
     system: QuadraticSystem,
     fragmentation: Fragmentation,

@@ -20,7 +20,13 @@ import torch
 
 from lightning_mosaic._validation import check_int
 from lightning_mosaic.analysis.consensus import consensus_curves, mean_confidence_interval, mean_decay_rate
-from lightning_mosaic.analysis.spectra import MixingMoments, gram_spectrum, mixing_moments, second_moment_radius
+from lightning_mosaic.analysis.spectra import (
+    MixingMoments,
+    gram_spectrum,
+    mean_gram_largest,
+    mixing_moments,
+    second_moment_radius,
+)
 from lightning_mosaic.analysis.systems import CURVATURES, make_system
 from lightning_mosaic.gossip.protocol import FragmentGossip
 from lightning_mosaic.gossip.topology import validate_topology
@@ -159,7 +165,8 @@ def _analyse_pair(spec: SystemSpec, k: int, settings: _Settings, moments: Mixing
             "lambda_max_low": float(lam_low),
             "lambda_max_high": float(lam_high),
             "lambda_max_median": float(np.median(largest)),
-            "lambda_max_of_mean_gram": spectrum.largest_of_mean,
+            "lambda_max_of_mean_gram": mean_gram_largest(system, moments) if system.shared else float("nan"),
+            "lambda_max_of_mean_gram_sampled": spectrum.largest_of_mean,
             "second_moment_radius": float(radius),
             "second_moment_radius_low": float(radius_low),
             "second_moment_radius_high": float(radius_high),
