@@ -297,3 +297,14 @@ def test_bad_argument_is_one_line_before_any_write(tmp_path, capsys, args, messa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mosaic: error: ") and message in err[0]
     assert not out.exists()
+
+
+def test_shipped_analysis_config_parses():
+    from pathlib import Path
+
+    from lightning_mosaic.analysis.cli import build_parser
+
+    (config,) = sorted((Path(__file__).resolve().parents[1] / "configs" / "analysis").glob("*.yaml"))
+    parsed = build_parser().parse_args(["--config", str(config)])
+    assert (parsed.num_nodes, parsed.dim, parsed.fragments) == (50, 16, [1, 2, 4, 8, 16])
+    assert len(parsed.systems) == 4

@@ -79,6 +79,14 @@ def _grid(count: int, rows: int = 1) -> tuple[plt.Figure, np.ndarray]:
     return figure, axes
 
 
+def _interval_bars(ax: plt.Axes, x: np.ndarray, rows: Sequence[Mapping], key: str, fmt: str, label: str) -> None:
+    """Error bars of ``rows[i][key]`` between ``rows[i][key + '_low']`` and ``rows[i][key + '_high']``."""
+    value = np.array([r[key] for r in rows])
+    low = np.array([r[key + "_low"] for r in rows])
+    high = np.array([r[key + "_high"] for r in rows])
+    ax.errorbar(x, value, yerr=[value - low, high - value], fmt=fmt, capsize=3, label=label)
+
+
 def plot_spectra(result: SweepResult, path: str | os.PathLike, confidence: float = 0.95) -> Path:
     """Figure 2 style: per system, lambda_max(M_t^T M_t) over draws per K (box plot, top row), and the mean-square
     rates (second-moment spectral radius, and the Monte Carlo decay rate of the mean consensus distance; bottom row).
@@ -114,31 +122,9 @@ def plot_spectra(result: SweepResult, path: str | os.PathLike, confidence: float
             top.set_ylabel(r"$\lambda_{max}(M_t^T M_t)$ per draw")
             top.legend(fontsize=7)
         x = np.arange(len(ks))
-        radius = np.array([r["second_moment_radius"] for r in summary])
-        if np.isfinite(radius).all():
-            bottom.errorbar(
-                x,
-                radius,
-                yerr=[
-                    radius - [r["second_moment_radius_low"] for r in summary],
-                    [r["second_moment_radius_high"] for r in summary] - radius,
-                ],
-                fmt="o-",
-                capsize=3,
-                label=r"$\rho(E[M_t \otimes M_t])$",
-            )
-        rate = np.array([r["consensus_decay_rate"] for r in summary])
-        bottom.errorbar(
-            x + 0.08,
-            rate,
-            yerr=[
-                rate - [r["consensus_decay_rate_low"] for r in summary],
-                [r["consensus_decay_rate_high"] for r in summary] - rate,
-            ],
-            fmt="x",
-            capsize=3,
-            label="decay of mean consensus (MC)",
-        )
+        if np.isfinite([r["second_moment_radius"] for r in summary]).all():
+            _interval_bars(bottom, x, summary, "second_moment_radius", "o-", r"$\rho(E[M_t \otimes M_t])$")
+        _interval_bars(bottom, x + 0.08, summary, "consensus_decay_rate", "x", "decay of mean consensus (MC)")
         bottom.set_xticks(x, [str(k) for k in ks])
         bottom.set_xlabel("fragments K")
         if col == 0:
