@@ -1,12 +1,13 @@
 r"""Spectra of the round operator M_t on the disagreement subspace, per draw and in mean square.
 
-Two quantities of Mosaic Learning's simplified system (arXiv 2602.04352, Section 4, figure 2: n = 50, d = 16),
+Two quantities of Mosaic Learning's simplified system (arXiv 2602.04352, figure 2: n = 50, d = 16),
 both as functions of the number of fragments K, for the systems of :mod:`~lightning_mosaic.analysis.systems`:
 
 1. **Per-draw contraction** ``lambda_max(M_t^T M_t)`` on the disagreement subspace (:func:`gram_spectrum`): the
    squared largest factor by which one round can stretch a disagreement vector, sampled over the rounds' random
    graphs. This is the quantity the paper's statement is about ("more fragments reduce the largest eigenvalue of
-   M_t^T M_t"). :func:`gram_spectrum` also returns ``lambda_max(E[M_t^T M_t])``.
+   M_t^T M_t"). :func:`gram_spectrum` also returns ``lambda_max`` of the sample mean of M_t^T M_t;
+   :func:`mean_gram_largest` gives ``lambda_max(E[M_t^T M_t])`` exactly.
 2. **Mean-square contraction**: the spectral radius of the second-moment operator
    S(Sigma) = E[M_t Sigma M_t^T] (the matrix of E[M_t (x) M_t]) on the disagreement subspace
    (:func:`second_moment_radius`). It is the rate at which the expected consensus distance decays when all nodes
@@ -29,7 +30,8 @@ sizes), so one more reduction:
 commutes with Sigma -> (I kron Pi~) Sigma (I kron Pi~)^T for every node permutation Pi. S maps positive
 semidefinite matrices to positive semidefinite matrices, so (Krein-Rutman) its spectral radius is an eigenvalue
 with a PSD eigenvector; averaging that eigenvector over the node permutations gives a nonzero PSD eigenvector for the
-same eigenvalue whose blocks commute with every permutation of 1^perp, i.e. Sigma_{cc'} = C_{cc'} I_{n-1}. On that
+same eigenvalue whose blocks commute with every node permutation acting on 1^perp; that action (the standard
+representation of the symmetric group) is irreducible, so by Schur's lemma Sigma_{cc'} = C_{cc'} I_{n-1}. On that
 invariant subspace E[W~] = alpha I and E[W~ W~^T] = beta I, with
 
     alpha = (E tr W - 1) / (n - 1),           (P E[W] P = alpha P)
@@ -44,7 +46,8 @@ brute-force (n d)^2 operator on tiny cases in ``tests/test_analysis.py``.
 
 Consequences, exact: with uncorrelated parameters (A = I) S_red(C) has the diagonal of C as an invariant part with
 rate beta (1 - eta)^2 whatever K is; for K = 1 (F = 11^T) rho = beta * rho(B)^2 (Epidemic Learning); and
-E[M_t^T M_t] = (B^T B) kron E[W~^T W~] does not depend on K at all (each coordinate's block only sees its own W).
+E[M_t^T M_t] = (B^T B) kron E[W~^T W~] = (B^T B) kron beta I does not depend on K at all (each coordinate's
+block only sees its own W).
 
 alpha is exact for both topologies: EL-Local in-degrees are Binomial(n - 1, p), p = s / (n - 1), and
 W_jj = 1 / (1 + m_j), so E tr W = (1 - (1 - p)^n) / p; EL-Oracle W = (I + A) / (s + 1) gives tr W = n / (s + 1).

@@ -1,7 +1,8 @@
 """Quadratic decentralized systems: n nodes, d parameters, one gradient step then one Mosaic gossip round.
 
-The simplified convex system of Mosaic Learning (arXiv 2602.04352, Section 4, used for its figures 2 and 3 with
-n = 50 nodes and d = 16 parameters): node i minimises
+Modelled on the simplified convex system that Mosaic Learning (arXiv 2602.04352) uses for its figures 2 and 3
+(n = 50 nodes, d = 16 parameters, correlated parameters); the curvature, step size and topology are ours to choose
+(see ``docs/analysis.md``). Node i minimises
 
     f_i(x) = 1/2 (x - x_i*)^T A_i (x - x_i*),
 
