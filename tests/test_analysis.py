@@ -179,14 +179,14 @@ def test_gram_spectrum_matches_dense_svd():
 
 
 def test_reduced_radius_matches_monte_carlo_operator_of_library_draws():
-    """At n = 6 (not enumerable) the reduced radius agrees with the dense operator averaged over the library's
-    own EL-Local draws (Monte Carlo, 3,000 rounds)."""
-    system = make_system(6, 4, 0.8, "random", step_size=0.5, seed=1)
-    gossip = FragmentGossip([4], 6, fragments=2, peers=2, seed=0)
+    """At n = 5 (not enumerated) the reduced radius agrees with the dense operator averaged over the library's
+    own EL-Local draws (Monte Carlo, 3,000 rounds; measured 0.1859 against 0.1856)."""
+    system = make_system(5, 4, 0.8, "random", step_size=0.5, seed=1)
+    gossip = FragmentGossip([4], 5, fragments=2, peers=2, seed=0)
     rounds = torch.stack([gossip.next_matrices(torch.float64) for _ in range(3000)])
     dense = spectral_radius(second_moment_operator_dense(system, gossip.fragmentation, rounds))
-    radius, _, _ = second_moment_radius(system, gossip.fragmentation, mixing_moments("el-local", 6, 2, draws=20000))
-    assert radius == pytest.approx(dense, rel=0.03)
+    radius, _, _ = second_moment_radius(system, gossip.fragmentation, mixing_moments("el-local", 5, 2, draws=20000))
+    assert radius == pytest.approx(dense, rel=0.02)
 
 
 def test_consensus_decay_matches_second_moment_radius_and_is_deterministic():
