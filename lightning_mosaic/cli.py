@@ -113,9 +113,15 @@ def main(args: Any = None) -> None:
 
     A configuration error raised by the library (``ValueError``, ``TypeError``, ``FileNotFoundError``) is printed
     as one line, ``mosaic: error: ...``, with exit status 2; set ``MOSAIC_TRACEBACK=1`` for the full traceback.
-    ``mosaic reproduce ...`` runs a grid of experiments and writes a report (:mod:`lightning_mosaic.reproduction`).
+    ``mosaic reproduce ...`` runs a grid of experiments and writes a report (:mod:`lightning_mosaic.reproduction`);
+    ``mosaic analyze ...`` is dispatched to :func:`lightning_mosaic.analysis.cli.main` (no Lightning involved).
     """
     argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
+    if argv and argv[0] == "analyze":
+        from lightning_mosaic.analysis.cli import main as analyze
+
+        analyze(argv[1:])
+        return
     try:
         if argv and argv[0] == "reproduce":
             from lightning_mosaic.reproduction.grid import run_grid
