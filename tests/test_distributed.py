@@ -59,9 +59,15 @@ def _mix_worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     results = {}
-    cases = [("random", 0.0, False), ("contiguous", 0.3, False), ("random", 0.2, True)]
-    for fragmentation, drop_prob, with_offline in cases:
-        n, d, fragments, peers = 10, 300, 4, 3
+    # (fragmentation, drop_prob, an isolated NaN node, n, d, K): the last is above the dense-draw limit (K n^2 > 2^22)
+    cases = [
+        ("random", 0.0, False, 10, 300, 4),
+        ("contiguous", 0.3, False, 10, 300, 4),
+        ("random", 0.2, True, 10, 300, 4),
+        ("random", 0.1, True, 300, 256, 64),
+    ]
+    for fragmentation, drop_prob, with_offline, n, d, fragments in cases:
+        peers = 3
         params = torch.randn(n, d, generator=torch.Generator().manual_seed(7))
         single = FragmentGossip([d], n, fragments, peers, fragmentation=fragmentation, seed=3, drop_prob=drop_prob)
         sharded = FragmentGossip([d], n, fragments, peers, fragmentation=fragmentation, seed=3, drop_prob=drop_prob)
@@ -78,12 +84,12 @@ def _mix_worker(rank: int, world: int, port: int, out: str) -> None:
                 if bounds[rank] <= 1 < bounds[rank + 1]:
                     local[1 - bounds[rank], 0] = float("nan")
             single.round_(expected, offline)
-            stats.append(mixer.mix_(local, sharded.next_matrices(local.dtype, offline), offline))
+            stats.append(mixer.mix_(local, sharded.next_graphs(offline), offline))
             if offline is not None:  # repair node 1 so later rounds stay finite, the same way everywhere
                 expected[1, 0] = 0.0
                 if bounds[rank] <= 1 < bounds[rank + 1]:
                     local[1 - bounds[rank], 0] = 0.0
-        results[f"{fragmentation}-{drop_prob}-{with_offline}"] = {
+        results[f"{fragmentation}-{drop_prob}-{with_offline}-{n}"] = {
             "local": local,
             "expected": expected[bounds[rank] : bounds[rank + 1]],
             "sent": [s.values_sent for s in stats],

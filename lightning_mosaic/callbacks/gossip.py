@@ -289,7 +289,7 @@ class MosaicGossip(Callback):
                 offline = churned if offline is None else offline | churned
             with torch.no_grad():
                 if sharded:
-                    stats = self._mixer.mix_(local, protocol.next_matrices(local.dtype, offline), offline)
+                    stats = self._mixer.mix_(local, protocol.next_graphs(offline), offline)
                 else:
                     protocol.round_(local, offline)
             _store_local_rows(pl_module, local)

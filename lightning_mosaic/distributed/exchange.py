@@ -1,10 +1,11 @@
 """Fragment-wise mixing of node rows spread over ranks: each rank sends only the fragments its peers need.
 
-Pure ``torch.distributed`` code (no Lightning). Every rank draws the same ``(K, n, n)`` mixing matrices from the shared
-seed (:class:`~lightning_mosaic.gossip.FragmentGossip`), so every rank knows, without any extra message, which rows
-of which fragment every other rank needs: rank q needs fragment k of node j when some node i held by q has
-``W_k[i, j] != 0``. One ``all_to_all_single`` per round moves exactly those pieces, in one contiguous buffer per
-destination (fragment-major, then node order), and each rank then computes ``W_k[own rows] @ X[:, P_k]`` for every k.
+Pure ``torch.distributed`` code (no Lightning). Every rank draws the same round graphs from the shared seed, as
+``(K, n, s)`` receiver lists (:meth:`~lightning_mosaic.gossip.FragmentGossip.next_graphs`; no ``n x n`` tensor), so
+every rank knows, without any extra message, which rows of which fragment every other rank needs: rank q needs
+fragment k of node j when a node held by q receives it. One ``all_to_all_single`` per round moves exactly those
+pieces, in one contiguous buffer per destination (fragment-major, then node order), and each rank then aggregates
+``(own + sum received) / (count + 1)`` for its nodes with ``index_add_``.
 
 Volume: a node's fragment travels at most once to each other rank, however many of that rank's nodes receive it,
 and never to its own rank, so the values a rank sends per round are at most ``m * s * d`` (m nodes on the rank; the
@@ -19,7 +20,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from lightning_mosaic.distributed.sharding import node_owner
 from lightning_mosaic.gossip.fragmentation import Fragmentation
+from lightning_mosaic.gossip.protocol import RoundGraphs
 
 
 @dataclass(frozen=True)
@@ -72,23 +75,30 @@ class ShardedMixer:
         self.num_nodes = bounds[-1]
         self.lo, self.hi = bounds[rank], bounds[rank + 1]
 
-    def _needed(self, matrices: Tensor) -> Tensor:
-        """``(K, w, n)`` bool: ``[k, q, j]`` is True when a node of rank q gives node j's fragment k nonzero weight."""
-        nonzero = matrices != 0
-        return torch.stack([nonzero[:, lo:hi].any(dim=1) for lo, hi in zip(self.bounds[:-1], self.bounds[1:])], dim=1)
+    def _messages(self, graphs: RoundGraphs) -> tuple[Tensor, Tensor, Tensor]:
+        """The round's delivered messages as ``(fragment, sender, receiver)`` index tensors, each ``(M,)``."""
+        k_count, n, s = graphs.receivers.shape
+        fragment = torch.arange(k_count).view(k_count, 1, 1).expand(k_count, n, s)
+        sender = torch.arange(n).view(1, n, 1).expand(k_count, n, s)
+        if graphs.delivered is None:
+            return fragment.reshape(-1), sender.reshape(-1), graphs.receivers.reshape(-1)
+        keep = graphs.delivered
+        return fragment[keep], sender[keep], graphs.receivers[keep]
 
     @torch.no_grad()
-    def mix_(self, local: Tensor, matrices: Tensor, offline: Tensor | None = None) -> ExchangeStats:
+    def mix_(self, local: Tensor, graphs: RoundGraphs, offline: Tensor | None = None) -> ExchangeStats:
         """Mix this rank's rows in place.
 
         Args:
             local: ``(m, d)`` rows of nodes ``[bounds[rank], bounds[rank + 1])``; overwritten with
-                ``X'[i, P_k] = sum_j W_k[i, j] X[j, P_k]`` (pre-round values on the right, as in
-                :func:`~lightning_mosaic.gossip.mix_`).
-            matrices: ``(K, n, n)`` mixing matrices of the round, the same on every rank.
-            offline: Optional ``(n,)`` bool mask, the same on every rank, of nodes isolated this round; their rows
-                must be the identity in ``matrices`` and nobody gives them weight. Their values (possibly NaN) are
-                neither sent nor used.
+                ``x_i[P_k] <- (x_i[P_k] + sum of the fragments k node i received) / (received + 1)``, from the
+                pre-round values (DESIGN.md step 4; the same update as :func:`~lightning_mosaic.gossip.mix_`).
+            graphs: The round's receiver lists (``(K, n, s)``, from
+                :meth:`~lightning_mosaic.gossip.FragmentGossip.next_graphs`), the same on every rank; no ``n x n``
+                tensor is built.
+            offline: Optional ``(n,)`` bool mask, the same on every rank, of nodes isolated this round (``graphs``
+                must have been drawn with it, so none of their messages is delivered). Their values (possibly NaN)
+                are neither sent nor used, and they keep them.
 
         Returns:
             What this rank sent.
@@ -103,10 +113,15 @@ class ShardedMixer:
                 f"local rows must be shaped (m, d) = ({m}, {d}) on rank {self.rank}, got {tuple(local.shape)}"
             )
         k_count, n = self.fragmentation.num_fragments, self.num_nodes
-        if tuple(matrices.shape) != (k_count, n, n):
-            raise ValueError(f"matrices must be shaped (K, n, n) = ({k_count}, {n}, {n}), got {tuple(matrices.shape)}")
-        matrices = matrices.to("cpu")
-        needed = self._needed(matrices)  # (K, w, n), on CPU: decisions only
+        if graphs.receivers.dim() != 3 or tuple(graphs.receivers.shape[:2]) != (k_count, n):
+            raise ValueError(
+                f"graphs.receivers must be shaped (K, n, s) = ({k_count}, {n}, s), got {tuple(graphs.receivers.shape)}"
+            )
+        fragment, sender, receiver = self._messages(graphs)  # CPU: decisions only
+        owner = node_owner(self.bounds)
+        # needed[k, q, j]: a node of rank q receives node j's fragment k this round
+        needed = torch.zeros(k_count, self.world_size, n, dtype=torch.bool)
+        needed[fragment, owner[receiver], sender] = True
         device = local.device
         if self.fragmentation.assignment.device != device:
             self.fragmentation = self.fragmentation.to(device)
@@ -115,7 +130,7 @@ class ShardedMixer:
         own_offline = None
         if offline is not None and bool(offline.any()):
             own_offline = offline.to(device="cpu", dtype=torch.bool)[self.lo : self.hi].to(device)
-        # Pre-round values per fragment (offline rows zeroed so that 0 * NaN never enters a product).
+        # Pre-round values per fragment (offline rows zeroed: they are never sent, and NaN must not enter a sum).
         pieces = [local.index_select(1, idx) for idx in indices]
         if own_offline is not None:
             for piece in pieces:
@@ -141,8 +156,8 @@ class ShardedMixer:
         if self.world_size > 1:
             dist.all_to_all_single(recv, send, recv_splits, send_splits, group=self.group)
 
-        # Rebuild, per fragment, the rows this rank's nodes read: own rows plus the received ones; rows nobody
-        # here reads stay zero and have zero weight.
+        # Per fragment, the rows this rank's nodes read: own rows plus the received ones (other rows stay zero and
+        # are never read).
         full = [local.new_zeros(n, size) for size in sizes]
         for k in range(k_count):
             full[k][self.lo : self.hi] = pieces[k]
@@ -156,10 +171,19 @@ class ShardedMixer:
                 if count:
                     full[k][rows.to(device)] = recv[offset : offset + count].view(rows.numel(), sizes[k])
                     offset += count
-        own = matrices[:, self.lo : self.hi].to(device=device, dtype=local.dtype)  # (K, m, n)
+        # Aggregate what this rank's nodes received: (own + sum received) / (count + 1).
+        mine = (receiver >= self.lo) & (receiver < self.hi)
+        fragment, sender, receiver = fragment[mine], sender[mine], receiver[mine] - self.lo
         kept = local[own_offline].clone() if own_offline is not None else None
         for k, idx in enumerate(indices):
-            local.index_copy_(1, idx, own[k] @ full[k])
+            of_k = fragment == k
+            rows, sources = receiver[of_k].to(device), sender[of_k].to(device)
+            total = pieces[k].clone()
+            total.index_add_(0, rows, full[k][sources])
+            counts = torch.ones(m, dtype=local.dtype, device=device).index_add_(
+                0, rows, torch.ones(rows.numel(), dtype=local.dtype, device=device)
+            )
+            local.index_copy_(1, idx, total / counts[:, None])
         if own_offline is not None:
             local[own_offline] = kept
         values = int(send.numel())
