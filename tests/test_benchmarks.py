@@ -41,7 +41,7 @@ def test_suite_writes_machine_and_table(smoke):
 
 def test_every_ratio_is_finite_and_positive(smoke):
     res = smoke["results"]
-    assert {r["model"] for r in res["overhead"]["rows"]} == {"gnlenet", "mlp"}
+    assert {r["model"] for r in res["overhead"]["rows"]} == {"gnlenet", "mlp", "mf"}
     for r in res["overhead"]["rows"]:
         for key in ("lightning_over_bare", "lightning_over_bare_nomix", "bare_over_bare_nomix"):
             assert _positive(r[key]), (r["model"], key, r[key])
