@@ -11,7 +11,6 @@ from typing import Any
 
 from lightning_mosaic.distributed.exchange import ExchangeStats, ShardedMixer
 from lightning_mosaic.distributed.sharding import (
-    all_gather_rows,
     distributed_world,
     global_consensus_distance,
     global_row_mean,
@@ -22,7 +21,6 @@ __all__ = [
     "ExchangeStats",
     "MosaicStrategy",
     "ShardedMixer",
-    "all_gather_rows",
     "distributed_world",
     "global_consensus_distance",
     "global_row_mean",

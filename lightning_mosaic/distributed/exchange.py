@@ -74,6 +74,7 @@ class ShardedMixer:
         self.group = group
         self.num_nodes = bounds[-1]
         self.lo, self.hi = bounds[rank], bounds[rank + 1]
+        self._owner = node_owner(self.bounds)  # (n,) rank of every node, fixed for the run
 
     def _messages(self, graphs: RoundGraphs) -> tuple[Tensor, Tensor, Tensor]:
         """The round's delivered messages as ``(fragment, sender, receiver)`` index tensors, each ``(M,)``."""
@@ -118,10 +119,9 @@ class ShardedMixer:
                 f"graphs.receivers must be shaped (K, n, s) = ({k_count}, {n}, s), got {tuple(graphs.receivers.shape)}"
             )
         fragment, sender, receiver = self._messages(graphs)  # CPU: decisions only
-        owner = node_owner(self.bounds)
         # needed[k, q, j]: a node of rank q receives node j's fragment k this round
         needed = torch.zeros(k_count, self.world_size, n, dtype=torch.bool)
-        needed[fragment, owner[receiver], sender] = True
+        needed[fragment, self._owner[receiver], sender] = True
         device = local.device
         if self.fragmentation.assignment.device != device:
             self.fragmentation = self.fragmentation.to(device)

@@ -104,24 +104,3 @@ def global_consensus_distance(local_rows: Tensor, num_nodes: int, *, sharded: bo
     mean = _sum_over_nodes(x.sum(dim=0), m, num_nodes, sharded) / num_nodes
     total = _sum_over_nodes((x - mean).square().sum(), m, num_nodes, sharded)
     return (total / num_nodes).to(local_rows.dtype)
-
-
-def all_gather_rows(local_rows: Tensor, bounds: list[int]) -> Tensor:
-    """Concatenate every rank's rows into the full ``(n, ...)`` tensor on every rank (uneven blocks allowed).
-
-    Args:
-        local_rows: ``(bounds[r + 1] - bounds[r], ...)`` on rank r.
-        bounds: From :func:`node_bounds`.
-
-    Returns:
-        ``(n, ...)`` tensor, rows in node order.
-    """
-    world = len(bounds) - 1
-    if world == 1:
-        return local_rows.detach().clone()
-    largest = max(hi - lo for lo, hi in zip(bounds[:-1], bounds[1:]))
-    padded = local_rows.new_zeros((largest, *local_rows.shape[1:]))
-    padded[: local_rows.shape[0]] = local_rows.detach()
-    gathered = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(gathered, padded)
-    return torch.cat([g[: hi - lo] for g, lo, hi in zip(gathered, bounds[:-1], bounds[1:])])

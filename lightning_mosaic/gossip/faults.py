@@ -107,6 +107,7 @@ class NodeFaults:
         self.straggler_prob = check_probability("straggler_prob", straggler_prob)
         self.seed = seed
         self.trace = [] if churn_trace is None else read_churn_trace(churn_trace, num_nodes)
+        self._last_offline: tuple[int, Tensor] | None = None  # the callback asks for one round several times
 
     @property
     def active(self) -> bool:
@@ -115,13 +116,16 @@ class NodeFaults:
 
     def offline(self, round_: int) -> Tensor:
         """``(n,)`` bool mask of the nodes offline in round ``round_`` (rounds count from 1)."""
+        if self._last_offline is not None and self._last_offline[0] == round_:
+            return self._last_offline[1].clone()
         mask = torch.zeros(self.num_nodes, dtype=torch.bool)
         if self.availability < 1.0:
             mask |= _uniform(self.seed, CHURN_STREAM, round_, self.num_nodes) >= self.availability
         for node, first, last in self.trace:
             if first <= round_ <= last:
                 mask[node] = True
-        return mask
+        self._last_offline = (round_, mask)
+        return mask.clone()
 
     def idle(self, step: int, round_: int) -> Tensor:
         """``(n,)`` bool mask of the nodes that do not train in local step ``step`` (counted from 1), which leads to
