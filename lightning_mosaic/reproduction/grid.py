@@ -40,6 +40,7 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``mosaic reproduce`` (argparse: it exits with status 2 naming a bad argument)."""
     parser = argparse.ArgumentParser(
         prog="mosaic reproduce",
         description="Run a grid of Mosaic Learning runs (one per K and seed) and write a report with plots.",
