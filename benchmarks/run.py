@@ -87,8 +87,8 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
     for r in mix_rows:
         dense = r["dense_over_floor"]
         add(
-            f"mixing n={r['n']} d={r['d']} K={r['K']}: picked ({r['rule_picks']}) / copy floor"
-            f" [index {r['index_over_floor']:.1f}, dense {'-' if dense is None else f'{dense:.1f}'}]",
+            f"mixing n={r['n']} d={r['d']} K={r['K']}: picked ({r['picked_way']}) / copy floor"
+            f" [index_torch {r['index_torch_over_floor']:.1f}, dense {'-' if dense is None else f'{dense:.1f}'}]",
             r["picked_over_floor"],
             "<= 3",
         )

@@ -1,8 +1,18 @@
 """Gossip core: fragmentation, per-round graphs, mixing and consensus metrics. Pure tensor code, no Lightning."""
 
+from lightning_mosaic.gossip import fused
 from lightning_mosaic.gossip.fragmentation import FRAGMENTATIONS, Fragmentation, make_fragmentation
 from lightning_mosaic.gossip.metrics import bytes_sent_per_node, consensus_distance, values_sent_per_node
-from lightning_mosaic.gossip.mixing import KERNELS, default_kernel, mix, mix_, mix_received_, workspace_size
+from lightning_mosaic.gossip.mixing import (
+    BACKENDS,
+    KERNELS,
+    default_backend,
+    default_kernel,
+    mix,
+    mix_,
+    mix_received_,
+    workspace_size,
+)
 from lightning_mosaic.gossip.protocol import FragmentGossip, RoundGraphs, derive_seed, nonfinite_nodes
 from lightning_mosaic.gossip.topology import (
     TOPOLOGIES,
@@ -22,6 +32,7 @@ from lightning_mosaic.gossip.topology import (
 
 __all__ = [
     "FRAGMENTATIONS",
+    "BACKENDS",
     "KERNELS",
     "TOPOLOGIES",
     "FragmentGossip",
@@ -29,8 +40,10 @@ __all__ = [
     "RoundGraphs",
     "bytes_sent_per_node",
     "consensus_distance",
+    "default_backend",
     "default_kernel",
     "dense_draw",
+    "fused",
     "derive_seed",
     "el_local_adjacency",
     "el_local_receivers",

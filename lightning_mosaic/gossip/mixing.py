@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_mosaic.gossip import fused
 from lightning_mosaic.gossip.fragmentation import Fragmentation
 
 
@@ -86,12 +87,17 @@ def mix_received_(
     delivered: Tensor | None,
     fragmentation: Fragmentation,
     workspace: Tensor | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     """One round of fragment-wise mixing in place from receiver lists, without any ``n x n`` matrix.
 
     Computes exactly what :func:`mix_` computes with the matrices of the same graphs (up to float rounding):
     ``x_j[P_k] <- (x_j[P_k] + sum of the copies of fragment k node j received) / (m_jk + 1)`` from the pre-round
-    values (DESIGN.md step 4; EL, de Vos et al. 2023, Eq. 2), as a scatter-add: all equal-sized fragments
+    values (DESIGN.md step 4; EL, de Vos et al. 2023, Eq. 2).
+
+    Two implementations give bit-identical results (same sums in the same order, same division). ``"fused"``
+    (:mod:`lightning_mosaic.gossip.fused`, numba, CPU float32/float64): one cache-blocked pass over the matrix.
+    ``"torch"``: a scatter-add in torch operators, for any device and dtype: all equal-sized fragments
     (:attr:`Fragmentation.groups`) are one ``(n * K_g, q)`` row block, and each of the s message slots is one
     ``index_add_`` of that block into an accumulator. An undelivered message is added to a spare row that is thrown
     away, so a node's values (even NaN) never reach a node that should not receive them. Work ``O(s n d)``, extra
@@ -107,15 +113,25 @@ def mix_received_(
         workspace: Optional 1-D scratch tensor of ``params``' dtype and device with at least
             :func:`workspace_size` elements, reused across rounds so that no large buffer is allocated (and
             page-faulted in) every round; default: allocate per call.
+        backend: One of :data:`BACKENDS`: ``"fused"``, ``"torch"``, or ``"auto"`` (:func:`default_backend`).
 
     Returns:
         ``params``, mixed.
 
     Raises:
-        ValueError: If the shapes of ``params``, ``receivers``, ``delivered`` and ``fragmentation`` disagree, or
-            ``workspace`` is too small.
+        ValueError: If the shapes of ``params``, ``receivers``, ``delivered`` and ``fragmentation`` disagree,
+            ``workspace`` is too small, or ``backend`` is unknown or ``"fused"`` cannot run on ``params``.
     """
     _check_receivers(params, receivers, delivered, fragmentation)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = default_backend(params)
+    elif backend == "fused" and default_backend(params) != "fused":
+        raise ValueError(
+            f"backend='fused' needs float32/float64 parameters on the CPU and numba installed, got {params.dtype} "
+            f"on {params.device} (numba {'installed' if fused.available() else 'missing'})"
+        )
     needed = workspace_size(params.shape[0], fragmentation)
     if workspace is None:
         workspace = params.new_empty(needed)
@@ -124,6 +140,9 @@ def mix_received_(
             f"workspace must hold at least {needed} {params.dtype} values on {params.device}, got "
             f"{workspace.numel()} {workspace.dtype} values on {workspace.device}"
         )
+    if backend == "fused":
+        strategy = fused.default_strategy(params.shape[0], fragmentation.num_fragments, params.element_size())
+        return fused.mix_received_fused_(params, receivers, delivered, fragmentation.assignment, strategy, workspace)
     n = params.shape[0]
     receivers = receivers.to(params.device)
     if delivered is not None:
@@ -158,14 +177,26 @@ def mix_received_(
 
 
 def workspace_size(num_nodes: int, fragmentation: Fragmentation) -> int:
-    """Scratch elements :func:`mix_received_` needs for n nodes: per fragment group, an ``(n K_g + 1, q)``
-    accumulator, plus an ``(n, K_g q)`` gathered block when the group's columns are not one range; at most
-    ``(2 n + 1) d``."""
-    sizes = []
+    """Scratch elements :func:`mix_received_` needs for n nodes with either backend: the torch one needs, per
+    fragment group, an ``(n K_g + 1, q)`` accumulator, plus an ``(n, K_g q)`` gathered block when the group's
+    columns are not one range; the fused one at most ``n d``. At most ``(2 n + 1) d``."""
+    sizes = [fused.workspace_size(num_nodes, fragmentation.num_coordinates, "sorted")]
     for group in fragmentation.groups:
         rows = num_nodes * group.fragments.numel()
         sizes.append((rows + 1) * group.size + (0 if isinstance(group.columns, slice) else rows * group.size))
     return max(sizes)
+
+
+BACKENDS: tuple[str, ...] = ("auto", "fused", "torch")
+"""Implementations of the index kernel (:func:`mix_received_`); both give bit-identical results."""
+
+
+def default_backend(params: Tensor) -> str:
+    """``"fused"`` for float32/float64 CPU parameters when numba is installed, else ``"torch"`` (on GPUs the
+    torch scatter-add runs at memory bandwidth already; ``docs/benchmarks.md``)."""
+    if params.device.type == "cpu" and params.dtype in (torch.float32, torch.float64) and fused.available():
+        return "fused"
+    return "torch"
 
 
 KERNELS: tuple[str, ...] = ("auto", "dense", "index")
