@@ -120,7 +120,7 @@ class CIFARDataModule(NodeDataModule):
         test_subset: int | None = None,
         num_workers: int = 0,
         steps_per_epoch: int | None = None,
-        cache_dir: str | Path | bool | None = "auto",
+        cache_dir: bool | str | Path | None = "auto",
     ) -> None:
         super().__init__(
             num_nodes,
