@@ -156,15 +156,15 @@ def fingerprint_files(root: str | Path, files: Sequence[str | Path]) -> str:
         OSError: A file cannot be ``stat``-ed (e.g. removed meanwhile).
     """
     prefix = os.path.join(os.fspath(root), "")
-    digest = hashlib.sha256()
-    lines = []
-    for path in files:
-        path = os.fspath(path)
-        st = os.stat(path)
-        relative = path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, prefix)
-        lines.append(f"{relative}\0{st.st_size}\0{st.st_mtime_ns}\n")
-    digest.update("".join(lines).encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()
+    paths = [os.fspath(path) for path in files]
+    stats = list(map(os.stat, paths))
+    if all(path.startswith(prefix) for path in paths):
+        cut = len(prefix)
+        relative = [path[cut:] for path in paths]
+    else:
+        relative = [os.path.relpath(path, prefix) for path in paths]
+    text = "".join([f"{r}\0{st.st_size}\0{st.st_mtime_ns}\n" for r, st in zip(relative, stats, strict=True)])
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 # ---------------------------------------------------------------------- reading and writing
