@@ -2,9 +2,9 @@
 
 Every size runs in a fresh subprocess (``python -m benchmarks.scale --worker ...``), so that its peak resident set
 size (``VmHWM``) belongs to that size alone. A worker loads CIFAR-10 (the 60,000 JPEGs of ``cifar10-jpg.tar.gz``,
-decoded into one uint8 tensor shared by all nodes, read from the decoded-data cache; Dirichlet alpha 1), builds ``MosaicModule(GNLeNet, n)``
-+ ``MosaicGossip(K=8, s=3)`` and trains ``rounds`` rounds (one local SGD step each) with a Lightning
-``Trainer``. Reported:
+decoded into one uint8 tensor shared by all nodes, read from the decoded-data cache; Dirichlet alpha 1), builds
+``MosaicModule(GNLeNet, n)`` + ``MosaicGossip(K=8, s=3)`` and trains ``rounds`` rounds (one local SGD step each)
+with a Lightning ``Trainer``. Reported:
 
 * ``startup_s``: start of this module to the end of the first round (imports, data load, model build, first
   round), and its parts ``import_s``, ``data_s`` (load and partition), ``first_round_s`` (model build, Trainer

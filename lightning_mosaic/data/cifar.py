@@ -46,13 +46,14 @@ class CIFARDataModule(NodeDataModule):
     decoded once, at :meth:`setup`, into a uint8 tensor ``(N, 3, 32, 32)`` kept in memory (about 184 MB for 60,000
     images).
 
-    **Decoded-data cache.** Decoding the 60,000 JPEGs of CIFAR-10 takes 5-13 s on 2 shared cores (and torchvision
-    checks the MD5 of its canonical files, about 0.8 s, on every load). So :meth:`setup` writes the decoded arrays
-    once to a cache file and reads them back on later starts (about 0.1 s, plus 0.3-0.5 s to ``stat`` the 60,000
-    source files). The entry is keyed by the dataset, layout, class names and a fingerprint of every source file's
-    relative path, size and modification time: adding, removing, renaming or rewriting a file is a miss, and the
-    entry is rebuilt and replaced. Entries are written to a temporary file and atomically renamed, so a crash
-    never leaves a partial entry that would be read. File format and details:
+    **Decoded-data cache.** Decoding the 60,000 JPEGs of CIFAR-10 takes 6-14 s on 2 shared cores, and reading
+    torchvision's canonical files 2-3 s (it checks their MD5 twice per load, 1.5 s). So :meth:`setup` writes the
+    decoded arrays (185 MB) once to a cache file and reads them back on later starts: 0.5-1.3 s on 2 shared cores
+    for the JPEG tree (about 0.1 s of reading, 0.3-0.5 s to ``stat`` its 60,000 files, 0.1 s to list them),
+    0.1-0.2 s for the canonical files. The entry is keyed by the dataset, layout, class names and a fingerprint of
+    every source file's relative path, size and modification time: adding, removing, renaming or rewriting a file
+    is a miss, and the entry is rebuilt and replaced. Entries are written to a temporary file and atomically
+    renamed, so a crash never leaves a partial entry that would be read. File format and details:
     :mod:`lightning_mosaic.data.cache`. ``cache_dir`` says where:
 
     * ``"auto"`` (default): ``data_dir/.lightning_mosaic_cache/``; if that cannot be written (read-only data),
