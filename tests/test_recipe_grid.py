@@ -20,18 +20,20 @@ from lightning_mosaic.cli import MosaicCLI
 from lightning_mosaic.data.base import NodeDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The base recipe of each task (also what ``mosaic reproduce --task`` runs).
+RECIPES = ROOT / "recipes"
+#: The base recipe of each task in the grid. MovieLens: genre-skewed nodes, where alpha means what it means for the
+#: image tasks (movielens_mosaic.yaml spreads users evenly; a numeric alpha there only skews node sizes).
 TASKS = {
-    "digits": ROOT / "recipes" / "quickstart.yaml",
-    "cifar10": ROOT / "recipes" / "cifar10_mosaic.yaml",
-    "cifar100": ROOT / "recipes" / "cifar100_mosaic.yaml",
-    "movielens": ROOT / "recipes" / "movielens_mosaic.yaml",
+    "digits": RECIPES / "quickstart.yaml",
+    "cifar10": RECIPES / "cifar10_mosaic.yaml",
+    "cifar100": RECIPES / "cifar100_mosaic.yaml",
+    "movielens": RECIPES / "movielens_genre.yaml",
 }
-#: The K = 1 recipes: their task's base recipe with configs/gossip/el.yaml (and their own run name).
+#: The K = 1 recipes: a Mosaic recipe with configs/gossip/el.yaml (and their own run name).
 EL_RECIPES = {
-    "cifar10": ROOT / "recipes" / "cifar10_el.yaml",
-    "cifar100": ROOT / "recipes" / "cifar100_el.yaml",
-    "movielens": ROOT / "recipes" / "movielens_el.yaml",
+    "cifar10_el": RECIPES / "cifar10_mosaic.yaml",
+    "cifar100_el": RECIPES / "cifar100_mosaic.yaml",
+    "movielens_el": RECIPES / "movielens_mosaic.yaml",
 }
 GOSSIP_PIECES = sorted((ROOT / "configs" / "gossip").glob("*.yaml"))
 PARTITION_PIECES = sorted((ROOT / "configs" / "partition").glob("*.yaml"))
@@ -143,11 +145,24 @@ def test_pieces_given_before_the_recipe_are_overridden_by_it(cli, recipe_values)
     assert values == recipe_values["cifar10"]  # K = 8 and alpha 0.1 from the recipe
 
 
-@pytest.mark.parametrize("task", sorted(EL_RECIPES))
-def test_el_recipes_are_the_base_recipe_with_the_el_piece(cli, task):
-    el = leaves(cli.parser.parse_args(argv(EL_RECIPES[task])))
-    composed = leaves(cli.parser.parse_args(argv(TASKS[task], ROOT / "configs" / "gossip" / "el.yaml")))
+@pytest.mark.parametrize("el_recipe", sorted(EL_RECIPES))
+def test_el_recipes_are_a_mosaic_recipe_with_the_el_piece(cli, el_recipe):
+    el = leaves(cli.parser.parse_args(argv(RECIPES / f"{el_recipe}.yaml")))
+    composed = leaves(cli.parser.parse_args(argv(EL_RECIPES[el_recipe], ROOT / "configs" / "gossip" / "el.yaml")))
     assert {key for key in el if el[key] != composed[key]} == {"trainer.logger.init_args.name"}
+
+
+def test_movielens_genre_is_movielens_mosaic_with_genre_skew(cli, recipe_values):
+    """The grid's MovieLens base differs from movielens_mosaic.yaml only in the split, alpha, lr and run name."""
+    users = leaves(cli.parser.parse_args(argv(RECIPES / "movielens_mosaic.yaml")))
+    genre = recipe_values["movielens"]
+    keys = (users.keys() | genre.keys()) - {"model.__path__", "data.__path__"}  # genre inlines the two pieces
+    assert {key: genre.get(key) for key in keys if genre.get(key) != users.get(key)} == {
+        "trainer.logger.init_args.name": "movielens_genre",
+        "data.init_args.node_split": "genre",
+        "data.init_args.alpha": 0.1,
+        "model.init_args.optimizer.init_args.lr": 2.0,
+    }
 
 
 def test_the_fixture_combination_instantiates(cli):
