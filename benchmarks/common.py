@@ -33,6 +33,8 @@ def machine() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu": cpu,
         "cores": os.cpu_count(),
+        # cores this process may run on (fewer than "cores" under taskset or a cgroup cpuset)
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_gib": memory_gib,
         "python": platform.python_version(),
         "torch": torch.__version__,

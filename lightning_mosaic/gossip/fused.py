@@ -226,8 +226,11 @@ by fragment (no extra memory; a fragment's columns in a tile form one run of abo
 ``"sorted"`` sorts every whole row (an ``(n, d)`` workspace; each fragment is one run of ``d / K`` values),
 ``"auto"`` picks :func:`default_strategy`."""
 
-MIN_RUN = 256
-"""Shortest average run (values of one fragment in one tile) for which ``"auto"`` keeps the ``"tiles"`` layout."""
+MIN_RUN = 128
+"""Shortest average run (values of one fragment in one tile) for which ``"auto"`` keeps the ``"tiles"`` layout.
+From ``python -m benchmarks.run --sections mixing`` on 2 idle cores (``docs/benchmarks.md``): ``"tiles"`` was faster
+at 2,048 and 128 values per run (n = 16, K = 8; n = 256, K = 8), ``"sorted"`` at 64 and below (n = 64, K = 64;
+n = 1024, K = 8), by up to 4x for K = 1024."""
 
 
 def tile_width(num_nodes: int, itemsize: int) -> int:
