@@ -202,25 +202,17 @@ def default_backend(params: Tensor) -> str:
 KERNELS: tuple[str, ...] = ("auto", "dense", "index")
 """Mixing kernels: ``"dense"`` (:func:`mix_` with ``(K, n, n)`` matrices), ``"index"`` (:func:`mix_received_`)."""
 
-INDEX_KERNEL_MIN_NODES = 32
-"""Smallest n for which :func:`default_kernel` picks the index kernel whatever K is."""
-DENSE_KERNEL_MAX_FRAGMENTS = 16
-"""Largest K for which :func:`default_kernel` keeps the dense kernel below :data:`INDEX_KERNEL_MIN_NODES` nodes."""
-
-
 def default_kernel(num_nodes: int, num_fragments: int) -> str:
-    """The mixing kernel ``kernel="auto"`` uses for n nodes and K fragments: ``"dense"`` when
-    ``n < INDEX_KERNEL_MIN_NODES`` and ``K <= DENSE_KERNEL_MAX_FRAGMENTS``, else ``"index"``.
+    """The mixing kernel ``kernel="auto"`` uses for n nodes and K fragments: ``"index"`` at every size.
 
-    From ``python -m benchmarks.run`` (section ``mixing``, table in ``docs/benchmarks.md``; 2 shared CPU cores,
-    random fragmentation, s = 3), kernel time / copy floor: at n = 16, d = 9e4 the dense kernel (one
-    ``(n, n) @ (n, d_k)`` product per fragment) is as fast as or faster than the index kernel for K <= 8 and 2-5x
-    slower for K >= 64 (K Python iterations of a column gather, a small product and a column scatter); from n = 64
-    on, the index kernel is faster for every K (the dense product costs ``2 n^2 d`` flops, the index kernel
-    ``s + 3`` passes over the ``(n, d)`` matrix), e.g. 5.5x vs 40x the floor at n = 256, d = 1e6, K = 1. The
-    thresholds sit between measured points (n = 16 and 64; K = 8 and 64). Keeping the dense kernel for small n and K
-    also keeps every seeded result at those sizes bit-identical to the first releases (the quickstart, README).
+    From ``python -m benchmarks.run --sections mixing`` on 2 idle cores (table in ``docs/benchmarks.md``, random
+    fragmentation, s = 3), kernel time / copy floor: the index kernel with its fused CPU backend is faster than the
+    dense one (one ``(n, n) @ (n, d_k)`` product per fragment) at every (n, d, K) of the grid but one, n = 16, K = 1,
+    where both take 1.6-1.8x; e.g. 4.8x against 10.6x at n = 16, d = 9e4, K = 8 and 1.2x against 9.0x at n = 256,
+    d = 1e6, K = 1. Until 2026-11-30 the rule kept the dense kernel for n < 32 and K <= 16 (then faster than the
+    torch scatter-add); results documented before that date were computed with it: pass ``kernel="dense"``
+    (``--gossip.kernel dense``) to reproduce them bit for bit. The two kernels draw the same graphs and agree to
+    float rounding.
     """
-    if num_nodes >= INDEX_KERNEL_MIN_NODES or num_fragments > DENSE_KERNEL_MAX_FRAGMENTS:
-        return "index"
-    return "dense"
+    del num_nodes, num_fragments  # one kernel for every size, kept in the signature for the rule's callers
+    return "index"
