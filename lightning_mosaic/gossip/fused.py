@@ -13,6 +13,8 @@ by sender) and divided the same way, so both kernels give bit-identical results.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -22,6 +24,12 @@ try:  # numba is a dependency; the guard keeps the torch kernels usable where it
     from numba import njit, prange
 except ImportError:  # pragma: no cover - exercised only without numba
     numba = None
+
+if numba is not None and "NUMBA_THREADING_LAYER" not in os.environ:
+    # numba's own thread pool, not its OpenMP layer: a second OpenMP runtime next to torch's spins its idle threads
+    # against torch's (2-core machines), and GNU OpenMP is not fork-safe (DataLoader workers are forked). Set
+    # NUMBA_THREADING_LAYER to choose another layer for the whole process.
+    numba.config.THREADING_LAYER = "workqueue"
 
 TILE_BYTES = 1 << 20
 """Bytes of one ``(n, tile)`` block, from which the tile width in columns follows (:func:`tile_width`). 1 MiB: between
