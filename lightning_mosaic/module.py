@@ -97,6 +97,9 @@ class MosaicModule(LightningModule):
         :class:`~lightning_mosaic.callbacks.MosaicGossip`'s fault model), or ``None``."""
         self.last_validated_step = -1
         """``trainer.global_step`` of the last completed validation (-1: none yet)."""
+        self._after_train_batch: Callable[[], None] | None = None
+        """Set by :class:`~lightning_mosaic.callbacks.MosaicGossip` in its ``on_train_batch_end``: its round's logging,
+        run by :meth:`on_train_batch_end` (after every callback's, when the step's logging decision is final)."""
         self.eval_metrics = nn.ModuleDict(
             {stage: nn.ModuleDict(self._make_eval_metrics()) for stage in ("val", "test")}
         )
@@ -215,6 +218,14 @@ class MosaicModule(LightningModule):
         # Over this process's nodes: no collective in the training step (all n nodes in a single process).
         self.log("train/loss", node_loss.detach().mean(), prog_bar=True)
         return node_loss.sum()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Run what :class:`~lightning_mosaic.callbacks.MosaicGossip` left for after every callback's
+        ``on_train_batch_end`` (its round's metrics). A subclass overriding this hook without calling it makes the
+        callback log at its own hook instead."""
+        pending, self._after_train_batch = self._after_train_batch, None
+        if pending is not None:
+            pending()
 
     # -- evaluation: override the three _..._eval_... hooks for a task's own metrics (see tasks/rating.py) ----------
 

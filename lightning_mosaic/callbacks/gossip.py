@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,14 @@ from lightning_mosaic._validation import check_int as _check_int
 from lightning_mosaic._validation import check_probability
 from lightning_mosaic.distributed.diagnosis import unresponsive_ranks
 from lightning_mosaic.distributed.exchange import ShardedMixer
-from lightning_mosaic.distributed.sharding import global_consensus_distance, node_bounds
+from lightning_mosaic.distributed.sharding import node_bounds
 from lightning_mosaic.distributed.strategy import check_multiprocess_module
 from lightning_mosaic.gossip.faults import NodeFaults
 from lightning_mosaic.gossip.fragmentation import FRAGMENTATIONS
 from lightning_mosaic.gossip.metrics import bytes_sent_per_node, values_sent_per_node
 from lightning_mosaic.gossip.protocol import FragmentGossip, nonfinite_nodes
 from lightning_mosaic.gossip.topology import TOPOLOGIES
+from lightning_mosaic.metrics import ConsensusDistance
 
 NONFINITE_POLICIES = ("raise", "isolate")
 FAULT_SETTINGS = ("availability", "churn_trace", "straggler_prob")
@@ -59,6 +61,12 @@ def _is_mosaic_module(pl_module: LightningModule) -> bool:
     return isinstance(pl_module, MosaicModule)
 
 
+def _mosaic_train_batch_end() -> Any:
+    from lightning_mosaic.module import MosaicModule
+
+    return MosaicModule.on_train_batch_end
+
+
 def _local_rows(pl_module: LightningModule) -> Tensor:
     """The ``(m, d)`` parameter rows of the nodes in this process (a view for a MosaicModule, else a copy)."""
     from lightning_mosaic.module import MosaicModule
@@ -82,6 +90,20 @@ def _store_local_rows(pl_module: LightningModule, rows: Tensor) -> None:
                 offset += p.numel()
 
 
+def _logs_this_step(trainer: Trainer) -> bool:
+    """Whether the metrics logged in this ``on_train_batch_end`` can reach anyone: the steps whose logged values
+    Lightning sends to the loggers (every ``log_every_n_steps``, ``should_stop``, ``fast_dev_run``), and the last
+    step of every epoch and of the fit (so that ``trainer.callback_metrics`` ends with the last round's values).
+    On other steps a value logged ``on_step`` only lands in ``callback_metrics`` until the next logging step
+    overwrites it. Errs on ``True`` if Lightning's internals differ."""
+    try:
+        if trainer.fast_dev_run or trainer._logger_connector.should_update_logs:
+            return True
+        return bool(trainer.fit_loop.epoch_loop._is_training_done)
+    except AttributeError:
+        return True
+
+
 class MosaicGossip(Callback):
     """Fragment-wise epidemic gossip between the nodes of a :class:`~lightning_mosaic.MosaicModule`.
 
@@ -94,8 +116,14 @@ class MosaicGossip(Callback):
     step even with ``accumulate_grad_batches``. The graph generator's state and the round counter are saved in the
     checkpoint under :attr:`state_key` for exact resume.
 
-    Logged every round: ``gossip/consensus_distance`` (after mixing, ``(1/n) sum_i ||x_i - x_bar||^2``),
-    ``gossip/values_sent_per_node`` (``s * d`` per round) and ``gossip/round``.
+    Logged after a round: ``gossip/consensus_distance`` (after mixing, ``(1/n) sum_i ||x_i - x_bar||^2``),
+    ``gossip/values_sent_per_node`` (``s * d`` per round) and ``gossip/round``. With ``every_n_steps=1`` only on the
+    steps whose logged values Lightning sends to the loggers (every ``Trainer(log_every_n_steps=...)``, 50 by
+    default, or when the fit stops) and on the last step of every epoch and of the fit: the loggers and the final
+    ``trainer.callback_metrics`` get exactly the values they would get if every round were logged, and the other
+    rounds skip the consensus distance (passes over the ``(n, d)`` buffer in float64; two all-reduces in
+    multi-process runs) and Lightning's logging. In between, ``trainer.callback_metrics`` holds the last logged
+    round's values. With ``every_n_steps > 1``, every round is logged.
 
     Args:
         fragments: K >= 1 (at most d; with ``fragmentation="layer"`` at most the number of parameter tensors).
@@ -170,6 +198,7 @@ class MosaicGossip(Callback):
         self._rank, self._world_size = 0, 1
         self._latest_step = 0
         self._pending_state: dict[str, Any] | None = None
+        self._distance = ConsensusDistance()
 
     @property
     def state_key(self) -> str:
@@ -268,10 +297,11 @@ class MosaicGossip(Callback):
         protocol, sharded = self.protocol, self._world_size > 1
         local = _local_rows(pl_module)  # (m, d): a view of the replicas, or a copy of one node's parameters
         rounds_before = protocol.rounds
+        stats = None
         try:
-            bad = self._nonfinite(local, protocol.num_nodes)
+            bad, any_bad = self._nonfinite(local, protocol.num_nodes)
             offline = None
-            if bool(bad.any()):
+            if any_bad:
                 nodes = bad.nonzero().flatten().tolist()
                 message = (
                     f"nodes {nodes} have NaN or Inf parameters after local training, before gossip round "
@@ -293,25 +323,48 @@ class MosaicGossip(Callback):
                 else:
                     protocol.round_(local, offline)
             _store_local_rows(pl_module, local)
-            own_bad = bad[self._mixer.lo : self._mixer.hi] if sharded else bad
-            good = local[~own_bad] if bool(bad.any()) else local
-            distance = global_consensus_distance(good, protocol.num_nodes - int(bad.sum()), sharded=sharded)
         except (RuntimeError, dist.DistBackendError) as error:
             if not sharded or isinstance(error, NonFiniteParametersError):
                 raise
-            round_ = rounds_before + 1
-            missing = unresponsive_ranks(f"round-{round_}")
-            who = (
-                "the rank hosting the rendezvous store (rank 0) is unreachable"
-                if missing is None
-                else f"rank(s) {missing} did not reach it (died, hung or were killed; see their logs)"
-                if missing
-                else "every rank reached it (a network or backend failure)"
-            )
-            raise GossipCommunicationError(
-                f"rank {self._rank} of {self._world_size}: gossip round {round_} (global step {step}) failed: {who}. "
-                f"Cause: {error}"
-            ) from error
+            raise self._communication_error(error, rounds_before + 1, step) from error
+        log = functools.partial(self._log_round, trainer, pl_module, local, bad, any_bad, churned, stats, step)
+        if self.every_n_steps > 1:
+            # A round's values stay in Lightning's step results until the next round and reach the loggers at any
+            # logging step in between: log every round.
+            log(check=False)
+        elif _is_mosaic_module(pl_module) and type(pl_module).on_train_batch_end is _mosaic_train_batch_end():
+            # Decide after every callback's on_train_batch_end (one may still stop the fit, e.g. Timer(max_time),
+            # which makes this step a logging one): MosaicModule.on_train_batch_end runs it.
+            pl_module._after_train_batch = log
+        else:
+            log()
+
+    def _log_round(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        local: Tensor,
+        bad: Tensor,
+        any_bad: bool,
+        churned: Tensor | None,
+        stats: Any,
+        step: int,
+        check: bool = True,
+    ) -> None:
+        """Log the round's metrics, if anything will read them (``check``, see :func:`_logs_this_step`)."""
+        if check and not _logs_this_step(trainer):
+            return
+        protocol, sharded = self.protocol, self._world_size > 1
+        assert protocol is not None
+        try:  # the same decision on every rank (from step counters): the all-reduces stay matched
+            own_bad = bad[self._mixer.lo : self._mixer.hi] if sharded else bad
+            good = local[~own_bad] if any_bad else local
+            nodes = protocol.num_nodes - int(bad.sum()) if any_bad else protocol.num_nodes
+            distance = self._distance(good, nodes, sharded=sharded)
+        except (RuntimeError, dist.DistBackendError) as error:
+            if not sharded:
+                raise
+            raise self._communication_error(error, protocol.rounds, step) from error
         d = protocol.num_coordinates
         metrics = {
             "gossip/consensus_distance": distance.float(),
@@ -326,15 +379,38 @@ class MosaicGossip(Callback):
             metrics["gossip/offline_nodes"] = float(churned.sum())
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
 
-    def _nonfinite(self, local: Tensor, num_nodes: int) -> Tensor:
-        """``(n,)`` bool mask of the nodes, over all processes, whose parameters hold NaN or Inf."""
-        own = nonfinite_nodes(local)
+    def _communication_error(self, error: BaseException, round_: int, step: int) -> GossipCommunicationError:
+        missing = unresponsive_ranks(f"round-{round_}")
+        who = (
+            "the rank hosting the rendezvous store (rank 0) is unreachable"
+            if missing is None
+            else f"rank(s) {missing} did not reach it (died, hung or were killed; see their logs)"
+            if missing
+            else "every rank reached it (a network or backend failure)"
+        )
+        return GossipCommunicationError(
+            f"rank {self._rank} of {self._world_size}: gossip round {round_} (global step {step}) failed: {who}. "
+            f"Cause: {error}"
+        )
+
+    def _nonfinite(self, local: Tensor, num_nodes: int) -> tuple[Tensor, bool]:
+        """``(n,)`` bool mask of the nodes, over all processes, whose parameters hold NaN or Inf, and whether any does
+        (one host sync in the usual all-finite case)."""
+        # One read of the rows: a row holding NaN or Inf sums to NaN or Inf, so finite sums (the usual case) prove
+        # every row finite without the (m, d) mask of isfinite; only a non-finite sum (which a finite row can also
+        # reach by overflow) needs the exact test.
+        own = ~torch.isfinite(local.sum(dim=1))
+        own_bad = bool(own.any())
+        if own_bad:
+            own = nonfinite_nodes(local)
+            own_bad = bool(own.any())
         if self._world_size == 1:
-            return own
+            return own, own_bad
         everyone = torch.zeros(num_nodes, dtype=torch.uint8, device=local.device)
         everyone[self._mixer.lo : self._mixer.hi] = own.to(torch.uint8)
         dist.all_reduce(everyone, op=dist.ReduceOp.MAX)
-        return everyone.to(torch.bool)
+        everyone = everyone.to(torch.bool)
+        return everyone, bool(everyone.any())
 
     def communication(self) -> dict[str, int]:
         """Per-node, per-round communication: ``values_sent_per_node`` (s * d) and ``bytes_sent_per_node``."""
