@@ -14,9 +14,9 @@ from torch.optim import Optimizer
 from torchmetrics import Metric
 
 from lightning_mosaic._validation import check_int
-from lightning_mosaic.distributed.sharding import global_consensus_distance, node_bounds
+from lightning_mosaic.distributed.sharding import node_bounds
 from lightning_mosaic.distributed.strategy import RANK_STATES_KEY, check_multiprocess_module
-from lightning_mosaic.metrics import NodeMean
+from lightning_mosaic.metrics import ConsensusDistance, NodeMean
 from lightning_mosaic.replicas import EXECUTIONS, ReplicaStack, default_execution
 
 DEFAULT_LR = 0.05
@@ -97,6 +97,9 @@ class MosaicModule(LightningModule):
         :class:`~lightning_mosaic.callbacks.MosaicGossip`'s fault model), or ``None``."""
         self.last_validated_step = -1
         """``trainer.global_step`` of the last completed validation (-1: none yet)."""
+        self._consensus_distance = ConsensusDistance()
+        """Consensus distance of rows of :attr:`gossip_parameters` (its float64 workspace, ``8 m d`` bytes once
+        used, is shared with :class:`~lightning_mosaic.callbacks.MosaicGossip`)."""
         self._after_train_batch: Callable[[], None] | None = None
         """Set by :class:`~lightning_mosaic.callbacks.MosaicGossip` in its ``on_train_batch_end``: its round's logging,
         run by :meth:`on_train_batch_end` (after every callback's, when the step's logging decision is final)."""
@@ -269,7 +272,7 @@ class MosaicModule(LightningModule):
     def _eval_epoch_end(self, stage: str) -> None:
         metrics = self.eval_metrics[stage]
         values = self._compute_eval_metrics(metrics, stage)
-        values["gossip/consensus_distance"] = global_consensus_distance(self.replicas.flat, self.num_nodes)
+        values["gossip/consensus_distance"] = self._consensus_distance(self.replicas.flat, self.num_nodes)
         # Every value is already over all n nodes and equal on every process: "max" of equal copies is exact.
         self.log_dict(
             {k: v.to(torch.float32) for k, v in values.items()}, prog_bar=False, sync_dist=self.sharded, reduce_fx="max"

@@ -360,7 +360,8 @@ class MosaicGossip(Callback):
             own_bad = bad[self._mixer.lo : self._mixer.hi] if sharded else bad
             good = local[~own_bad] if any_bad else local
             nodes = protocol.num_nodes - int(bad.sum()) if any_bad else protocol.num_nodes
-            distance = self._distance(good, nodes, sharded=sharded)
+            consensus = pl_module._consensus_distance if _is_mosaic_module(pl_module) else self._distance
+            distance = consensus(good, nodes, sharded=sharded)
         except (RuntimeError, dist.DistBackendError) as error:
             if not sharded:
                 raise
