@@ -21,6 +21,15 @@ with a Lightning ``Trainer``. Reported:
   data) / n, everything the nodes add beyond the data they share; and ``ideal_per_node_mib`` = parameters +
   gradients + optimizer state (plain SGD: none) = 2 * 4 d bytes. ``activation_mib_per_node_estimate``: bytes autograd
   saves for one node's backward at batch B (all n nodes' activations are alive until the one backward).
+
+Matrix factorization (:func:`run_mf`, ``--model mf``): the same measurements for ``RatingModule`` +
+``MatrixFactorization`` (943 users x 1,682 movies, 20 factors, d = 55,125, as in ``recipes/movielens_mosaic.yaml``
+but with SGD lr 0.5: the recipe's lr 8 diverges when a node holds a single user, whose bias then gets the whole
+batch's gradient) on the real MovieLens 100K (``MovieLensDataModule``, users spread evenly over
+the nodes: with n = 943 every node holds exactly one user's ratings), at n = 16, 256 and 943. The data is the 100,000
+ratings (a few MB), so ``rss_after_data_mib`` is mostly the libraries. ``consensus_workspace_per_node_mib``: the
+float64 copy of a node's row that the logged consensus distance is computed in (8 d bytes; on the last round, which
+is logged).
 """
 
 from __future__ import annotations
@@ -52,6 +61,16 @@ def _seconds_since_exec() -> float | None:
 
 
 _PYTHON_START_S = _seconds_since_exec()
+MF_SIZES = (16, 256, 943)
+"""Matrix-factorization sizes of the suite: 943 = one node per MovieLens 100K user."""
+MF_MIN_ROUNDS = 5
+"""Rounds per matrix-factorization size in the suite (its rounds are short; the first is start-up)."""
+MF_LR = 0.5
+"""SGD learning rate of the matrix-factorization rows (stable with one user per node; the recipe's 8 is not)."""
+MOVIELENS_CANDIDATES = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k",
+    Path("/work/shared/data/ml-100k"),
+)
 ARCHIVE_CANDIDATES = (
     Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpg.tar.gz",
     Path("/work/shared/data/cifar10-jpg.tar.gz"),
@@ -187,6 +206,156 @@ def _activation_bytes(model, shape: tuple[int, ...], batch: int) -> int:
     return total
 
 
+def movielens100k_dir() -> Path:
+    """The folder holding MovieLens 100K's ``u.data``: ``$MOSAIC_MOVIELENS100K_DIR``, else the first of
+    :data:`MOVIELENS_CANDIDATES` that has it (the tests' sources, read in place).
+
+    Raises:
+        FileNotFoundError: Naming the paths looked at.
+    """
+    env = os.environ.get("MOSAIC_MOVIELENS100K_DIR")
+    candidates = (Path(env),) if env else MOVIELENS_CANDIDATES
+    found = next((c for c in candidates if (c / "u.data").is_file()), None)
+    if found is None:
+        raise FileNotFoundError(
+            f"MovieLens 100K (u.data) not found in {', '.join(map(str, candidates))}; set MOSAIC_MOVIELENS100K_DIR to "
+            "the extracted ml-100k folder"
+        )
+    return found
+
+
+def _write_tiny_movielens(folder: Path, users: int = 40, items: int = 60, per_user: int = 15) -> Path:
+    """A small synthetic ``u.data`` in the 100K format (tab-separated user, item, stars, timestamp), for ``--tiny``."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for user in range(1, users + 1):
+        for item in rng.choice(items, size=per_user, replace=False) + 1:
+            lines.append(f"{user}\t{item}\t{rng.integers(1, 6)}\t{880000000 + len(lines)}")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "u.data").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def mf_worker(data_dir: str, nodes: int, batch: int, rounds: int, fragments: int, peers: int) -> dict[str, Any]:
+    """Train ``rounds`` rounds of ``nodes`` matrix-factorization nodes on MovieLens 100K (``data_dir`` holding
+    ``u.data``); runs in its own process (the same phases and memory accounting as :func:`worker`)."""
+    import torch
+
+    from benchmarks.common import fit_rounds, peak_rss_bytes, reset_peak_rss, rss_bytes
+    from lightning_mosaic.data import MovieLensDataModule
+    from lightning_mosaic.models import MatrixFactorization
+    from lightning_mosaic.tasks import RatingModule
+
+    imported = time.perf_counter()
+    data = MovieLensDataModule(data_dir, nodes, "iid", batch, variant="100k", seed=0, steps_per_epoch=rounds)
+    data.setup("fit")
+    loaded = time.perf_counter()
+    load_peak = peak_rss_bytes()
+    rss_data = rss_bytes()
+    peak_was_reset = reset_peak_rss()
+    users, items = data.num_users, data.num_items
+
+    def model() -> MatrixFactorization:
+        return MatrixFactorization(users, items, factors=20, bias=True, global_mean=3.5)
+
+    module = RatingModule(model, nodes, optimizer=lambda p: torch.optim.SGD(p, lr=MF_LR))
+    ends = fit_rounds(module, data, rounds, fragments, peers)
+    d = module.replicas.num_coordinates
+    peak = peak_rss_bytes()
+    after_rounds = [b - a for a, b in zip(ends, ends[1:])]
+    users_per_node = [int((data.node_of_user == i).sum()) for i in range(nodes)]
+    return {
+        "model": "MatrixFactorization",
+        "data": "movielens-100k",
+        "n": nodes,
+        "B": batch,
+        "K": fragments,
+        "s": peers,
+        "d": d,
+        "users": users,
+        "items": items,
+        "users_per_node_min": min(users_per_node),
+        "users_per_node_max": max(users_per_node),
+        "rounds": len(ends),
+        "execution": module.resolved_execution(),
+        "import_s": imported - _PROCESS_START,
+        "data_s": loaded - imported,
+        "first_round_s": ends[0] - loaded,
+        "startup_s": ends[0] - _PROCESS_START,
+        "rounds_per_s": len(after_rounds) / sum(after_rounds) if after_rounds else None,
+        "seconds_per_round": sum(after_rounds) / len(after_rounds) if after_rounds else None,
+        "rss_after_data_mib": rss_data / 2**20,
+        "peak_rss_during_data_load_mib": load_peak / 2**20,
+        "peak_reset_after_data": peak_was_reset,
+        "peak_rss_mib": peak / 2**20,
+        "per_node_mib": (peak - rss_data) / nodes / 2**20,
+        "ideal_per_node_mib": 2 * 4 * d / 2**20,
+        "consensus_workspace_per_node_mib": 8 * d / 2**20,
+        "activation_mib_per_node_estimate": _mf_activation_bytes(model(), users, items, batch) / 2**20,
+    }
+
+
+def _mf_activation_bytes(model, users: int, items: int, batch: int) -> int:
+    """Bytes autograd saves for one matrix-factorization node's backward at batch ``batch``."""
+    import torch
+
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    x = torch.stack([torch.randint(0, users, (batch,)), torch.randint(0, items, (batch,))], dim=-1)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).sum()
+    return total
+
+
+def run_mf(
+    sizes: list[int], batch: int, rounds: int, fragments: int = 8, peers: int = 3, tiny: bool = False
+) -> list[dict[str, Any]]:
+    """Matrix factorization on MovieLens 100K: one subprocess per n in ``sizes`` (a size that fails is reported with
+    its error). ``tiny``: a small synthetic ``u.data`` in a temporary folder, in this process (the smoke test)."""
+    if tiny:
+        with tempfile.TemporaryDirectory(prefix="mosaic-bench-movielens-") as folder:
+            data_dir = _write_tiny_movielens(Path(folder))
+            rows = [mf_worker(str(data_dir), n, batch, rounds, fragments, peers) for n in sizes]
+        return [{**r, "data": "synthetic ratings in the 100K format (tiny)"} for r in rows]
+    data_dir = movielens100k_dir()
+    rows = []
+    for n in sizes:
+        rows.append(_subprocess_row("mf", str(data_dir), n, batch, rounds, fragments, peers))
+        r = rows[-1]
+        if "error" not in r:
+            print(
+                f"  scale mf n={n} B={batch}: {r['rounds_per_s']:.3f} rounds/s, start-up {r['startup_s']:.1f} s, "
+                f"peak {r['peak_rss_mib']:.0f} MiB, {r['per_node_mib']:.3f} MiB/node "
+                f"(ideal {r['ideal_per_node_mib']:.3f})",
+                flush=True,
+            )
+    return rows
+
+
+def _subprocess_row(
+    model: str, data_dir: str, n: int, batch: int, rounds: int, fragments: int, peers: int
+) -> dict[str, Any]:
+    """Run one worker (``--model``) in a fresh Python process and return its JSON row, or ``{n, B, error}``."""
+    cmd = [sys.executable, "-m", "benchmarks.scale", "--worker", "--model", model, "--nodes", str(n)]
+    cmd += ["--data", data_dir, "--batch", str(batch), "--rounds", str(rounds), "--fragments", str(fragments)]
+    cmd += ["--peers", str(peers)]
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        print(f"  scale {model} n={n}: FAILED (exit {proc.returncode})", flush=True)
+        return {"n": n, "B": batch, "error": (proc.stderr or proc.stdout)[-2000:]}
+    return json.loads(lines[-1])
+
+
 def run(
     sizes: list[int], batch: int, rounds: int, fragments: int = 8, peers: int = 3, tiny: bool = False
 ) -> list[dict[str, Any]]:
@@ -253,9 +422,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--worker", action="store_true", help="internal: run one size and print its JSON row")
     parser.add_argument("--warm-cache", action="store_true", help="internal: load --data once, print the JSON")
+    parser.add_argument("--model", choices=("gnlenet", "mf"), default="gnlenet")
     parser.add_argument("--data", default=None)
-    parser.add_argument("--nodes", type=int, nargs="+", default=[16, 256, 1024])
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--nodes", type=int, nargs="+", default=None, help="default 16 256 1024 (mf: 16 256 943)")
+    parser.add_argument("--batch", type=int, default=None, help="default 8 (mf: 256)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fragments", type=int, default=8)
     parser.add_argument("--peers", type=int, default=3)
@@ -263,10 +433,15 @@ def main() -> None:
     if args.warm_cache:
         print(json.dumps(warm_cache(args.data)))
         return
+    mf = args.model == "mf"
+    nodes = args.nodes or (list(MF_SIZES) if mf else [16, 256, 1024])
+    batch = args.batch or (256 if mf else 8)
     if args.worker:
-        print(json.dumps(worker(args.data, args.nodes[0], args.batch, args.rounds, args.fragments, args.peers)))
+        work = mf_worker if mf else worker
+        print(json.dumps(work(args.data, nodes[0], batch, args.rounds, args.fragments, args.peers)))
         return
-    print(json.dumps(run(args.nodes, args.batch, args.rounds, args.fragments, args.peers), indent=2))
+    go = run_mf if mf else run
+    print(json.dumps(go(nodes, batch, args.rounds, args.fragments, args.peers), indent=2))
 
 
 if __name__ == "__main__":
