@@ -29,7 +29,8 @@ batch's gradient) on the real MovieLens 100K (``MovieLensDataModule``, users spr
 the nodes: with n = 943 every node holds exactly one user's ratings), at n = 16, 256 and 943. The data is the 100,000
 ratings (a few MB), so ``rss_after_data_mib`` is mostly the libraries. ``consensus_workspace_per_node_mib``: the
 float64 copy of a node's row that the logged consensus distance is computed in (8 d bytes; on the last round, which
-is logged).
+is logged). ``batch_fetch_s``: median time to fetch one training batch (n B ratings) from the data module's loader,
+measured after the rounds; part of every round's time.
 """
 
 from __future__ import annotations
@@ -266,6 +267,13 @@ def mf_worker(data_dir: str, nodes: int, batch: int, rounds: int, fragments: int
     peak = peak_rss_bytes()
     after_rounds = [b - a for a, b in zip(ends, ends[1:])]
     users_per_node = [int((data.node_of_user == i).sum()) for i in range(nodes)]
+    batches = iter(data.train_dataloader())  # after the peak was read: how much of a round is the batch fetch
+    next(batches)
+    fetches = []
+    for _ in range(min(3, max(rounds - 1, 1))):
+        start = time.perf_counter()
+        next(batches)
+        fetches.append(time.perf_counter() - start)
     return {
         "model": "MatrixFactorization",
         "data": "movielens-100k",
@@ -286,6 +294,7 @@ def mf_worker(data_dir: str, nodes: int, batch: int, rounds: int, fragments: int
         "startup_s": ends[0] - _PROCESS_START,
         "rounds_per_s": len(after_rounds) / sum(after_rounds) if after_rounds else None,
         "seconds_per_round": sum(after_rounds) / len(after_rounds) if after_rounds else None,
+        "batch_fetch_s": sorted(fetches)[len(fetches) // 2],
         "rss_after_data_mib": rss_data / 2**20,
         "peak_rss_during_data_load_mib": load_peak / 2**20,
         "peak_reset_after_data": peak_was_reset,
@@ -331,8 +340,8 @@ def run_mf(
         r = rows[-1]
         if "error" not in r:
             print(
-                f"  scale mf n={n} B={batch}: {r['rounds_per_s']:.3f} rounds/s, start-up {r['startup_s']:.1f} s, "
-                f"peak {r['peak_rss_mib']:.0f} MiB, {r['per_node_mib']:.3f} MiB/node "
+                f"  scale mf n={n} B={batch}: {r['rounds_per_s']:.3f} rounds/s (fetch {r['batch_fetch_s']:.2f} s), "
+                f"start-up {r['startup_s']:.1f} s, peak {r['peak_rss_mib']:.0f} MiB, {r['per_node_mib']:.3f} MiB/node "
                 f"(ideal {r['ideal_per_node_mib']:.3f})",
                 flush=True,
             )
