@@ -29,6 +29,7 @@ CASES = [
     (lambda: MosaicGossip(peers=1.5), ValueError, r"peers must be an integer >= 1, got 1.5 \(float\)"),
     (lambda: MosaicGossip(topology="ring"), ValueError, r"topology must be one of \('el-local', 'el-oracle'\)"),
     (lambda: MosaicGossip(fragmentation="x"), ValueError, r"fragmentation must be one of"),
+    (lambda: MosaicGossip(kernel="sparse"), ValueError, r"kernel must be one of \(.*\), got 'sparse'"),
     (lambda: MosaicGossip(drop_prob=2), ValueError, r"drop_prob must be a probability in \[0, 1\], got 2"),
     (lambda: MosaicGossip(on_nonfinite="ignore"), ValueError, r"on_nonfinite must be one of \('raise', 'isolate'\)"),
     (lambda: MosaicGossip(every_n_steps=0), ValueError, r"every_n_steps must be an integer >= 1, got 0"),

@@ -365,7 +365,8 @@ def test_offline_nodes_neither_send_nor_receive_even_when_nan():
     offline = torch.zeros(8, dtype=torch.bool)
     offline[[3, 5]] = True
     before = x.clone()
-    gossip = FragmentGossip([40], 8, fragments=4, peers=7, seed=2, kernel="dense")  # s = n - 1: everyone would talk to everyone
+    # s = n - 1: everyone would talk to everyone
+    gossip = FragmentGossip([40], 8, fragments=4, peers=7, seed=2, kernel="dense")
     matrices = gossip.round_(x, offline)
     assert torch.isfinite(x[~offline]).all()  # nothing non-finite reached an online node
     torch.testing.assert_close(x[offline], before[offline], equal_nan=True)

@@ -135,3 +135,36 @@ def test_mix_received_errors_and_kernel_choice():
         FragmentGossip([6], 3, kernel="sparse")
     assert {default_kernel(n, k) for n in (2, 16, 1024) for k in (1, 8, 64)} == {"index"}
     assert FragmentGossip([6], 3, fragments=2).kernel == default_kernel(3, 2)
+
+
+@pytest.mark.parametrize("kernel", ["dense", "index"])
+def test_mosaic_gossip_kernel_setting_reaches_the_protocol_and_agrees(kernel):
+    """``MosaicGossip(kernel=...)`` runs that kernel in a real Trainer; dense and index give the same training to float
+    rounding, and the state key (checkpoint compatibility) does not depend on it."""
+    from lightning import Trainer
+
+    from lightning_mosaic import MosaicGossip, MosaicModule
+    from lightning_mosaic.data import DigitsDataModule
+    from lightning_mosaic.models import MLP
+
+    def fit(kernel_name):
+        gossip = MosaicGossip(fragments=4, peers=2, seed=1, kernel=kernel_name)
+        trainer = Trainer(
+            max_steps=6,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            callbacks=[gossip],
+        )
+        module = MosaicModule(MLP, 8, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+        trainer.fit(module, DigitsDataModule(num_nodes=8, alpha=0.5, batch_size=8))
+        return gossip, module.gossip_parameters.detach().clone()
+
+    gossip, params = fit(kernel)
+    assert gossip.protocol.kernel == kernel
+    reference, expected = fit("auto")
+    assert reference.protocol.kernel == "index" and gossip.state_key == reference.state_key
+    torch.testing.assert_close(params, expected, rtol=1e-5, atol=1e-6)

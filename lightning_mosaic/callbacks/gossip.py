@@ -21,6 +21,7 @@ from lightning_mosaic.distributed.strategy import check_multiprocess_module
 from lightning_mosaic.gossip.faults import NodeFaults
 from lightning_mosaic.gossip.fragmentation import FRAGMENTATIONS
 from lightning_mosaic.gossip.metrics import bytes_sent_per_node, values_sent_per_node
+from lightning_mosaic.gossip.mixing import KERNELS
 from lightning_mosaic.gossip.protocol import FragmentGossip, nonfinite_nodes
 from lightning_mosaic.gossip.topology import TOPOLOGIES
 from lightning_mosaic.metrics import ConsensusDistance
@@ -145,6 +146,12 @@ class MosaicGossip(Callback):
             parameters: ``"raise"`` (default) a :class:`NonFiniteParametersError` naming the nodes and the round,
             before anything is sent; ``"isolate"`` those nodes for the round (they neither send nor receive), log
             ``gossip/isolated_nodes`` and warn. A non-finite value never reaches another node.
+        kernel: How a single process mixes (:class:`~lightning_mosaic.gossip.FragmentGossip`): ``"auto"``
+            (default; the index kernel, :func:`~lightning_mosaic.gossip.default_kernel`), ``"index"`` or
+            ``"dense"`` (``(K, n, n)`` matrices; the default for n < 32 and K <= 16 before 2026-11-30, so
+            ``kernel="dense"`` reproduces results from before then bit for bit). The kernels draw the same graphs
+            and agree to float rounding; the setting is not part of :attr:`state_key`. Multi-process runs mix with
+            :class:`~lightning_mosaic.distributed.ShardedMixer` whatever it says.
 
     Raises:
         ValueError: At construction for an argument out of range (naming it); at ``setup`` if ``peers``,
@@ -165,7 +172,10 @@ class MosaicGossip(Callback):
         availability: float = 1.0,
         churn_trace: str | None = None,
         straggler_prob: float = 0.0,
+        kernel: str = "auto",
     ) -> None:
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         _check_int("fragments", fragments, 1)
         _check_int("peers", peers, 1)
         _check_int("every_n_steps", every_n_steps, 1)
@@ -191,6 +201,7 @@ class MosaicGossip(Callback):
         self.availability = float(availability)
         self.churn_trace = None if churn_trace is None else str(churn_trace)
         self.straggler_prob = float(straggler_prob)
+        self.kernel = kernel
         self.faults: NodeFaults | None = None
         self.on_nonfinite = on_nonfinite
         self.protocol: FragmentGossip | None = None
@@ -235,7 +246,7 @@ class MosaicGossip(Callback):
             return self.protocol
         num_nodes, sizes = _gossip_shape(pl_module, world_size)
         protocol_args = {k: v for k, v in self._config().items() if k not in ("every_n_steps", *FAULT_SETTINGS)}
-        protocol = FragmentGossip(sizes, num_nodes, **protocol_args)
+        protocol = FragmentGossip(sizes, num_nodes, kernel=self.kernel, **protocol_args)
         faults = NodeFaults(num_nodes, self.availability, self.churn_trace, self.straggler_prob, seed=self.seed)
         if faults.active and not _is_mosaic_module(pl_module):
             raise TypeError(

@@ -202,6 +202,7 @@ def default_backend(params: Tensor) -> str:
 KERNELS: tuple[str, ...] = ("auto", "dense", "index")
 """Mixing kernels: ``"dense"`` (:func:`mix_` with ``(K, n, n)`` matrices), ``"index"`` (:func:`mix_received_`)."""
 
+
 def default_kernel(num_nodes: int, num_fragments: int) -> str:
     """The mixing kernel ``kernel="auto"`` uses for n nodes and K fragments: ``"index"`` at every size.
 
