@@ -48,7 +48,9 @@ def test_every_ratio_is_finite_and_positive(smoke):
     assert len(res["mixing"]) == 4
     for r in res["mixing"]:
         assert r["rule_picks"] in ("dense", "index")
-        for key in ("index_over_floor", "index_contiguous_over_floor", "dense_over_floor", "picked_over_floor"):
+        assert r["picked_way"] in ("dense", "index_torch", "fused_tiles", "fused_sorted")
+        ways = ("index_torch", "fused_tiles", "fused_sorted", "fused_contiguous", "dense", "picked")
+        for key in [f"{way}_over_floor" for way in ways]:
             assert _positive(r[key]), (r["n"], r["K"], key, r[key])
     assert {r["model"] for r in res["execution"]} == {"gnlenet", "mlp"}
     assert all(_positive(r["loop_over_vmap"]) and r["default"] in ("vmap", "loop") for r in res["execution"])
