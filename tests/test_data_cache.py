@@ -332,17 +332,6 @@ def test_auto_falls_back_to_the_user_cache_when_data_dir_cannot_be_written(tree:
     assert _load(tree).cache_hit
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_read_only_data_dir(tree: Path):
-    os.chmod(tree, 0o555)
-    try:
-        first = _load(tree)
-        assert first.cache_file.parent == Path(os.environ["XDG_CACHE_HOME"]) / "lightning_mosaic"
-        assert _load(tree).cache_hit
-    finally:
-        os.chmod(tree, 0o755)
-
-
 def test_unwritable_explicit_folder_warns_naming_it_and_still_loads(tree: Path, tmp_path: Path):
     blocker = tmp_path / "blocker"
     blocker.write_text("")
