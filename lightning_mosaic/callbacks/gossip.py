@@ -298,6 +298,8 @@ class MosaicGossip(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if _is_mosaic_module(pl_module):
+            pl_module._after_train_batch = None  # nothing left over from a batch that raised before the module's hook
         step = trainer.global_step
         if step <= self._latest_step:  # no optimizer step in this batch (gradient accumulation)
             return
