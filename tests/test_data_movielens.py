@@ -201,7 +201,7 @@ def test_assign_users_even_and_dirichlet():
     skewed_sizes = np.bincount(skewed, minlength=8)
     assert skewed_sizes.min() >= 1 and skewed_sizes.std() > 5 * sizes.std()
     assert np.array_equal(skewed, assign_users_to_nodes(1000, 8, 0.3, seed=0))
-    with pytest.raises(ValueError, match="min_samples=1 is impossible with num_nodes=8"):
+    with pytest.raises(ValueError, match="min_users=1 is impossible with num_nodes=8"):
         assign_users_to_nodes(5, 8)
 
 
@@ -308,3 +308,12 @@ def test_arguments_are_checked_before_touching_disk(tmp_path: Path, kwargs: dict
     args = {"data_dir": tmp_path / "nothing", "num_nodes": 2, **kwargs}
     with pytest.raises(ValueError, match=match):
         MovieLensDataModule(**args)
+
+
+def test_impossible_user_split_names_min_users_and_users():
+    """The partitioner's failure is reworded for users: the option is min_users, the items are users."""
+    with pytest.raises(ValueError, match=r"min_users=5 is impossible with num_nodes=8 and only 20 users") as info:
+        assign_users_to_nodes(20, 8, "iid", min_users=5)
+    assert "min_samples" not in str(info.value)
+    with pytest.raises(ValueError, match=r"could not give every node at least min_users=1 users with alpha=0\.01"):
+        assign_users_to_nodes(20, 16, 0.01, seed=0)

@@ -455,7 +455,11 @@ def assign_users_to_nodes(
     labels = np.zeros(num_users, dtype=np.int64) if user_labels is None else np.asarray(user_labels)
     if labels.shape != (num_users,):
         raise ValueError(f"user_labels must have shape ({num_users},); got {labels.shape}")
-    shards = dirichlet_partition(labels, num_nodes, alpha, seed=seed, min_samples=check_int("min_users", min_users, 1))
+    min_users = check_int("min_users", min_users, 1)
+    try:
+        shards = dirichlet_partition(labels, num_nodes, alpha, seed=seed, min_samples=min_users)
+    except ValueError as error:  # the partitioner speaks of samples; here they are users, the option min_users
+        raise ValueError(str(error).replace("min_samples", "min_users").replace(" samples", " users")) from error
     node_of = np.empty(num_users, dtype=np.int64)
     for node, shard in enumerate(shards):
         node_of[shard] = node
