@@ -309,8 +309,8 @@ def mix_received_fused_(
     tile = tile_width(n, x.element_size())
     if strategy == "auto":
         strategy = default_strategy(n, num_fragments, x.element_size())
-    if strategy == "sorted" and not bool((assignment[1:] < assignment[:-1]).any()):
-        strategy = "tiles"  # already in fragment order
+    if strategy == "sorted" and not _layout(assignment, tile, "tiles")[1]:
+        strategy = "tiles"  # already in fragment order (the cached layout knows; no O(d) check every round)
     threads = numba.get_num_threads()
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     try:
