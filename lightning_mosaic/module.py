@@ -33,6 +33,13 @@ class MosaicModule(LightningModule):
     data (never divided by n). Validation and test batches ``(x: (B, ...), y: (B,))`` come from the test set shared
     by all nodes; every node and the averaged model are evaluated on them.
 
+    Evaluation runs every node and the averaged model in eval mode (Lightning's ``model.eval()`` reaches every
+    replica): no dropout, normalization layers use their running statistics, and no buffer of any node changes, so
+    a node exported with :meth:`node_state_dict` and put in eval mode gives exactly the outputs that were
+    evaluated. Buffers such as BatchNorm's running statistics are per node and never gossiped: node i's are
+    updated by node i's training steps only. The averaged model uses the mean over nodes of every floating-point
+    buffer (running mean and variance; integer buffers such as ``num_batches_tracked`` are node 0's).
+
     Logged at validation (``val/``) and test (``test/``): ``node_acc_mean``, ``node_acc_std`` (population std over
     nodes), ``avg_model_acc`` (accuracy of ``x_bar = mean_i x_i``), ``loss`` (node-average test loss), and
     ``gossip/consensus_distance``. Logged every training step: ``train/loss`` (node-average training loss).

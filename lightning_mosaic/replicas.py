@@ -70,7 +70,14 @@ class ReplicaStack(nn.Module):
         seed: Seed of the initialization (used when ``model`` is a callable, and for every node with
             ``init="independent"``).
 
-    Buffers (e.g. normalization statistics) are stacked per node as ``(n, ...)`` tensors; they are not gossiped.
+    Buffers (e.g. BatchNorm's running statistics) are stacked per node as ``(n, ...)`` tensors and are never
+    gossiped: node i's buffers are updated only by node i's own training forward passes.
+
+    Train and eval mode follow this module's ``training`` flag (``stack.train()`` / ``stack.eval()``, which
+    Lightning sets around every evaluation): every replica and the averaged model run in that mode. In eval mode a
+    forward is deterministic (no dropout, normalization from the running statistics) and never changes a buffer:
+    the replicas run on copies of the stacked buffers. So node i's outputs in eval mode are exactly those of
+    ``model()`` loaded with :meth:`node_state` ``(i)`` and put in eval mode.
 
     Raises:
         ValueError: If ``num_nodes`` < 1, ``init`` is unknown, or the model has no trainable parameters.
@@ -156,8 +163,25 @@ class ReplicaStack(nn.Module):
 
     @property
     def template(self) -> nn.Module:
-        """The module whose forward code every replica runs (its own tensors are on the meta device)."""
+        """The module whose forward code every replica runs (its own tensors are on the meta device).
+
+        It is held outside the module tree (so that its meta tensors are not parameters); its train/eval mode is
+        set from :attr:`training` before every forward."""
         return self._template[0]
+
+    def _moded_template(self) -> nn.Module:
+        """The template in this stack's mode. The mode is read at call time, not propagated by ``train()``: Lightning
+        restores modes after evaluation by setting each registered submodule's ``training`` flag directly."""
+        template = self._template[0]
+        if template.training != self.training:
+            template.train(self.training)
+        return template
+
+    def _node_buffers(self) -> dict[str, Tensor]:
+        """The stacked buffers a forward runs on: the buffers themselves in train mode (a forward may update them,
+        e.g. BatchNorm's running statistics), copies in eval mode (evaluation never changes a node's buffers)."""
+        buffers = self.stacked_buffers()
+        return buffers if self.training else {name: t.clone() for name, t in buffers.items()}
 
     def stacked_parameters(self, flat: Tensor | None = None) -> dict[str, Tensor]:
         """Views ``(n, *shape)`` of ``flat`` (default: the buffer) for every trainable tensor, by name.
@@ -206,8 +230,8 @@ class ReplicaStack(nn.Module):
             raise ValueError(
                 f"batch must be shaped (n, B, ...) with n = num_nodes = {n}, got shape {tuple(inputs.shape)}"
             )
-        buffers, shared = self.stacked_buffers(), self._shared()
-        template = self.template
+        buffers, shared = self._node_buffers(), self._shared()
+        template = self._moded_template()
         if execution == "loop":
             # One unbind + one split per node: their backward stacks and concatenates the per-node gradients, O(n d).
             # (Indexing the stacked (n, *shape) views per node would make every node's backward fill an (n, size)
@@ -233,18 +257,25 @@ class ReplicaStack(nn.Module):
         return vmap(call, in_dims=in_dims, randomness="different")(self.stacked_parameters(), buffers, inputs)
 
     def average_state(self) -> dict[str, Tensor]:
-        """The averaged model ``x_bar = (1/n) sum_i x_i`` (floating-point buffers averaged too) as a template
-        ``state_dict``, over all n nodes: a collective when this stack holds a shard (see :meth:`shard`)."""
+        """The averaged model ``x_bar = (1/n) sum_i x_i`` as a template ``state_dict`` of fresh tensors, over all n
+        nodes: a collective when this stack holds a shard (see :meth:`shard`).
+
+        Buffers: floating-point ones are averaged over the nodes too (BatchNorm's running mean and variance, as
+        ``torch.optim.swa_utils.AveragedModel(use_buffers=True)``); others (e.g. ``num_batches_tracked``) are a copy
+        of row 0's. No tensor of the result shares memory with a node's, so running the averaged model never
+        changes a node.
+        """
         from lightning_mosaic.distributed.sharding import global_row_mean
 
         mean = global_row_mean(self.flat, self.total_nodes).unsqueeze(0)
         state = {name: t[0] for name, t in self.stacked_parameters(mean).items()}
         for name, t in self.stacked_buffers().items():
-            state[name] = global_row_mean(t, self.total_nodes) if t.is_floating_point() else t[0]
+            state[name] = global_row_mean(t, self.total_nodes) if t.is_floating_point() else t[0].clone()
         state.update(self._shared())
         return state
 
     def forward_average(self, inputs: Tensor, state: dict[str, Tensor] | None = None) -> Tensor:
-        """Run the averaged model (``state``, default :meth:`average_state`) on ``inputs`` ``(B, ...)``."""
+        """Run the averaged model (``state``, default :meth:`average_state`) on ``inputs`` ``(B, ...)``, in this
+        stack's train/eval mode."""
         state = self.average_state() if state is None else state
-        return functional_call(self.template, state, (inputs,))
+        return functional_call(self._moded_template(), state, (inputs,))

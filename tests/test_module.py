@@ -336,3 +336,53 @@ def test_mid_epoch_resume_is_bit_identical(tmp_path, stop, saved_by):
     resumed_batches, resumed = run(20, ckpt_path=ckpt)
     assert resumed_batches == full_batches[stop:]  # the data order continues exactly
     torch.testing.assert_close(resumed, full, rtol=0, atol=0)
+
+
+def bn_dropout_digits_cnn() -> nn.Module:
+    """A user's CNN for the 8x8 digits with BatchNorm and Dropout (not one of the library's models)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(8 * 8 * 8, 32),
+        nn.BatchNorm1d(32),
+        nn.ReLU(),
+        nn.Linear(32, 10),
+    )
+
+
+@pytest.mark.parametrize("execution", ["vmap", "loop"])
+def test_evaluation_of_batchnorm_dropout_model_is_deterministic_and_exported_nodes_match(tmp_path, execution):
+    module = MosaicModule(bn_dropout_digits_cnn, 4, execution=execution, init="independent")
+    data = digits(4)
+    t = trainer(tmp_path, 6, [MosaicGossip(fragments=2, peers=1)], val_check_interval=3, limit_val_batches=2)
+    t.fit(module, data)
+    tracked = module.replicas.stacked_buffers()["1.num_batches_tracked"]
+    assert tracked.tolist() == [6, 6, 6, 6]  # one per training step: validation in between counted nothing
+    buffers = {k: v.clone() for k, v in module.replicas.stacked_buffers().items()}
+    first = t.validate(module, data, verbose=False)[0]
+    second = t.validate(module, data, verbose=False)[0]
+    assert first == second  # no dropout, running statistics: the same weights give the same numbers
+    for name, value in module.replicas.stacked_buffers().items():
+        assert torch.equal(value, buffers[name]), name  # evaluation never changes a node's buffers
+    # Each node exported with node_state_dict scores exactly what was evaluated: the mean of the exported
+    # models' test losses and accuracies are the logged node means; the averaged model's accuracy likewise.
+    losses, accuracies = [], []
+    eval_x = torch.cat([b[0] for b in data.val_dataloader()])
+    eval_y = torch.cat([b[1] for b in data.val_dataloader()])
+    for node in range(4):
+        model = bn_dropout_digits_cnn()
+        model.load_state_dict(module.node_state_dict(node))
+        with torch.no_grad():
+            out = model.eval()(eval_x)
+        losses.append(nn.functional.cross_entropy(out, eval_y))
+        accuracies.append((out.argmax(1) == eval_y).float().mean())
+    assert first["val/loss"] == pytest.approx(float(torch.stack(losses).mean()), rel=1e-5)
+    assert first["val/node_acc_mean"] == pytest.approx(float(torch.stack(accuracies).mean()), abs=1e-6)
+    averaged = bn_dropout_digits_cnn()
+    averaged.load_state_dict(module.replicas.average_state())
+    with torch.no_grad():
+        avg_acc = (averaged.eval()(eval_x).argmax(1) == eval_y).float().mean()
+    assert first["val/avg_model_acc"] == pytest.approx(float(avg_acc), abs=1e-6)

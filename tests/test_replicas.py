@@ -127,3 +127,67 @@ def test_default_execution_per_device_and_model():
     assert default_execution(cpu, GNLeNet()) == "loop"
     assert default_execution(cpu, MLP()) == "vmap"
     assert default_execution(cuda, GNLeNet()) == "vmap"
+
+
+def bn_dropout_mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+
+
+def bn_dropout_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout2d(0.3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    )
+
+
+@pytest.mark.parametrize("execution", ["vmap", "loop"])
+@pytest.mark.parametrize(("factory", "shape"), [(bn_dropout_mlp, (8,)), (bn_dropout_cnn, (3, 8, 8))])
+def test_eval_mode_reaches_every_replica_and_leaves_buffers_alone(factory, shape, execution):
+    stack = ReplicaStack(factory, 3, init="independent")
+    x_train = torch.randn(3, 16, *shape)
+    stack.train()
+    stack(x_train, execution=execution)  # training forward: per-node batch statistics, running stats updated
+    buffers = {k: v.clone() for k, v in stack.stacked_buffers().items()}
+    assert all(int(t) == 1 for t in buffers[next(k for k in buffers if k.endswith("num_batches_tracked"))])
+    stack.eval()
+    x = torch.randn(10, *shape)
+    with torch.no_grad():
+        first = stack(x, execution=execution, shared_input=True)
+        second = stack(x, execution=execution, shared_input=True)
+        average = stack.forward_average(x)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)  # deterministic: no dropout, running statistics
+    for name, value in stack.stacked_buffers().items():  # neither the nodes nor the averaged model wrote a buffer
+        assert torch.equal(value, buffers[name]), name
+    for node in range(3):  # a node exported as a state_dict gives exactly the outputs that were evaluated
+        model = factory()
+        model.load_state_dict(stack.node_state(node))
+        torch.testing.assert_close(model.eval()(x), first[node], rtol=1e-5, atol=1e-6)
+    model = factory()
+    model.load_state_dict(stack.average_state())
+    torch.testing.assert_close(model.eval()(x), average, rtol=1e-5, atol=1e-6)
+    stack.train()  # back in train mode: dropout and batch statistics again, buffers updated
+    with torch.no_grad():
+        stack(x_train, execution=execution)
+    tracked = next(k for k in buffers if k.endswith("num_batches_tracked"))
+    assert stack.stacked_buffers()[tracked].tolist() == [2, 2, 2]
+
+
+def test_train_mode_is_read_at_forward_time():
+    """Lightning restores modes after evaluation by setting ``training`` flags directly, not through ``train()``."""
+    stack = ReplicaStack(bn_dropout_mlp, 2)
+    stack.eval()
+    stack(torch.randn(2, 4, 8), execution="vmap")
+    assert not stack.template.training
+    stack.training = True  # what lightning.pytorch.loops.utilities._ModuleMode.restore does
+    stack(torch.randn(2, 4, 8), execution="vmap")
+    assert all(m.training for m in stack.template.modules())
+
+
+def test_averaged_model_buffers_are_means_and_fresh():
+    stack = ReplicaStack(bn_dropout_mlp, 3, init="independent")
+    stack(torch.randn(3, 16, 8) * torch.tensor([1.0, 2.0, 3.0]).view(3, 1, 1), execution="loop")
+    state = stack.average_state()
+    buffers = stack.stacked_buffers()
+    torch.testing.assert_close(state["1.running_mean"], buffers["1.running_mean"].mean(0))
+    torch.testing.assert_close(state["1.running_var"], buffers["1.running_var"].mean(0))
+    tracked = state["1.num_batches_tracked"]
+    assert int(tracked) == 1 and tracked.data_ptr() != buffers["1.num_batches_tracked"].data_ptr()
