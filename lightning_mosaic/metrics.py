@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import torch
-from torch import Tensor
-from torchmetrics import Metric
+from lightning_utilities.core.apply_func import apply_to_collection
+from torch import Tensor, nn
+from torchmetrics import Metric, MetricCollection
 
 from lightning_mosaic._validation import check_int
+from lightning_mosaic.distributed.sharding import all_reduce_sum
 
 
 class NodeMean(Metric):
@@ -96,3 +101,70 @@ class ConsensusDistance:
         if sharded:
             total = all_reduce_sum(total)
         return (total / num_nodes).to(rows.dtype)
+
+
+def own_copy(metric: Metric | MetricCollection) -> Metric | MetricCollection:
+    """A fresh copy of a user's metric for one node that never synchronizes across processes by itself (each
+    process holds other nodes; the caller assembles all n)."""
+    clone = copy.deepcopy(metric)
+    clone.reset()
+    for sub in clone.modules():
+        if isinstance(sub, Metric):
+            sub.sync_on_compute = False
+            sub.dist_sync_on_step = False
+    return clone
+
+
+class PerNodeMetric(nn.Module):
+    """A torchmetrics ``Metric`` kept once per node and once for the averaged model.
+
+    Args:
+        metric: Any scalar-valued torchmetrics metric (e.g. ``MulticlassAccuracy(10)``, ``MeanSquaredError()``);
+            it is copied, never updated itself.
+        num_nodes: n >= 1; one copy per node (a process updates the rows of its own nodes).
+
+    Example:
+        >>> from torchmetrics.regression import MeanAbsoluteError
+        >>> metric = PerNodeMetric(MeanAbsoluteError(), 2)
+        >>> metric.update(torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([1.0, 1.0]), torch.tensor([1.0, 2.0]))
+        >>> per_node, average = metric.compute_nodes(0, 2)
+        >>> per_node.tolist(), float(average)
+        ([0.5, 1.0], 0.5)
+    """
+
+    def __init__(self, metric: Metric, num_nodes: int) -> None:
+        super().__init__()
+        check_int("num_nodes", num_nodes, 1)
+        self.copies = nn.ModuleList([own_copy(metric) for _ in range(num_nodes)])
+        self.average = own_copy(metric)
+
+    def update(self, outputs: Any, avg_outputs: Any | None, target: Any) -> None:
+        """Add one batch: ``outputs`` ``(m, B, ...)`` of this process's m nodes (row i updates copy i),
+        ``avg_outputs`` ``(B, ...)`` of the averaged model or ``None``, ``target`` ``(B, ...)``."""
+        rows: list[int] = []
+        apply_to_collection(outputs, Tensor, lambda t: rows.append(t.shape[0]))
+        for i in range(rows[0]):
+            self.copies[i].update(apply_to_collection(outputs, Tensor, lambda t, i=i: t[i]), target)
+        if avg_outputs is not None:
+            self.average.update(avg_outputs, target)
+
+    def compute_nodes(self, first_node: int, num_local: int) -> tuple[Tensor, Tensor]:
+        """``(per_node (n,), averaged_model ())`` float64 values over all n nodes: rows ``[0, num_local)`` are nodes
+        ``first_node, ...``; summed over processes (a collective) when ``num_local`` < n. The averaged model's value
+        comes from the process that updated it."""
+        n = len(self.copies)
+        device = self.average.device
+        per_node = torch.zeros(n, dtype=torch.float64, device=device)
+        average = torch.zeros(2, dtype=torch.float64, device=device)
+        for i in range(num_local):
+            per_node[first_node + i] = float(self.copies[i].compute())
+        if self.average.update_count:
+            average[0], average[1] = float(self.average.compute()), 1.0
+        if num_local < n:
+            per_node, average = all_reduce_sum(per_node), all_reduce_sum(average)
+        return per_node, average[0] / average[1].clamp_min(1)
+
+    def reset(self) -> None:
+        """Reset every copy."""
+        for metric in [*self.copies, self.average]:
+            metric.reset()

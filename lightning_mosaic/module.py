@@ -2,36 +2,74 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
+from torch.func import vmap
 from torch.optim import Optimizer
-from torchmetrics import Metric
+from torchmetrics import Metric, MetricCollection
 
 from lightning_mosaic._validation import check_int
-from lightning_mosaic.distributed.sharding import node_bounds
+from lightning_mosaic.distributed.sharding import global_consensus_distance, node_bounds
 from lightning_mosaic.distributed.strategy import RANK_STATES_KEY, check_multiprocess_module
-from lightning_mosaic.metrics import ConsensusDistance, NodeMean
-from lightning_mosaic.replicas import EXECUTIONS, ReplicaStack, default_execution
+from lightning_mosaic.metrics import NodeMean, PerNodeMetric
+from lightning_mosaic.node_module import EPOCH_HOOKS, LightningNodes, is_lightning_module, step_loss
+from lightning_mosaic.replicas import EXECUTIONS, ReplicaStack, default_execution, select_node
 
 DEFAULT_LR = 0.05
 """SGD learning rate used when no optimizer is configured (EL's CIFAR-10 setting in decentralizepy)."""
+
+Loss = Callable[[Any, Any], Tensor]
+
+
+def _shapes(collection: Any) -> list[tuple[int, ...]]:
+    shapes: list[tuple[int, ...]] = []
+    apply_to_collection(collection, Tensor, lambda t: shapes.append(tuple(t.shape)))
+    return shapes
+
+
+def _describe(collection: Any) -> str:
+    if isinstance(collection, Tensor):
+        return f"a tensor of shape {tuple(collection.shape)}"
+    return f"{type(collection).__name__} of tensors shaped {', '.join(str(s) for s in _shapes(collection)) or '-'}"
 
 
 class MosaicModule(LightningModule):
     """n nodes of decentralized learning, each a replica of ``model``, trained together by one Trainer.
 
     Node parameters live in one ``(n, d)`` buffer (:class:`~lightning_mosaic.replicas.ReplicaStack`); add
-    :class:`~lightning_mosaic.callbacks.MosaicGossip` to the Trainer's callbacks to gossip them. A training batch is
-    ``(x, y)`` with ``x`` shaped ``(n, B, ...)`` and ``y`` ``(n, B)``: one mini-batch per node. The training loss is
-    the *sum* of the n per-node mean losses, so node i's gradient is exactly the gradient of its own loss on its own
-    data (never divided by n). Validation and test batches ``(x: (B, ...), y: (B,))`` come from the test set shared
-    by all nodes; every node and the averaged model are evaluated on them.
+    :class:`~lightning_mosaic.callbacks.MosaicGossip` to the Trainer's callbacks to gossip them. One training batch
+    holds one mini-batch per node: every tensor in it is shaped ``(n, B, ...)`` (what
+    :class:`~lightning_mosaic.data.NodeDataModule` yields). Node i's gradient is exactly the gradient of its own
+    loss on its own data: the loss back-propagated is the *sum* of the n per-node losses (never divided by n).
+    Validation and test batches ``(B, ...)`` come from the test set shared by all nodes; every node and the
+    averaged model ``x_bar = (1/n) sum_i x_i`` are evaluated on them.
+
+    **Your nn.Module** (``model`` a module, a class or a zero-argument factory). A batch is a tuple or list
+    ``(input_1, ..., input_k, target)`` (override :meth:`split_batch` for other layouts, e.g. dicts); node i runs
+    ``model(input_1[i], ..., input_k[i])``, whose output may be a tensor, a tuple or a dict.
+
+    - ``loss=None`` (default): classification, cross-entropy of outputs ``(B, ..., C)`` against class indices
+      ``(B, ...)`` (per sample or per token, :meth:`per_sample_loss`), and accuracy (:meth:`per_sample_correct`).
+      ``loss=`` any callable ``(output, target) -> scalar`` of one node's batch (e.g. ``nn.MSELoss()``),
+      applied to every node with ``torch.func.vmap`` (a per-node loop if the loss cannot be vmapped).
+    - ``metrics``: torchmetrics objects by name, ``{"f1": MulticlassF1Score(10)}`` (or a ``MetricCollection``);
+      each node and the averaged model get their own copy, updated with ``(output, target)``.
+
+    **Your LightningModule** (``model`` a ``LightningModule`` instance or class): its ``training_step``,
+    ``validation_step``, ``test_step`` and epoch-end hooks run unchanged for every node with that node's
+    parameters, buffers, metric objects and batch; its ``configure_optimizers`` is honoured (one optimizer on
+    the ``(n, d)`` buffer: per node, coordinate-wise, with the LR scheduler the module returns). What it logs as
+    ``name`` is logged as the node mean ``name``, ``name/node_std`` and, in evaluation, ``name/avg_model``
+    (:class:`~lightning_mosaic.node_module.LightningNodes`). Its steps run per node (``execution="loop"``);
+    manual optimization is not supported. ``optimizer``, ``lr_scheduler``, ``loss`` and ``metrics`` must then be
+    left unset.
 
     Evaluation runs every node and the averaged model in eval mode (Lightning's ``model.eval()`` reaches every
     replica): no dropout, normalization layers use their running statistics, and no buffer of any node changes, so
@@ -40,13 +78,16 @@ class MosaicModule(LightningModule):
     updated by node i's training steps only. The averaged model uses the mean over nodes of every floating-point
     buffer (running mean and variance; integer buffers such as ``num_batches_tracked`` are node 0's).
 
-    Logged at validation (``val/``) and test (``test/``): ``node_acc_mean``, ``node_acc_std`` (population std over
-    nodes), ``avg_model_acc`` (accuracy of ``x_bar = mean_i x_i``), ``loss`` (node-average test loss), and
-    ``gossip/consensus_distance``. Logged every training step: ``train/loss`` (node-average training loss).
+    Logged at validation (``val/``) and test (``test/``) with an nn.Module: ``loss`` (node mean of the test
+    loss), ``node_acc_mean``, ``node_acc_std`` (population std over nodes), ``avg_model_acc`` (classification
+    default), for every entry ``name`` of ``metrics``: ``node_{name}_mean``, ``node_{name}_std``,
+    ``avg_model_{name}``; and ``gossip/consensus_distance``. Logged every training step: ``train/loss`` (mean
+    over this process's nodes).
 
     Args:
-        model: The per-node model: a zero-argument callable returning an ``nn.Module`` (a class, or a
-            ``class_path`` in YAML) or an ``nn.Module`` instance used as template.
+        model: The per-node model: an ``nn.Module`` instance (the template; with ``init="same"`` its weights are
+            every node's start), a class or zero-argument callable returning one (a ``class_path`` in YAML), or a
+            ``LightningModule`` (instance or class).
         num_nodes: n >= 2, the number of simulated nodes.
         optimizer: Callable ``params -> Optimizer`` (``LightningCLI``'s ``OptimizerCallable``). Default: SGD with
             lr 0.05. It must act coordinate-wise (SGD, Adam, AdamW, RMSprop, Adagrad, ...): one such optimizer on the
@@ -54,10 +95,12 @@ class MosaicModule(LightningModule):
         lr_scheduler: Optional callable ``optimizer -> LRScheduler``, stepped every ``lr_scheduler_interval``.
         lr_scheduler_interval: ``"step"`` (every optimizer step, i.e. local step; default) or ``"epoch"``.
         init: ``"same"`` (every node starts from the same weights, default) or ``"independent"``.
-        execution: ``"auto"`` (per device and model, see :func:`~lightning_mosaic.replicas.default_execution`),
-            ``"vmap"`` or
-            ``"loop"``. Both paths compute the same numbers.
+        execution: ``"auto"`` (per device and model, see :func:`~lightning_mosaic.replicas.default_execution`;
+            always ``"loop"`` for a LightningModule), ``"vmap"`` or ``"loop"``. Both paths compute the same numbers.
         seed: Seed of the model initialization.
+        loss: One node's loss ``(output, target) -> scalar tensor``; default: cross-entropy (see above).
+        metrics: torchmetrics metrics by name (or a ``MetricCollection``), computed per node and for the averaged
+            model; default: accuracy when ``loss`` is not given, none otherwise.
 
     Gradient clipping (``Trainer(gradient_clip_val=...)``) is applied per node: with ``"norm"`` each node's gradient
     row is rescaled to at most the given L2 norm; ``"value"`` clamps elementwise.
@@ -69,8 +112,11 @@ class MosaicModule(LightningModule):
     the mean over the process's own nodes (no collective in the training step).
 
     Raises:
-        ValueError: If ``num_nodes`` < 2, ``execution`` or ``init`` or ``lr_scheduler_interval`` is unknown, or a
-            batch is not shaped ``(n, B, ...)``.
+        ValueError: At construction if ``num_nodes`` < 2, ``execution``, ``init`` or ``lr_scheduler_interval`` is
+            unknown, the model's trainable parameters have several dtypes or devices, or a LightningModule uses
+            manual optimization or comes with ``optimizer``, ``lr_scheduler``, ``loss`` or ``metrics``; in a
+            training step if the batch is not per node (every tensor ``(n, B, ...)``), the loss cannot take the
+            model's output, or a LightningModule's ``training_step`` returns no scalar loss.
     """
 
     def __init__(
@@ -83,6 +129,8 @@ class MosaicModule(LightningModule):
         init: Literal["same", "independent"] = "same",
         execution: Literal["auto", "vmap", "loop"] = "auto",
         seed: int = 0,
+        loss: Loss | None = None,
+        metrics: Mapping[str, Metric] | MetricCollection | None = None,
     ) -> None:
         super().__init__()
         check_int("num_nodes", num_nodes, 2)
@@ -91,35 +139,101 @@ class MosaicModule(LightningModule):
             raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
         if lr_scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"lr_scheduler_interval must be 'step' or 'epoch', got {lr_scheduler_interval!r}")
-        self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler"])
+        wraps_lightning = is_lightning_module(model)
+        if wraps_lightning:
+            given = [
+                name
+                for name, v in (
+                    ("optimizer", optimizer),
+                    ("lr_scheduler", lr_scheduler),
+                    ("loss", loss),
+                    ("metrics", metrics),
+                )
+                if v is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"model is a LightningModule ({_name(model)}), which defines its own optimization, loss and "
+                    f"metrics: leave {', '.join(given)} unset (its configure_optimizers, training_step and "
+                    "validation_step are used)"
+                )
+            if execution == "vmap":
+                raise ValueError(
+                    f"execution='vmap' needs an nn.Module model; the steps of the LightningModule {_name(model)} run "
+                    "per node: use execution='auto' or 'loop'"
+                )
+        if loss is not None and not callable(loss):
+            raise ValueError(f"loss must be a callable (output, target) -> scalar tensor, got {type(loss).__name__}")
+        self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler", "loss", "metrics"])
         self.num_nodes = num_nodes
         self.execution = execution
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.lr_scheduler_interval = lr_scheduler_interval
-        self.replicas = ReplicaStack(model, num_nodes, init=init, seed=seed)
+        self.loss = loss
+        self.replicas = ReplicaStack(
+            model, num_nodes, init=init, seed=seed, template_device="keep" if wraps_lightning else "meta"
+        )
+        self._wraps_lightning = wraps_lightning
+        if self.node_module is not None and not self.node_module.automatic_optimization:
+            raise ValueError(
+                f"{_name(model)} uses manual optimization (automatic_optimization = False); MosaicModule steps one "
+                "optimizer on all nodes' parameters and supports automatic optimization only"
+            )
+        self._nodes: LightningNodes | None = None
+        self._frozen: Tensor | None = None
         self._average_state: dict[str, Tensor] | None = None
-        self.idle_nodes: Tensor | None = None
-        """``(m,)`` bool mask of this process's nodes that skip the current local step (set by
-        :class:`~lightning_mosaic.callbacks.MosaicGossip`'s fault model), or ``None``."""
         self.last_validated_step = -1
         """``trainer.global_step`` of the last completed validation (-1: none yet)."""
-        self._consensus_distance = ConsensusDistance()
-        """Consensus distance of rows of :attr:`gossip_parameters` (its float64 workspace, ``8 m d`` bytes once
-        used, is shared with :class:`~lightning_mosaic.callbacks.MosaicGossip`)."""
-        self._after_train_batch: Callable[[], None] | None = None
-        """Set by :class:`~lightning_mosaic.callbacks.MosaicGossip` in its ``on_train_batch_end``: its round's logging,
-        run by :meth:`on_train_batch_end` (after every callback's, when the step's logging decision is final)."""
+        self.user_metrics = dict(metrics.items()) if metrics is not None else {}
+        for name, metric in self.user_metrics.items():
+            if not isinstance(metric, Metric):
+                raise ValueError(f"metrics[{name!r}] must be a torchmetrics Metric, got {type(metric).__name__}")
         self.eval_metrics = nn.ModuleDict(
-            {stage: nn.ModuleDict(self._make_eval_metrics()) for stage in ("val", "test")}
+            {stage: nn.ModuleDict(self.configure_eval_metrics()) for stage in ("val", "test")}
         )
 
-    # -- what MosaicGossip works on -------------------------------------------------------------------------------
+    @property
+    def node_module(self) -> LightningModule | None:
+        """The user's LightningModule whose steps every node runs (the replicas' template, outside the module
+        tree: its own tensors are not parameters), or ``None`` for an nn.Module model."""
+        return self.replicas.template if self._wraps_lightning else None  # type: ignore[return-value]
+
+    # -- the gossip target: what MosaicGossip mixes ---------------------------------------------------------------
+
+    @property
+    def first_node(self) -> int:
+        """Global index of this process's first node (0 in one process)."""
+        return self.replicas.first_node
 
     @property
     def gossip_parameters(self) -> Tensor:
-        """The ``(n, d)`` parameter buffer, row i = node i; gossip mixes it in place."""
+        """This process's ``(m, d)`` rows of the node parameter matrix (all n in one process), row i = node
+        ``first_node + i``; gossip mixes them in place."""
         return self.replicas.flat
+
+    def gossip_rows(self) -> Tensor:
+        """The ``(m, d)`` rows to mix in place (the parameters' storage, outside autograd)."""
+        return self.replicas.flat.data
+
+    def load_gossip_rows(self, rows: Tensor) -> None:
+        """Take mixed rows back (nothing to do when ``rows`` is :meth:`gossip_rows` itself)."""
+        flat = self.replicas.flat.data
+        if rows.data_ptr() != flat.data_ptr():
+            flat.copy_(rows)
+
+    def freeze_nodes(self, mask: Tensor | None) -> None:
+        """Make the nodes where the ``(m,)`` bool ``mask`` is True skip the next optimizer step (their parameters and
+        per-coordinate optimizer state stay as they are); ``None`` lets every node step. Used by fault models
+        (stragglers, churn)."""
+        if mask is not None and tuple(mask.shape) != (self.replicas.num_nodes,):
+            raise ValueError(f"mask must be shaped ({self.replicas.num_nodes},), got {tuple(mask.shape)}")
+        self._frozen = mask
+
+    @property
+    def frozen_nodes(self) -> Tensor | None:
+        """The ``(m,)`` bool mask given to :meth:`freeze_nodes` for the coming optimizer step, or ``None``."""
+        return self._frozen
 
     @property
     def local_nodes(self) -> range:
@@ -150,6 +264,8 @@ class MosaicModule(LightningModule):
         row = node - self.replicas.first_node
         return {name: t.detach().clone() for name, t in self.replicas.node_state(row).items()}
 
+    # -- setup ----------------------------------------------------------------------------------------------------
+
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         data_nodes = getattr(datamodule, "num_nodes", None)
@@ -164,6 +280,26 @@ class MosaicModule(LightningModule):
             bounds = node_bounds(self.num_nodes, world)
             rank = self.trainer.global_rank
             self.replicas.shard(bounds[rank], bounds[rank + 1])
+        if self.node_module is not None:
+            self.node_module.trainer = self.trainer  # its steps read self.trainer, self.global_step, ...
+            if self._nodes is None:
+                self._nodes = LightningNodes(
+                    self.node_module, self.first_node, self.replicas.num_nodes, self.num_nodes, self.sharded
+                )
+                self.node_metrics = self._nodes.node_metrics  # registered: follows the device, never synchronized
+
+    def _template_to_device(self) -> None:
+        if self.node_module is not None:
+            self.node_module.to(self.device)
+
+    def on_fit_start(self) -> None:
+        self._template_to_device()
+
+    def on_validation_start(self) -> None:
+        self._template_to_device()
+
+    def on_test_start(self) -> None:
+        self._template_to_device()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another shape: n nodes of d parameters each must match.
@@ -193,93 +329,232 @@ class MosaicModule(LightningModule):
 
     def resolved_execution(self) -> str:
         """The execution path in use on the module's current device."""
+        if self.node_module is not None:
+            return "loop"
         return default_execution(self.device, self.replicas.template) if self.execution == "auto" else self.execution
 
-    def forward(self, x: Tensor, shared_input: bool = False) -> Tensor:
-        """All nodes' outputs: ``x`` ``(n, B, ...)`` -> ``(n, B, C)``; with ``shared_input``, ``(B, ...)`` -> same."""
-        return self.replicas(x, execution=self.resolved_execution(), shared_input=shared_input)
+    def forward(self, *inputs: Any, shared_input: bool = False) -> Any:
+        """All nodes' outputs: inputs ``(n, B, ...)`` -> outputs ``(n, B, ...)``; with ``shared_input``, inputs
+        ``(B, ...)`` fed to every node."""
+        return self.replicas(*inputs, execution=self.resolved_execution(), shared_input=shared_input)
 
-    def per_sample_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        """Cross-entropy per node and sample: outputs ``(n, B, C)``, targets ``(n, B)`` -> ``(n, B)``.
+    def split_batch(self, batch: Any) -> tuple[tuple[Any, ...], Any]:
+        """``(inputs, target)`` of a batch: a tuple or list ``(input_1, ..., input_k, target)`` gives
+        ``((input_1, ..., input_k), target)``. Override for other layouts (e.g. a dict batch).
 
-        Override for other tasks (e.g. regression)."""
-        n, b = targets.shape
-        return F.cross_entropy(outputs.reshape(n * b, -1), targets.reshape(-1), reduction="none").view(n, b)
+        Raises:
+            ValueError: If the batch is not a tuple or list of at least two entries.
+        """
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            got = (
+                f"{type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list)) else type(batch).__name__
+            )
+            raise ValueError(
+                f"batch must be a tuple or list (input_1, ..., input_k, target), got {got}; override "
+                "MosaicModule.split_batch for another layout, or wrap a LightningModule whose steps read it"
+            )
+        return tuple(batch[:-1]), batch[-1]
+
+    def _check_node_batch(self, batch: Any) -> None:
+        """Every tensor of a training batch must be ``(m, B, ...)``, with the same m = this process's nodes and B."""
+        m = self.replicas.num_nodes
+        shapes = _shapes(batch)
+        heads = {shape[:2] for shape in shapes if len(shape) >= 2}
+        if not shapes or len(heads) != 1 or any(len(s) < 2 for s in shapes) or next(iter(heads))[0] != m:
+            where = (
+                f"n = num_nodes = {m}" if not self.sharded else f"n = this process's nodes = {m} of {self.num_nodes}"
+            )
+            raise ValueError(
+                f"a training batch must hold one mini-batch per node, every tensor shaped (n, B, ...) with {where}; "
+                f"got tensors shaped {', '.join(str(s) for s in shapes) or '(none)'}. Build the training loader with "
+                "NodeDataModule.from_datasets(...), or DataLoader(dataset, batch_sampler=NodeBatchSampler(partition, "
+                f"B), collate_fn=NodeBatchCollate({m}))"
+            )
+
+    def per_sample_loss(self, outputs: Any, targets: Tensor) -> Tensor:
+        """The default loss: cross-entropy per node and sample (or token), outputs ``(n, B, ..., C)``, class
+        indices ``(n, B, ...)`` -> ``(n, B, ...)``. Override for another default task (e.g. regression).
+
+        Raises:
+            ValueError: If the outputs are not one tensor with a class dimension matching the targets.
+        """
+        if not isinstance(outputs, Tensor) or not isinstance(targets, Tensor) or outputs.shape[:-1] != targets.shape:
+            raise ValueError(
+                f"the default loss (cross-entropy) takes logits (n, B, ..., C) and class indices (n, B, ...), got "
+                f"outputs {_describe(outputs)} and targets {_describe(targets)}; pass loss=... taking one node's "
+                "(output, target)"
+            )
+        flat = F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), reduction="none")
+        return flat.view(targets.shape)
 
     def per_sample_correct(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        """1.0 where the prediction is right: outputs ``(n, B, C)``, targets ``(n, B)`` -> ``(n, B)``."""
+        """1.0 where the prediction is right: outputs ``(n, B, ..., C)``, targets ``(n, B, ...)`` -> ``(n, B, ...)``."""
         return (outputs.argmax(dim=-1) == targets).to(torch.float32)
 
-    def _split_batch(self, batch: Any) -> tuple[Tensor, Tensor]:
-        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise ValueError(f"batch must be a pair (inputs, targets), got {type(batch).__name__}")
-        return batch[0], batch[1]
+    def node_losses(self, outputs: Any, targets: Any) -> Tensor:
+        """``(m,)`` loss of every node: the mean of :meth:`per_sample_loss` per node by default, else ``loss``
+        applied to every node's ``(output, target)`` (vectorized with ``torch.func.vmap``, or a loop when the loss
+        cannot be vmapped).
+
+        Raises:
+            ValueError: If the loss cannot take the output and target, or does not return one scalar per node.
+        """
+        if self.loss is None:
+            return self.per_sample_loss(outputs, targets).flatten(1).mean(dim=1)
+        loss, m = self.loss, self.replicas.num_nodes
+        try:
+            try:
+                values = vmap(loss)(outputs, targets)
+            except (RuntimeError, NotImplementedError):  # data-dependent control flow or an op vmap lacks
+                values = torch.stack([loss(select_node(outputs, i), select_node(targets, i)) for i in range(m)])
+        except (TypeError, ValueError, RuntimeError, IndexError) as error:
+            raise ValueError(
+                f"loss {_name(loss)} cannot take one node's output ({_describe(select_node(outputs, 0))}) and target "
+                f"({_describe(select_node(targets, 0))}): {error}"
+            ) from error
+        if not isinstance(values, Tensor) or tuple(values.shape) != (m,):
+            raise ValueError(
+                f"loss {_name(loss)} must return one scalar per node's batch, got "
+                f"{_describe(values) if isinstance(values, Tensor) else type(values).__name__} for {m} nodes"
+            )
+        return values
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x, y = self._split_batch(batch)
-        m = self.replicas.num_nodes
-        if x.dim() < 2 or x.shape[0] != m or y.shape[:1] != x.shape[:1]:
-            where = f"num_nodes = {m}" if not self.sharded else f"this process's nodes = {m} of {self.num_nodes}"
-            raise ValueError(
-                f"training batch must be shaped (n, B, ...) with n = {where}, got inputs "
-                f"{tuple(x.shape)} and targets {tuple(y.shape)}"
-            )
-        node_loss = self.per_sample_loss(self(x), y).mean(dim=1)  # (m,)
+        self._check_node_batch(batch)
+        if self.node_module is not None:
+            return self._lightning_training_step(batch, batch_idx)
+        inputs, targets = self.split_batch(batch)
+        node_loss = self.node_losses(self(*inputs), targets)  # (m,)
         # Over this process's nodes: no collective in the training step (all n nodes in a single process).
         self.log("train/loss", node_loss.detach().mean(), prog_bar=True)
         return node_loss.sum()
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Run what :class:`~lightning_mosaic.callbacks.MosaicGossip` left for after every callback's
-        ``on_train_batch_end`` (its round's metrics). A subclass overriding this hook without calling it makes the
-        callback log at its own hook instead."""
-        pending, self._after_train_batch = self._after_train_batch, None
-        if pending is not None:
-            pending()
+    def _lightning_training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        nodes, replicas = self._require_nodes(), self.replicas
+        rows, buffers = replicas.flat.unbind(0), replicas.node_buffers()
+        losses = []
+        for i in range(replicas.num_nodes):
+            node_batch = select_node(batch, i)
+            with nodes.node(i, node_batch_size(node_batch)):
+                output = replicas.call_node(
+                    i, _training_step, node_batch, batch_idx, state=replicas.node_tensors(i, buffers, rows)
+                )
+            losses.append(step_loss(output, f"{_name(self.node_module)}.training_step"))
+        node_loss = torch.stack(losses)
+        self.log("train/loss", node_loss.detach().mean(), prog_bar=True)  # over this process's nodes, as above
+        for name, (values, options) in nodes.step_values().items():
+            kept = {k: options[k] for k in ("prog_bar", "logger", "on_step", "on_epoch") if k in options}
+            self.log(name, values.mean(), **kept, batch_size=1)
+            self.log(name + "/node_std", values.std(correction=0), **{**kept, "prog_bar": False}, batch_size=1)
+        return node_loss.sum()
 
-    # -- evaluation: override the three _..._eval_... hooks for a task's own metrics (see tasks/rating.py) ----------
+    def _require_nodes(self) -> LightningNodes:
+        if self._nodes is None:
+            raise RuntimeError("the wrapped LightningModule runs inside a Trainer: call trainer.fit/validate/test")
+        return self._nodes
 
-    def _make_eval_metrics(self) -> dict[str, Metric]:
-        """Fresh metrics of one evaluation stage, by name (called once per stage by ``__init__``)."""
-        return {"node_acc": NodeMean(self.num_nodes), "node_loss": NodeMean(self.num_nodes), "avg_acc": NodeMean(1)}
+    # -- evaluation -----------------------------------------------------------------------------------------------
 
-    def _update_eval_metrics(
-        self, metrics: nn.ModuleDict, outputs: Tensor, avg_outputs: Tensor | None, y: Tensor, first_node: int = 0
+    def configure_eval_metrics(self) -> dict[str, nn.Module]:
+        """Fresh metric states of one evaluation stage, by name (called once per stage by ``__init__``): the node
+        loss, accuracy for the default classification, and one copy per node plus one for the averaged model of
+        every user metric. Override, with :meth:`update_eval_metrics` and :meth:`compute_eval_metrics`, for a
+        task's own vectorized metrics (see :class:`~lightning_mosaic.tasks.RatingModule`)."""
+        n = self.num_nodes
+        states: dict[str, nn.Module] = {"node_loss": NodeMean(n)}
+        if self.loss is None and not self.user_metrics:
+            states.update({"node_acc": NodeMean(n), "avg_acc": NodeMean(1)})
+        for name, metric in self.user_metrics.items():
+            states[f"user_{name}"] = PerNodeMetric(metric, n)
+        return states
+
+    def update_eval_metrics(
+        self, metrics: nn.ModuleDict, outputs: Any, avg_outputs: Any | None, target: Any, first_node: int = 0
     ) -> None:
         """Add one batch: outputs ``(m, B, ...)`` of nodes ``first_node, ..., first_node + m - 1`` (all n in one
-        process), averaged-model outputs ``(1, B, ...)`` (``None`` in the processes that do not evaluate it), targets
-        ``(B,)``."""
-        targets = y.unsqueeze(0).expand(outputs.shape[0], -1)
-        metrics["node_acc"].update(self.per_sample_correct(outputs, targets), first_node)
-        metrics["node_loss"].update(self.per_sample_loss(outputs, targets), first_node)
-        if avg_outputs is not None:
-            metrics["avg_acc"].update(self.per_sample_correct(avg_outputs, y.unsqueeze(0)))
+        process), averaged-model outputs ``(B, ...)`` (``None`` in the processes that do not evaluate it), targets
+        ``(B, ...)``."""
+        m = self.replicas.num_nodes
+        targets = apply_to_collection(target, Tensor, lambda t: t.unsqueeze(0).expand(m, *t.shape))
+        if self.loss is None:
+            metrics["node_loss"].update(self.per_sample_loss(outputs, targets).flatten(1), first_node)
+        else:
+            batch = _shapes(target)[0][0] if _shapes(target) else 1
+            metrics["node_loss"].update(self.node_losses(outputs, targets).unsqueeze(1).expand(m, batch), first_node)
+        if "node_acc" in metrics:
+            metrics["node_acc"].update(self.per_sample_correct(outputs, targets).flatten(1), first_node)
+            if avg_outputs is not None:
+                correct = self.per_sample_correct(avg_outputs.unsqueeze(0), target.unsqueeze(0))
+                metrics["avg_acc"].update(correct.flatten(1))
+        for name in self.user_metrics:
+            metrics[f"user_{name}"].update(outputs, avg_outputs, target)
 
-    def _compute_eval_metrics(self, metrics: nn.ModuleDict, stage: str) -> dict[str, Tensor]:
-        """The values to log at the end of a stage, by logged name."""
-        node_acc = metrics["node_acc"].compute()
-        return {
-            f"{stage}/node_acc_mean": node_acc.mean(),
-            f"{stage}/node_acc_std": node_acc.std(correction=0),
-            f"{stage}/avg_model_acc": metrics["avg_acc"].compute().mean(),
-            f"{stage}/loss": metrics["node_loss"].compute().mean(),
-        }
+    def compute_eval_metrics(self, metrics: nn.ModuleDict, stage: str) -> dict[str, Tensor]:
+        """The values to log at the end of a stage, by logged name (every process gets the values over all n)."""
+        values = {f"{stage}/loss": metrics["node_loss"].compute().mean()}
+        if "node_acc" in metrics:
+            node_acc = metrics["node_acc"].compute()
+            values[f"{stage}/node_acc_mean"] = node_acc.mean()
+            values[f"{stage}/node_acc_std"] = node_acc.std(correction=0)
+            values[f"{stage}/avg_model_acc"] = metrics["avg_acc"].compute().mean()
+        for name in self.user_metrics:
+            per_node, average = metrics[f"user_{name}"].compute_nodes(self.first_node, self.replicas.num_nodes)
+            values[f"{stage}/node_{name}_mean"] = per_node.mean()
+            values[f"{stage}/node_{name}_std"] = per_node.std(correction=0)
+            values[f"{stage}/avg_model_{name}"] = average
+        return values
 
-    def _eval_step(self, batch: Any, stage: str) -> None:
-        x, y = self._split_batch(batch)
-        outputs = self(x, shared_input=True)  # (m, B, ...)
+    def _eval_step(self, batch: Any, batch_idx: int, stage: str) -> None:
         first = self.replicas.first_node
+        if self.node_module is not None:
+            self._lightning_eval_step(batch, batch_idx, stage)
+            return
+        inputs, target = self.split_batch(batch)
+        outputs = self(*inputs, shared_input=True)  # (m, B, ...)
         # the averaged model is evaluated once, by the process holding node 0
-        avg = self.replicas.forward_average(x, self._average_state).unsqueeze(0) if first == 0 else None
-        self._update_eval_metrics(self.eval_metrics[stage], outputs, avg, y, first)
+        avg = self.replicas.forward_average(*inputs, state=self._average_state) if first == 0 else None
+        self.update_eval_metrics(self.eval_metrics[stage], outputs, avg, target, first)
+
+    def _lightning_eval_step(self, batch: Any, batch_idx: int, stage: str) -> None:
+        nodes, replicas = self._require_nodes(), self.replicas
+        hook = _validation_step if stage == "val" else _test_step
+        size = node_batch_size(batch)
+        rows, buffers = replicas.flat.unbind(0), replicas.node_buffers()
+        for i in range(replicas.num_nodes):
+            with nodes.node(i, size):
+                replicas.call_node(i, hook, batch, batch_idx, state=replicas.node_tensors(i, buffers, rows))
+        if replicas.first_node == 0:
+            with nodes.node("average", size):
+                replicas.call_node(0, hook, batch, batch_idx, state=self._average_state)
 
     def _eval_epoch_start(self) -> None:
         self._average_state = self.replicas.average_state()  # a collective in multi-process runs
 
+    def _run_epoch_hook(self, hook: str, with_average: bool) -> None:
+        """The user's epoch hook once per node (and for the averaged model), then its logs reduced over nodes."""
+        nodes, replicas = self._require_nodes(), self.replicas
+        if getattr(type(self.node_module), hook) is not getattr(LightningModule, hook):
+            rows, buffers = replicas.flat.unbind(0), replicas.node_buffers()
+            for i in range(replicas.num_nodes):
+                with nodes.node(i):
+                    replicas.call_node(i, _hook(hook), state=replicas.node_tensors(i, buffers, rows))
+            if with_average and replicas.first_node == 0:
+                with nodes.node("average"):
+                    replicas.call_node(0, _hook(hook), state=self._average_state)
+        values = nodes.epoch_values(with_average and replicas.first_node == 0, self.device)
+        if values:
+            self.log_dict({k: v.float() for k, v in values.items()}, sync_dist=self.sharded, reduce_fx="max")
+
     def _eval_epoch_end(self, stage: str) -> None:
-        metrics = self.eval_metrics[stage]
-        values = self._compute_eval_metrics(metrics, stage)
-        values["gossip/consensus_distance"] = self._consensus_distance(self.replicas.flat, self.num_nodes)
+        if self.node_module is not None:
+            self._run_epoch_hook(EPOCH_HOOKS[1] if stage == "val" else EPOCH_HOOKS[2], with_average=True)
+            values = {}
+        else:
+            metrics = self.eval_metrics[stage]
+            values = self.compute_eval_metrics(metrics, stage)
+            for metric in metrics.values():
+                metric.reset()
+        values["gossip/consensus_distance"] = global_consensus_distance(self.replicas.flat, self.num_nodes)
         # Every value is already over all n nodes and equal on every process: "max" of equal copies is exact.
         self.log_dict(
             {k: v.to(torch.float32) for k, v in values.items()}, prog_bar=False, sync_dist=self.sharded, reduce_fx="max"
@@ -287,8 +562,10 @@ class MosaicModule(LightningModule):
         self._average_state = None
         if stage == "val":
             self.last_validated_step = self.global_step
-        for metric in metrics.values():
-            metric.reset()
+
+    def on_train_epoch_end(self) -> None:
+        if self.node_module is not None:
+            self._run_epoch_hook(EPOCH_HOOKS[0], with_average=False)
 
     def on_validation_epoch_start(self) -> None:
         self._eval_epoch_start()
@@ -297,13 +574,13 @@ class MosaicModule(LightningModule):
         self._eval_epoch_start()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+        self._eval_step(batch, batch_idx, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+        self._eval_step(batch, batch_idx, "test")
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
@@ -311,15 +588,21 @@ class MosaicModule(LightningModule):
     # -- optimization ---------------------------------------------------------------------------------------------
 
     def configure_optimizers(self) -> Any:
+        if self.node_module is not None:
+            config = self.node_module.configure_optimizers()
+            optimizers = _optimizers_in(config)
+            if len(optimizers) != 1:
+                raise ValueError(
+                    f"{_name(self.node_module)}.configure_optimizers must return one optimizer (optionally with LR "
+                    f"schedulers), got {len(optimizers)}; several optimizers need manual optimization"
+                )
+            self._rebind(optimizers[0])
+            return config
         if self.optimizer_factory is None:
             optimizer: Optimizer = torch.optim.SGD(self.parameters(), lr=DEFAULT_LR)
         else:
             optimizer = self.optimizer_factory(self.parameters())
-        if isinstance(optimizer, torch.optim.LBFGS):
-            raise ValueError(
-                "optimizer LBFGS is not coordinate-wise: one LBFGS on the (n, d) buffer would couple the nodes; "
-                "use SGD, Adam, AdamW, RMSprop or Adagrad"
-            )
+        self._check_coordinate_wise(optimizer)
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
@@ -328,14 +611,44 @@ class MosaicModule(LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": self.lr_scheduler_interval},
         }
 
+    @staticmethod
+    def _check_coordinate_wise(optimizer: Optimizer) -> None:
+        if isinstance(optimizer, torch.optim.LBFGS):
+            raise ValueError(
+                "optimizer LBFGS is not coordinate-wise: one LBFGS on the (n, d) buffer would couple the nodes; "
+                "use SGD, Adam, AdamW, RMSprop or Adagrad"
+            )
+
+    def _rebind(self, optimizer: Optimizer) -> None:
+        """Point a user's optimizer (built on the template's parameters) at the ``(n, d)`` buffer, in place, so that
+        the LR schedulers built on it keep working: one parameter group with the user's hyperparameters."""
+        self._check_coordinate_wise(optimizer)
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+        for index, other in enumerate(settings[1:], start=1):
+            if other != settings[0]:
+                diffs = ", ".join(
+                    f"{k}={other.get(k)!r} vs {settings[0].get(k)!r}"
+                    for k in sorted(set(other) | set(settings[0]))
+                    if other.get(k) != settings[0].get(k)
+                )
+                raise ValueError(
+                    f"{_name(self.node_module)}.configure_optimizers: parameter group {index} has other "
+                    f"hyperparameters than group 0 ({diffs}); all nodes' parameters are one (n, d) tensor, so one "
+                    "setting applies to every parameter"
+                )
+        optimizer.param_groups.clear()
+        optimizer.state.clear()
+        optimizer.add_param_group({**settings[0], "params": [self.replicas.flat]})
+
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
-        """Step the optimizer; nodes in :attr:`idle_nodes` (set by a fault model for this step) keep their parameters
-        and per-coordinate optimizer state as they were (they skip the local step)."""
-        idle = self.idle_nodes
-        if idle is None or not bool(idle.any()):
+        """Step the optimizer; nodes frozen with :meth:`freeze_nodes` for this step keep their parameters and
+        per-coordinate optimizer state as they were (they skip the local step)."""
+        frozen = self._frozen
+        if frozen is None or not bool(frozen.any()):
             super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+            self._frozen = None
             return
-        rows = idle.to(self.replicas.flat.device).nonzero().flatten()
+        rows = frozen.to(self.replicas.flat.device).nonzero().flatten()
         flat = self.replicas.flat
         inner = getattr(optimizer, "optimizer", optimizer)
         state = inner.state.get(flat, {})
@@ -346,6 +659,7 @@ class MosaicModule(LightningModule):
         state = inner.state.get(flat, {})
         for key, value in saved_state.items():
             state[key][rows] = value
+        self._frozen = None
 
     def configure_gradient_clipping(
         self,
@@ -366,3 +680,42 @@ class MosaicModule(LightningModule):
             grad.clamp_(-gradient_clip_val, gradient_clip_val)
         else:
             raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {gradient_clip_algorithm!r}")
+
+
+def _training_step(module: LightningModule, batch: Any, batch_idx: int) -> Any:
+    return module.training_step(batch, batch_idx)
+
+
+def _validation_step(module: LightningModule, batch: Any, batch_idx: int) -> Any:
+    return module.validation_step(batch, batch_idx)
+
+
+def _test_step(module: LightningModule, batch: Any, batch_idx: int) -> Any:
+    return module.test_step(batch, batch_idx)
+
+
+def _hook(name: str) -> Callable[[LightningModule], Any]:
+    return lambda module: getattr(module, name)()
+
+
+def node_batch_size(batch: Any) -> int:
+    """B of a batch: the first dimension of its first tensor (1 without tensors)."""
+    shapes = _shapes(batch)
+    return shapes[0][0] if shapes and shapes[0] else 1
+
+
+def _optimizers_in(config: Any) -> list[Optimizer]:
+    """The optimizers in what ``configure_optimizers`` may return (an optimizer, a list or tuple, a dict)."""
+    if isinstance(config, Optimizer):
+        return [config]
+    if isinstance(config, Mapping):
+        return _optimizers_in(config.get("optimizer"))
+    if isinstance(config, (list, tuple)):
+        if len(config) == 2 and isinstance(config[0], (list, tuple)):  # ([optimizers], [schedulers])
+            return _optimizers_in(list(config[0]))
+        return [o for item in config for o in _optimizers_in(item)]
+    return []
+
+
+def _name(obj: Any) -> str:
+    return getattr(obj, "__name__", None) or type(obj).__name__

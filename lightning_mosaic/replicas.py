@@ -9,10 +9,11 @@ per-node optimizers. Forward passes run all replicas either vectorized (``torch.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from typing import Literal, get_args
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, get_args
 
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
@@ -43,6 +44,42 @@ def default_execution(device: torch.device, model: nn.Module) -> str:
     return "vmap"
 
 
+def stack_outputs(outputs: list[Any]) -> Any:
+    """Stack per-node outputs of one structure (tensor, tuple, list, namedtuple or dict of them) along a new dim 0.
+
+    Example:
+        >>> out = stack_outputs([(torch.zeros(2), {"a": torch.ones(1)}), (torch.ones(2), {"a": torch.zeros(1)})])
+        >>> tuple(out[0].shape), tuple(out[1]["a"].shape)
+        ((2, 2), (2, 1))
+    """
+    first = outputs[0]
+    if isinstance(first, Tensor):
+        return torch.stack(outputs)
+    if isinstance(first, Mapping):
+        return type(first)({key: stack_outputs([o[key] for o in outputs]) for key in first})  # type: ignore[call-arg]
+    if isinstance(first, tuple) and hasattr(first, "_fields"):
+        return type(first)(*(stack_outputs(list(parts)) for parts in zip(*outputs)))
+    if isinstance(first, (tuple, list)):
+        return type(first)(stack_outputs(list(parts)) for parts in zip(*outputs))
+    raise TypeError(f"a node's model output must be a tensor or a tuple, list or dict of tensors, got {type(first)}")
+
+
+def select_node(collection: Any, node: int) -> Any:
+    """Row ``node`` of every tensor in a (nested tuple, list or dict) collection of ``(n, ...)`` tensors."""
+    return apply_to_collection(collection, Tensor, lambda t: t[node])
+
+
+class _CallOn(nn.Module):
+    """Holds a module as its child ``m`` so that ``functional_call`` can run any function of it, not only forward."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.m = module
+
+    def forward(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(self.m, *args)
+
+
 def _build(model: nn.Module | Callable[[], nn.Module], seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -69,6 +106,9 @@ class ReplicaStack(nn.Module):
             ``"independent"`` (node i's weights come from its own seeded initialization).
         seed: Seed of the initialization (used when ``model`` is a callable, and for every node with
             ``init="independent"``).
+        template_device: ``"meta"`` (default): the template's own tensors move to the meta device (it only
+            supplies code); ``"keep"``: they stay real, for templates whose code reads its own state (a
+            LightningModule's ``self.device``, its metrics), at the cost of one more copy of the model.
 
     Buffers (e.g. BatchNorm's running statistics) are stacked per node as ``(n, ...)`` tensors and are never
     gossiped: node i's buffers are updated only by node i's own training forward passes.
@@ -91,6 +131,7 @@ class ReplicaStack(nn.Module):
         *,
         init: str = "same",
         seed: int = 0,
+        template_device: Literal["meta", "keep"] = "meta",
     ) -> None:
         super().__init__()
         check_int("num_nodes", num_nodes, 1)
@@ -106,6 +147,17 @@ class ReplicaStack(nn.Module):
         named = [(name, p) for name, p in template.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError(f"model {type(template).__name__} has no trainable parameters")
+        for attribute in ("dtype", "device"):
+            kinds: dict[object, str] = {}
+            for name, p in named:
+                kinds.setdefault(getattr(p, attribute), name)  # the first tensor of each kind
+            if len(kinds) > 1:
+                examples = ", ".join(f"{name} is {kind}" for kind, name in kinds.items())
+                raise ValueError(
+                    f"model {type(template).__name__} has trainable parameters of several {attribute}s ({examples}); "
+                    f"every node's parameters are one row of an (n, d) tensor: move the whole model to one {attribute} "
+                    f"(e.g. model.to({'torch.float32' if attribute == 'dtype' else 'cpu'})) before wrapping it"
+                )
         self.num_nodes = num_nodes
         self.total_nodes = num_nodes
         """n over all processes (:attr:`num_nodes` is the number of rows held here)."""
@@ -123,7 +175,7 @@ class ReplicaStack(nn.Module):
             for i in range(1, num_nodes):
                 module = _build(model, derive_seed(derive_seed(seed, INIT_STREAM), i))
                 flat[i] = self._flatten(dict(module.named_parameters()))
-        self.flat = nn.Parameter(flat)
+        self.flat = nn.Parameter(flat.to(named[0][1].device))
 
         self.buffer_names = [name for name, _ in template.named_buffers()]
         for name, b in template.named_buffers():
@@ -132,8 +184,11 @@ class ReplicaStack(nn.Module):
         for name, p in frozen.items():  # frozen parameters are shared by all nodes and never trained
             self.register_buffer(self._buffer_key(name), p.clone())
         self.frozen_names = list(frozen)
-        # The template only supplies the forward code: every tensor is passed to functional_call explicitly.
-        self._template = [template.to("meta")]
+        # The template only supplies the code: every parameter and buffer is passed to functional_call explicitly.
+        if template_device not in ("meta", "keep"):
+            raise ValueError(f"template_device must be 'meta' or 'keep', got {template_device!r}")
+        self._template = [template.to("meta") if template_device == "meta" else template]
+        self._caller = [_CallOn(self._template[0])]
 
     @torch.no_grad()
     def shard(self, first: int, last: int) -> None:
@@ -177,9 +232,10 @@ class ReplicaStack(nn.Module):
             template.train(self.training)
         return template
 
-    def _node_buffers(self) -> dict[str, Tensor]:
-        """The stacked buffers a forward runs on: the buffers themselves in train mode (a forward may update them,
-        e.g. BatchNorm's running statistics), copies in eval mode (evaluation never changes a node's buffers)."""
+    def node_buffers(self) -> dict[str, Tensor]:
+        """The stacked ``(n, ...)`` buffers a forward runs on: the buffers themselves in train mode (a forward may
+        update them, e.g. BatchNorm's running statistics), copies in eval mode (evaluation never changes a node's
+        buffers)."""
         buffers = self.stacked_buffers()
         return buffers if self.training else {name: t.clone() for name, t in buffers.items()}
 
@@ -211,50 +267,74 @@ class ReplicaStack(nn.Module):
         state.update(self._shared())
         return state
 
-    def forward(self, inputs: Tensor, *, execution: str = "vmap", shared_input: bool = False) -> Tensor:
-        """Run every replica on its own input (or all on the same input).
+    def node_tensors(self, row: int, buffers: dict[str, Tensor] | None = None, rows: Any = None) -> dict[str, Tensor]:
+        """Row ``row``'s parameters (views of :attr:`flat`, so gradients reach it) and buffers, by template name."""
+        rows = self.flat.unbind(0) if rows is None else rows
+        buffers = self.node_buffers() if buffers is None else buffers
+        state = {
+            name: piece.view(shape) for name, shape, piece in zip(self.names, self.shapes, rows[row].split(self.sizes))
+        }
+        state.update({name: t[row] for name, t in buffers.items()})
+        state.update(self._shared())
+        return state
+
+    def call_node(self, row: int, fn: Callable[..., Any], *args: Any, state: dict[str, Tensor] | None = None) -> Any:
+        """``fn(template, *args)`` with the template's tensors replaced by row ``row``'s (or by ``state``), in this
+        stack's train/eval mode: the way to run any method of a node's model, e.g. a LightningModule's
+        ``training_step``. Parameters are views of :attr:`flat`, so a loss returned by ``fn`` back-propagates into
+        row ``row``."""
+        self._moded_template()
+        tensors = self.node_tensors(row) if state is None else state
+        return functional_call(self._caller[0], {f"m.{name}": t for name, t in tensors.items()}, (fn, *args))
+
+    def forward(self, *inputs: Any, execution: str = "vmap", shared_input: bool = False) -> Any:
+        """Run every replica on its own inputs (or all on the same inputs).
 
         Args:
-            inputs: ``(n, B, ...)`` one mini-batch per node, or ``(B, ...)`` with ``shared_input=True``.
+            *inputs: The model's positional inputs: tensors (or tuples, lists, dicts of tensors) shaped
+                ``(n, B, ...)``, one mini-batch per node, or ``(B, ...)`` with ``shared_input=True``.
             execution: ``"vmap"`` (one vectorized call) or ``"loop"`` (one call per node).
             shared_input: Feed the same ``(B, ...)`` batch to every node (evaluation on a shared test set).
 
         Returns:
-            ``(n, B, ...)`` outputs, row i from node i's parameters.
+            The model's output with every tensor stacked over nodes: ``(n, B, ...)``, row i from node i's
+            parameters (a tuple or dict output keeps its structure).
 
         Raises:
-            ValueError: If ``inputs`` does not start with n (without ``shared_input``) or ``execution`` is unknown.
+            ValueError: If an input tensor does not start with n (without ``shared_input``) or ``execution`` is
+                unknown.
         """
         n = self.num_nodes
-        if not shared_input and (inputs.dim() < 1 or inputs.shape[0] != n):
-            raise ValueError(
-                f"batch must be shaped (n, B, ...) with n = num_nodes = {n}, got shape {tuple(inputs.shape)}"
-            )
-        buffers, shared = self._node_buffers(), self._shared()
+        if not shared_input:
+            shapes: list[tuple[int, ...]] = []
+            apply_to_collection(inputs, Tensor, lambda t: shapes.append(tuple(t.shape)))
+            if not shapes or any(len(shape) < 1 or shape[0] != n for shape in shapes):
+                raise ValueError(
+                    f"batch must be shaped (n, B, ...) with n = num_nodes = {n}, got shape(s) "
+                    f"{', '.join(str(shape) for shape in shapes) or 'none (no tensor)'}"
+                )
+        buffers, shared = self.node_buffers(), self._shared()
         template = self._moded_template()
         if execution == "loop":
             # One unbind + one split per node: their backward stacks and concatenates the per-node gradients, O(n d).
             # (Indexing the stacked (n, *shape) views per node would make every node's backward fill an (n, size)
             # zero gradient per tensor: O(n^2 d) per step, measured 7 s at n = 512 for a 4,810-parameter MLP.)
             rows = self.flat.unbind(0)
-            outs = []
-            for i in range(n):
-                state = {
-                    name: piece.view(shape)
-                    for name, shape, piece in zip(self.names, self.shapes, rows[i].split(self.sizes))
-                }
-                state.update({name: t[i] for name, t in buffers.items()})
-                state.update(shared)
-                outs.append(functional_call(template, state, (inputs if shared_input else inputs[i],)))
-            return torch.stack(outs)
+            outs = [
+                functional_call(
+                    template, self.node_tensors(i, buffers, rows), inputs if shared_input else select_node(inputs, i)
+                )
+                for i in range(n)
+            ]
+            return stack_outputs(outs)
         if execution != "vmap":
             raise ValueError(f"execution must be 'vmap' or 'loop' here, got {execution!r}")
 
-        def call(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
-            return functional_call(template, {**p, **b, **shared}, (x,))
+        def call(p: dict[str, Tensor], b: dict[str, Tensor], *x: Any) -> Any:
+            return functional_call(template, {**p, **b, **shared}, x)
 
-        in_dims = (0, 0, None if shared_input else 0)
-        return vmap(call, in_dims=in_dims, randomness="different")(self.stacked_parameters(), buffers, inputs)
+        in_dims = (0, 0, *((None if shared_input else 0) for _ in inputs))
+        return vmap(call, in_dims=in_dims, randomness="different")(self.stacked_parameters(), buffers, *inputs)
 
     def average_state(self) -> dict[str, Tensor]:
         """The averaged model ``x_bar = (1/n) sum_i x_i`` as a template ``state_dict`` of fresh tensors, over all n
@@ -274,8 +354,8 @@ class ReplicaStack(nn.Module):
         state.update(self._shared())
         return state
 
-    def forward_average(self, inputs: Tensor, state: dict[str, Tensor] | None = None) -> Tensor:
+    def forward_average(self, *inputs: Any, state: dict[str, Tensor] | None = None) -> Any:
         """Run the averaged model (``state``, default :meth:`average_state`) on ``inputs`` ``(B, ...)``, in this
         stack's train/eval mode."""
         state = self.average_state() if state is None else state
-        return functional_call(self._moded_template(), state, (inputs,))
+        return functional_call(self._moded_template(), state, inputs)

@@ -73,9 +73,11 @@ class Snapshot(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.start.append(pl_module.gossip_parameters.detach().clone())
 
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.idle.append(pl_module.frozen_nodes.clone())
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.end.append(pl_module.gossip_parameters.detach().clone())
-        self.idle.append(pl_module.idle_nodes.clone())
 
 
 def test_offline_nodes_and_stragglers_skip_training_and_offline_nodes_skip_gossip(tmp_path):

@@ -386,3 +386,184 @@ def test_evaluation_of_batchnorm_dropout_model_is_deterministic_and_exported_nod
     with torch.no_grad():
         avg_acc = (averaged.eval()(eval_x).argmax(1) == eval_y).float().mean()
     assert first["val/avg_model_acc"] == pytest.approx(float(avg_acc), abs=1e-6)
+
+
+# -- any model: several inputs, tuple outputs, per-token targets, any loss, torchmetrics ----------------------------
+
+
+def digits_tensors(split: str = "train"):
+    """The real sklearn digits as (images (N, 8, 8), labels (N,)), a fixed 80/20 split."""
+    from sklearn.datasets import load_digits
+
+    digits_ = load_digits()
+    images = torch.tensor(digits_.images / 16.0, dtype=torch.float32)
+    labels = torch.tensor(digits_.target)
+    cut = int(0.8 * len(labels))
+    return (images[:cut], labels[:cut]) if split == "train" else (images[cut:], labels[cut:])
+
+
+def node_loaders(dataset_train, dataset_test, n: int, batch_size: int = 8):
+    from torch.utils.data import DataLoader
+
+    from lightning_mosaic.data import NodeBatchCollate, NodeBatchSampler
+
+    labels = dataset_train.tensors[-1].numpy()
+    from lightning_mosaic.data import dirichlet_partition
+
+    partition = dirichlet_partition(labels if labels.ndim == 1 else labels[:, 0], n, 0.5, seed=0)
+    train = DataLoader(
+        dataset_train, batch_sampler=NodeBatchSampler(partition, batch_size), collate_fn=NodeBatchCollate(n)
+    )
+    return train, DataLoader(dataset_test, batch_size=64)
+
+
+class TwoHalves(nn.Module):
+    """Two inputs (top and bottom halves of a digit), a tuple output (logits, auxiliary logits)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.top, self.bottom = nn.Linear(32, 16), nn.Linear(32, 16)
+        self.head, self.aux = nn.Linear(32, 10), nn.Linear(16, 10)
+
+    def forward(self, top, bottom):
+        a, b = torch.relu(self.top(top.flatten(1))), torch.relu(self.bottom(bottom.flatten(1)))
+        return self.head(torch.cat([a, b], dim=1)), self.aux(a)
+
+
+def tuple_loss(output, target):
+    logits, aux = output
+    return nn.functional.cross_entropy(logits, target) + 0.5 * nn.functional.cross_entropy(aux, target)
+
+
+@pytest.mark.parametrize("execution", ["vmap", "loop"])
+def test_two_inputs_tuple_output_own_loss_and_torchmetrics(tmp_path, execution):
+    from torch.utils.data import TensorDataset
+    from torchmetrics.classification import MulticlassAccuracy
+
+    (xtr, ytr), (xte, yte) = digits_tensors("train"), digits_tensors("test")
+    train = TensorDataset(xtr[:, :4], xtr[:, 4:], ytr)
+    test = TensorDataset(xte[:, :4], xte[:, 4:], yte)
+    train_loader, test_loader = node_loaders(train, test, 4)
+
+    class Head(MulticlassAccuracy):  # a metric of the first output only
+        def update(self, output, target):
+            super().update(output[0], target)
+
+    module = MosaicModule(
+        TwoHalves, 4, execution=execution, loss=tuple_loss, metrics={"acc": Head(num_classes=10, average="micro")}
+    )
+    t = trainer(tmp_path, 30, [MosaicGossip(fragments=2, peers=1)], limit_val_batches=0)
+    t.fit(module, train_loader)
+    (values,) = trainer(tmp_path, 1).validate(module, test_loader, verbose=False)
+    assert {"val/loss", "val/node_acc_mean", "val/node_acc_std", "val/avg_model_acc"} <= set(values)
+    losses, accuracies = [], []
+    for node in range(4):
+        model = TwoHalves()
+        model.load_state_dict(module.node_state_dict(node))
+        with torch.no_grad():
+            out = model.eval()(xte[:, :4], xte[:, 4:])
+        losses.append(float(tuple_loss(out, yte)))
+        accuracies.append(float((out[0].argmax(1) == yte).float().mean()))
+    assert values["val/node_acc_mean"] == pytest.approx(sum(accuracies) / 4, abs=1e-6)
+    # the loss is averaged per batch (weighted by its size), so it equals the whole-set loss only up to that
+    assert values["val/loss"] == pytest.approx(sum(losses) / 4, rel=0.05)
+    assert values["val/node_acc_mean"] > 0.2  # above chance (0.1) after 30 steps on the real digits
+
+
+class RowTagger(nn.Module):
+    """A sequence model: every one of a digit's 8 rows (a token of 8 pixels) is tagged with the digit's class."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(8, 16, batch_first=True)
+        self.out = nn.Linear(16, 10)
+
+    def forward(self, rows):
+        hidden, _ = self.rnn(rows)
+        return self.out(hidden)  # (B, T, C)
+
+
+def test_per_token_targets_with_the_default_loss_and_accuracy(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    (xtr, ytr), (xte, yte) = digits_tensors("train"), digits_tensors("test")
+    tags_tr, tags_te = ytr.unsqueeze(1).expand(-1, 8).contiguous(), yte.unsqueeze(1).expand(-1, 8).contiguous()
+    train_loader, test_loader = node_loaders(TensorDataset(xtr, tags_tr), TensorDataset(xte, tags_te), 4)
+    module = MosaicModule(RowTagger, 4, execution="loop")
+    t = trainer(tmp_path, 20, [MosaicGossip(fragments=2, peers=1)], limit_val_batches=0)
+    t.fit(module, train_loader)
+    (values,) = trainer(tmp_path, 1).validate(module, test_loader, verbose=False)
+    model = RowTagger()
+    model.load_state_dict(module.node_state_dict(1))
+    with torch.no_grad():
+        correct = (model.eval()(xte).argmax(-1) == tags_te).float().mean()
+    per_node = [None] * 4
+    for node in range(4):
+        model.load_state_dict(module.node_state_dict(node))
+        with torch.no_grad():
+            per_node[node] = float((model.eval()(xte).argmax(-1) == tags_te).float().mean())
+    assert values["val/node_acc_mean"] == pytest.approx(sum(per_node) / 4, abs=1e-6)
+    assert 0 <= float(correct) <= 1
+
+
+def test_regression_with_own_loss_and_torchmetrics(tmp_path):
+    """Regression: predict the digit's mean brightness of its bottom half from its top half (real digits)."""
+    from torch.utils.data import TensorDataset
+    from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
+
+    (xtr, _), (xte, _) = digits_tensors("train"), digits_tensors("test")
+    ytr, yte = xtr[:, 4:].mean(dim=(1, 2)), xte[:, 4:].mean(dim=(1, 2))
+    train = TensorDataset(xtr[:, :4].flatten(1), ytr)
+    test = TensorDataset(xte[:, :4].flatten(1), yte)
+    from torch.utils.data import DataLoader
+
+    from lightning_mosaic.data import NodeBatchCollate, NodeBatchSampler
+
+    partition = [list(range(i, len(train), 4)) for i in range(4)]
+    loader = DataLoader(train, batch_sampler=NodeBatchSampler(partition, 8), collate_fn=NodeBatchCollate(4))
+
+    def regressor() -> nn.Module:
+        return nn.Sequential(nn.Linear(32, 16), nn.Tanh(), nn.Linear(16, 1), nn.Flatten(0))
+
+    module = MosaicModule(
+        regressor, 4, loss=nn.MSELoss(), metrics={"mse": MeanSquaredError(), "mae": MeanAbsoluteError()}
+    )
+    t = trainer(tmp_path, 40, [MosaicGossip(fragments=2, peers=1)], limit_val_batches=0)
+    t.fit(module, loader)
+    (values,) = trainer(tmp_path, 1).validate(module, DataLoader(test, batch_size=500), verbose=False)
+    assert "val/node_acc_mean" not in values  # no accuracy for a regression
+    mse = []
+    for node in range(4):
+        model = regressor()
+        model.load_state_dict(module.node_state_dict(node))
+        with torch.no_grad():
+            mse.append(float(nn.functional.mse_loss(model(xte[:, :4].flatten(1)), yte)))
+    assert values["val/node_mse_mean"] == pytest.approx(sum(mse) / 4, rel=1e-5)
+    assert values["val/loss"] == pytest.approx(sum(mse) / 4, rel=1e-5)  # one batch: the loss is the MSE
+    assert values["val/node_mse_std"] == pytest.approx(float(torch.tensor(mse).std(correction=0)), rel=1e-4)
+    averaged = regressor()
+    averaged.load_state_dict(module.replicas.average_state())
+    with torch.no_grad():
+        avg_mse = float(nn.functional.mse_loss(averaged(xte[:, :4].flatten(1)), yte))
+    assert values["val/avg_model_mse"] == pytest.approx(avg_mse, rel=1e-5)
+    assert {"val/node_mae_mean", "val/node_mae_std", "val/avg_model_mae"} <= set(values)
+
+
+def test_bad_models_and_batches_are_named(tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    mixed = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2).double())
+    with pytest.raises(ValueError, match=r"several dtypes \(0.weight is torch.float32, 1.weight is torch.float64\)"):
+        MosaicModule(mixed, 2)
+    # the default loss cannot take a tuple output
+    (xtr, ytr) = digits_tensors("train")
+    train_loader, _ = node_loaders(TensorDataset(xtr[:, :4], xtr[:, 4:], ytr), TensorDataset(xtr, ytr), 2)
+    with pytest.raises(ValueError, match=r"default loss \(cross-entropy\).*got outputs tuple.*pass loss="):
+        trainer(tmp_path, 1).fit(MosaicModule(TwoHalves, 2), train_loader)
+    with pytest.raises(ValueError, match=r"loss .* must return one scalar per node's batch"):
+        per_sample = nn.CrossEntropyLoss(reduction="none")
+        trainer(tmp_path, 1).fit(MosaicModule(TwoHalves, 2, loss=lambda o, y: per_sample(o[0], y)), train_loader)
+    # a plain (B, ...) loader with B == n slips past no check
+    plain = DataLoader(TensorDataset(xtr.unsqueeze(1), ytr), batch_size=2)
+    with pytest.raises(ValueError, match=r"one mini-batch per node, every tensor shaped \(n, B, \.\.\.\)"):
+        trainer(tmp_path, 1).fit(MosaicModule(MLP, 2), plain)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from torch import Tensor
 
 from lightning_mosaic._validation import check_int as _check_int
 from lightning_mosaic._validation import check_probability
+from lightning_mosaic.callbacks.target import GossipTarget, as_gossip_target
 from lightning_mosaic.distributed.diagnosis import unresponsive_ranks
 from lightning_mosaic.distributed.exchange import ShardedMixer
 from lightning_mosaic.distributed.sharding import node_bounds
@@ -38,73 +38,6 @@ class GossipCommunicationError(RuntimeError):
     """A multi-process gossip round failed: another rank died, hung past the timeout, or the network failed."""
 
 
-def _gossip_shape(pl_module: LightningModule, world_size: int) -> tuple[int, list[int]]:
-    """``(n, sizes)``: the number of nodes and the element counts of one node's trainable tensors."""
-    from lightning_mosaic.module import MosaicModule
-
-    if isinstance(pl_module, MosaicModule):
-        return pl_module.num_nodes, pl_module.parameter_sizes
-    if world_size < 2:
-        raise TypeError(
-            f"MosaicGossip on {type(pl_module).__name__} (not a lightning_mosaic.MosaicModule) needs one process per "
-            "node: Trainer(strategy='mosaic', devices=N) with N >= 2 processes; to simulate n nodes in one process, "
-            "wrap the model in a MosaicModule"
-        )
-    sizes = [p.numel() for p in pl_module.parameters() if p.requires_grad]
-    if not sizes:
-        raise ValueError(f"{type(pl_module).__name__} has no trainable parameters to gossip")
-    return world_size, sizes
-
-
-def _is_mosaic_module(pl_module: LightningModule) -> bool:
-    from lightning_mosaic.module import MosaicModule
-
-    return isinstance(pl_module, MosaicModule)
-
-
-def _mosaic_train_batch_end() -> Any:
-    from lightning_mosaic.module import MosaicModule
-
-    return MosaicModule.on_train_batch_end
-
-
-def _local_rows(pl_module: LightningModule) -> Tensor:
-    """The ``(m, d)`` parameter rows of the nodes in this process (a view for a MosaicModule, else a copy)."""
-    from lightning_mosaic.module import MosaicModule
-
-    if isinstance(pl_module, MosaicModule):
-        return pl_module.gossip_parameters.data
-    return torch.cat([p.detach().reshape(-1) for p in pl_module.parameters() if p.requires_grad]).unsqueeze(0)
-
-
-def _store_local_rows(pl_module: LightningModule, rows: Tensor) -> None:
-    """Write mixed rows back into a plain module's parameters (a MosaicModule was mixed in place)."""
-    from lightning_mosaic.module import MosaicModule
-
-    if isinstance(pl_module, MosaicModule):
-        return
-    offset = 0
-    with torch.no_grad():
-        for p in pl_module.parameters():
-            if p.requires_grad:
-                p.copy_(rows[0, offset : offset + p.numel()].view_as(p))
-                offset += p.numel()
-
-
-def _logs_this_step(trainer: Trainer) -> bool:
-    """Whether the metrics logged in this ``on_train_batch_end`` can reach anyone: the steps whose logged values
-    Lightning sends to the loggers (every ``log_every_n_steps``, ``should_stop``, ``fast_dev_run``), and the last
-    step of every epoch and of the fit (so that ``trainer.callback_metrics`` ends with the last round's values).
-    On other steps a value logged ``on_step`` only lands in ``callback_metrics`` until the next logging step
-    overwrites it. Errs on ``True`` if Lightning's internals differ."""
-    try:
-        if trainer.fast_dev_run or trainer._logger_connector.should_update_logs:
-            return True
-        return bool(trainer.fit_loop.epoch_loop._is_training_done)
-    except AttributeError:
-        return True
-
-
 class MosaicGossip(Callback):
     """Fragment-wise epidemic gossip between the nodes of a :class:`~lightning_mosaic.MosaicModule`.
 
@@ -117,14 +50,16 @@ class MosaicGossip(Callback):
     step even with ``accumulate_grad_batches``. The graph generator's state and the round counter are saved in the
     checkpoint under :attr:`state_key` for exact resume.
 
-    Logged after a round: ``gossip/consensus_distance`` (after mixing, ``(1/n) sum_i ||x_i - x_bar||^2``),
-    ``gossip/values_sent_per_node`` (``s * d`` per round) and ``gossip/round``. With ``every_n_steps=1`` only on the
-    steps whose logged values Lightning sends to the loggers (every ``Trainer(log_every_n_steps=...)``, 50 by
-    default, or when the fit stops) and on the last step of every epoch and of the fit: the loggers and the final
-    ``trainer.callback_metrics`` get exactly the values they would get if every round were logged, and the other
-    rounds skip the consensus distance (passes over the ``(n, d)`` buffer in float64; two all-reduces in
-    multi-process runs) and Lightning's logging. In between, ``trainer.callback_metrics`` holds the last logged
-    round's values. With ``every_n_steps > 1``, every round is logged.
+    What it mixes is the module's gossip target (:class:`~lightning_mosaic.callbacks.target.GossipTarget`):
+    a :class:`~lightning_mosaic.MosaicModule`'s ``(n, d)`` rows (all n nodes in one process, or each process's
+    block), or, in a multi-process run of any other ``LightningModule``, that process's parameters as one node
+    (:class:`~lightning_mosaic.callbacks.target.ModuleParameters`). Override :meth:`should_gossip` to run rounds
+    on another schedule.
+
+    Logged after every round (``on_step``): ``gossip/consensus_distance`` (after mixing,
+    ``(1/n) sum_i ||x_i - x_bar||^2``, over the nodes that took part), ``gossip/values_sent_per_node``
+    (``s * d`` per round) and ``gossip/round``; with faults or isolation also ``gossip/offline_nodes`` and
+    ``gossip/isolated_nodes``; in multi-process runs ``gossip/bytes_sent_per_rank``.
 
     Args:
         fragments: K >= 1 (at most d; with ``fragmentation="layer"`` at most the number of parameter tensors).
@@ -140,8 +75,8 @@ class MosaicGossip(Callback):
         churn_trace: Optional CSV file of offline intervals, header ``node,first_round,last_round`` (inclusive,
             rounds from 1), applied on top of ``availability``.
         straggler_prob: Probability in [0, 1] that a node skips a given local step (stragglers; default 0). Churn
-            and stragglers need a :class:`~lightning_mosaic.MosaicModule`; see
-            :class:`~lightning_mosaic.gossip.faults.NodeFaults`.
+            and stragglers need a gossip target that can freeze nodes (``freeze_nodes``, e.g. a
+            :class:`~lightning_mosaic.MosaicModule`); see :class:`~lightning_mosaic.gossip.faults.NodeFaults`.
         on_nonfinite: What to do when, after local training and before gossip, some nodes hold NaN or Inf
             parameters: ``"raise"`` (default) a :class:`NonFiniteParametersError` naming the nodes and the round,
             before anything is sent; ``"isolate"`` those nodes for the round (they neither send nor receive), log
@@ -156,7 +91,8 @@ class MosaicGossip(Callback):
     Raises:
         ValueError: At construction for an argument out of range (naming it); at ``setup`` if ``peers``,
             ``topology`` or ``fragments`` do not fit the module's n and d.
-        TypeError: At ``setup`` if the module is not a :class:`~lightning_mosaic.MosaicModule`.
+        TypeError: At ``setup`` if the module is not a gossip target and the run has one process, or faults are
+            configured for a target that cannot freeze nodes.
     """
 
     def __init__(
@@ -209,6 +145,7 @@ class MosaicGossip(Callback):
         self._rank, self._world_size = 0, 1
         self._latest_step = 0
         self._pending_state: dict[str, Any] | None = None
+        self._target: GossipTarget | None = None
         self._distance = ConsensusDistance()
 
     @property
@@ -233,22 +170,25 @@ class MosaicGossip(Callback):
         Call it before ``Trainer.fit`` to check the configuration against the module without starting anything.
 
         Args:
-            pl_module: A :class:`~lightning_mosaic.MosaicModule` (n nodes, possibly spread over the processes), or,
-                in a multi-process run, any ``LightningModule`` (each process is one node, n = ``world_size``).
+            pl_module: A gossip target such as a :class:`~lightning_mosaic.MosaicModule` (n nodes, possibly spread
+                over the processes), or, in a multi-process run, any ``LightningModule`` (each process is one node,
+                n = ``world_size``).
             world_size: Number of processes (``trainer.world_size``).
             rank: This process's global rank.
 
         Raises:
-            TypeError: If ``pl_module`` is not a ``MosaicModule`` and ``world_size < 2``.
+            TypeError: If ``pl_module`` is not a gossip target and ``world_size < 2``, or faults are configured and
+                the target cannot freeze nodes.
             ValueError: If ``peers``, ``topology`` or ``fragments`` do not fit the module's n and d.
         """
         if self.protocol is not None and (self._world_size, self._rank) == (world_size, rank):
             return self.protocol
-        num_nodes, sizes = _gossip_shape(pl_module, world_size)
+        target = as_gossip_target(pl_module, world_size, rank)
+        num_nodes, sizes = target.num_nodes, target.parameter_sizes
         protocol_args = {k: v for k, v in self._config().items() if k not in ("every_n_steps", *FAULT_SETTINGS)}
         protocol = FragmentGossip(sizes, num_nodes, kernel=self.kernel, **protocol_args)
         faults = NodeFaults(num_nodes, self.availability, self.churn_trace, self.straggler_prob, seed=self.seed)
-        if faults.active and not _is_mosaic_module(pl_module):
+        if faults.active and not callable(getattr(target, "freeze_nodes", None)):
             raise TypeError(
                 "availability, churn_trace and straggler_prob need a lightning_mosaic.MosaicModule (nodes that skip "
                 f"local steps), got {type(pl_module).__name__}"
@@ -258,6 +198,7 @@ class MosaicGossip(Callback):
             bounds = node_bounds(num_nodes, world_size)
             self._mixer = ShardedMixer(bounds, rank, protocol.fragmentation, self.peers)
         self._rank, self._world_size = rank, world_size
+        self._target = target
         self.protocol = protocol
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
@@ -265,8 +206,8 @@ class MosaicGossip(Callback):
 
     def _check_same_settings_on_every_rank(self, pl_module: LightningModule, world_size: int) -> None:
         """Gather every rank's settings and refuse any difference (before anything else can hang on it)."""
-        num_nodes, sizes = _gossip_shape(pl_module, world_size)
-        mine = {**self._config(), "num_nodes": num_nodes, "num_coordinates": sum(sizes)}
+        target = as_gossip_target(pl_module, world_size, dist.get_rank())
+        mine = {**self._config(), "num_nodes": target.num_nodes, "num_coordinates": sum(target.parameter_sizes)}
         hparams = getattr(pl_module, "hparams", {})
         for key in ("seed", "init"):
             if key in hparams:
@@ -286,29 +227,33 @@ class MosaicGossip(Callback):
                     "the gossip: " + "; ".join(diffs)
                 )
 
+    def should_gossip(self, step: int) -> bool:
+        """Whether a round runs after optimizer step ``step`` (``trainer.global_step``, from 1); override for
+        another schedule. Default: every ``every_n_steps`` steps."""
+        return step % self.every_n_steps == 0
+
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        if self.faults is None or self.protocol is None:
+        if self.faults is None or self.protocol is None or self._target is None:
             return
         step = trainer.global_step + 1  # the local step this batch belongs to
         round_ = self.protocol.rounds + 1  # the round it leads to
         idle = self.faults.idle(step, round_)
-        nodes = pl_module.local_nodes
-        pl_module.idle_nodes = idle[nodes.start : nodes.stop]
+        first = self._target.first_node
+        rows = self._target.gossip_rows().shape[0]
+        self._target.freeze_nodes(idle[first : first + rows])  # type: ignore[attr-defined]
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if _is_mosaic_module(pl_module):
-            pl_module._after_train_batch = None  # nothing left over from a batch that raised before the module's hook
         step = trainer.global_step
         if step <= self._latest_step:  # no optimizer step in this batch (gradient accumulation)
             return
         self._latest_step = step
-        if step % self.every_n_steps:
+        if not self.should_gossip(step):
             return
-        assert self.protocol is not None
-        protocol, sharded = self.protocol, self._world_size > 1
-        local = _local_rows(pl_module)  # (m, d): a view of the replicas, or a copy of one node's parameters
+        assert self.protocol is not None and self._target is not None
+        protocol, target, sharded = self.protocol, self._target, self._world_size > 1
+        local = target.gossip_rows()  # (m, d): in place for a MosaicModule, a copy of one node's parameters else
         rounds_before = protocol.rounds
         stats = None
         try:
@@ -335,54 +280,15 @@ class MosaicGossip(Callback):
                     stats = self._mixer.mix_(local, protocol.next_graphs(offline), offline)
                 else:
                     protocol.round_(local, offline)
-            _store_local_rows(pl_module, local)
+            target.load_gossip_rows(local)
+            distance = self._consensus_distance(local, bad, any_bad)
         except (RuntimeError, dist.DistBackendError) as error:
             if not sharded or isinstance(error, NonFiniteParametersError):
                 raise
             raise self._communication_error(error, rounds_before + 1, step) from error
-        log = functools.partial(self._log_round, trainer, pl_module, local, bad, any_bad, churned, stats, step)
-        if self.every_n_steps > 1:
-            # A round's values stay in Lightning's step results until the next round and reach the loggers at any
-            # logging step in between: log every round.
-            log(check=False)
-        elif _is_mosaic_module(pl_module) and type(pl_module).on_train_batch_end is _mosaic_train_batch_end():
-            # Decide after every callback's on_train_batch_end (one may still stop the fit, e.g. Timer(max_time),
-            # which makes this step a logging one): MosaicModule.on_train_batch_end runs it.
-            pl_module._after_train_batch = log
-        else:
-            log()
-
-    def _log_round(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        local: Tensor,
-        bad: Tensor,
-        any_bad: bool,
-        churned: Tensor | None,
-        stats: Any,
-        step: int,
-        check: bool = True,
-    ) -> None:
-        """Log the round's metrics, if anything will read them (``check``, see :func:`_logs_this_step`)."""
-        if check and not _logs_this_step(trainer):
-            return
-        protocol, sharded = self.protocol, self._world_size > 1
-        assert protocol is not None
-        try:  # the same decision on every rank (from step counters): the all-reduces stay matched
-            own_bad = bad[self._mixer.lo : self._mixer.hi] if sharded else bad
-            good = local[~own_bad] if any_bad else local
-            nodes = protocol.num_nodes - int(bad.sum()) if any_bad else protocol.num_nodes
-            consensus = pl_module._consensus_distance if _is_mosaic_module(pl_module) else self._distance
-            distance = consensus(good, nodes, sharded=sharded)
-        except (RuntimeError, dist.DistBackendError) as error:
-            if not sharded:
-                raise
-            raise self._communication_error(error, protocol.rounds, step) from error
-        d = protocol.num_coordinates
         metrics = {
             "gossip/consensus_distance": distance.float(),
-            "gossip/values_sent_per_node": float(values_sent_per_node(d, self.peers)),
+            "gossip/values_sent_per_node": float(values_sent_per_node(protocol.num_coordinates, self.peers)),
             "gossip/round": float(protocol.rounds),
         }
         if sharded:
@@ -392,6 +298,15 @@ class MosaicGossip(Callback):
         if self.faults is not None:
             metrics["gossip/offline_nodes"] = float(churned.sum())
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+
+    def _consensus_distance(self, local: Tensor, bad: Tensor, any_bad: bool) -> Tensor:
+        """Consensus distance after the round over the nodes that took part (every rank calls it: all-reduces)."""
+        protocol, sharded = self.protocol, self._world_size > 1
+        assert protocol is not None
+        own_bad = bad[self._mixer.lo : self._mixer.hi] if sharded else bad
+        good = local[~own_bad] if any_bad else local
+        nodes = protocol.num_nodes - int(bad.sum()) if any_bad else protocol.num_nodes
+        return self._distance(good, nodes, sharded=sharded)
 
     def _communication_error(self, error: BaseException, round_: int, step: int) -> GossipCommunicationError:
         missing = unresponsive_ranks(f"round-{round_}")

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import Metric
 
@@ -57,14 +56,10 @@ class RatingModule(MosaicModule):
     Args:
         model: Per-node model (callable or template), ``(B, 2)`` int64 -> ``(B,)``.
         num_nodes: ``n >= 2``.
-        optimizer: As :class:`~lightning_mosaic.MosaicModule`.
-        lr_scheduler: As :class:`~lightning_mosaic.MosaicModule`.
-        lr_scheduler_interval: As :class:`~lightning_mosaic.MosaicModule`.
-        init: As :class:`~lightning_mosaic.MosaicModule`.
-        execution: As :class:`~lightning_mosaic.MosaicModule`.
-        seed: As :class:`~lightning_mosaic.MosaicModule`.
         rating_grid: ``(min, max, step)`` of the ratings in stars; default: the datamodule's ``rating_grid``, read
             at ``setup``.
+        **kwargs: The other arguments of :class:`~lightning_mosaic.MosaicModule` (``optimizer``, ``lr_scheduler``,
+            ``init``, ``execution``, ``seed``, ...).
 
     Raises:
         ValueError: ``rating_grid`` not ``(min < max, step > 0)``; at ``setup``, no grid given and the datamodule
@@ -76,15 +71,11 @@ class RatingModule(MosaicModule):
         self,
         model: Callable[[], nn.Module] | nn.Module,
         num_nodes: int,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr_scheduler_interval: Literal["step", "epoch"] = "step",
-        init: Literal["same", "independent"] = "same",
-        execution: Literal["auto", "vmap", "loop"] = "auto",
-        seed: int = 0,
+        *,
         rating_grid: tuple[float, float, float] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, num_nodes, optimizer, lr_scheduler, lr_scheduler_interval, init, execution, seed)
+        super().__init__(model, num_nodes, **kwargs)
         self.rating_grid = None if rating_grid is None else self._check_grid(rating_grid, "rating_grid")
 
     @staticmethod
@@ -130,9 +121,9 @@ class RatingModule(MosaicModule):
         step = self.rating_grid[2]
         return ((round_to_grid(outputs, self.rating_grid) - targets).abs() < step / 4).to(torch.float32)
 
-    # -- evaluation hooks of MosaicModule ---------------------------------------------------------------------------
+    # -- MosaicModule's public evaluation hooks ---------------------------------------------------------------
 
-    def _make_eval_metrics(self) -> dict[str, Metric]:
+    def configure_eval_metrics(self) -> dict[str, Metric]:
         n = self.num_nodes
         return {
             "node_sq": NodeMean(n),
@@ -143,18 +134,19 @@ class RatingModule(MosaicModule):
             "avg_acc": NodeMean(1),
         }
 
-    def _update_eval_metrics(
+    def update_eval_metrics(
         self, metrics: nn.ModuleDict, outputs: Tensor, avg_outputs: Tensor | None, y: Tensor, first_node: int = 0
     ) -> None:
         for prefix, predicted, first in (("node", outputs, first_node), ("avg", avg_outputs, 0)):
             if predicted is None:  # the averaged model is evaluated by another process
                 continue
+            predicted = predicted if prefix == "node" else predicted.unsqueeze(0)
             targets = y.unsqueeze(0).expand(predicted.shape[0], -1).to(predicted.dtype)
             metrics[f"{prefix}_sq"].update(self.per_sample_loss(predicted, targets), first)
             metrics[f"{prefix}_abs"].update((predicted - targets).abs(), first)
             metrics[f"{prefix}_acc"].update(self.per_sample_correct(predicted, targets), first)
 
-    def _compute_eval_metrics(self, metrics: nn.ModuleDict, stage: str) -> dict[str, Tensor]:
+    def compute_eval_metrics(self, metrics: nn.ModuleDict, stage: str) -> dict[str, Tensor]:
         node_mse = metrics["node_sq"].compute()
         values = {f"{stage}/loss": node_mse.mean()}
         node = {

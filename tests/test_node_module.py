@@ -1,0 +1,265 @@
+"""LightningModules nobody here wrote, unchanged, as n nodes in one process (``MosaicModule(model=<LightningModule>)``).
+
+Lightning's own demo classes (``BoringModel``, the demo ``LightningTransformer`` on a local text file) and a
+torchvision ResNet-18 (BatchNorm) classifier with a torchmetrics ``Accuracy`` written the ordinary Lightning way,
+trained on the real CIFAR-10 JPEGs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.demos import LightningTransformer, WikiText2
+from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
+from torch import nn
+from torch.utils.data import DataLoader, Subset, TensorDataset
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_mosaic import MosaicGossip, MosaicModule
+from lightning_mosaic.data import NodeBatchCollate, NodeBatchSampler, dirichlet_partition
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def trainer(tmp_path, **kwargs) -> Trainer:
+    options = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+    options.update(kwargs)
+    return Trainer(**options)
+
+
+def node_loader(dataset, partition, batch_size: int, num_batches: int | None = None) -> DataLoader:
+    sampler = NodeBatchSampler(partition, batch_size, num_batches=num_batches)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=NodeBatchCollate(len(partition)))
+
+
+# -- Lightning's BoringModel ---------------------------------------------------------------------------------------
+
+
+def test_boring_model_runs_as_nodes_with_its_optimizer_and_scheduler(tmp_path):
+    n = 4
+    train = node_loader(RandomDataset(32, 64), [range(i * 16, (i + 1) * 16) for i in range(n)], 4, num_batches=5)
+    val = DataLoader(RandomDataset(32, 16), batch_size=8)
+    module = MosaicModule(BoringModel(), num_nodes=n, init="independent")
+    start = module.gossip_parameters.detach().clone()
+    t = trainer(tmp_path, max_epochs=2, callbacks=[MosaicGossip(fragments=2, peers=1)])
+    t.fit(module, train, val)
+    assert t.global_step == 10
+    # BoringModel's own SGD(lr=0.1) with StepLR(step_size=1) per epoch: 0.1 -> 0.01 -> 0.001
+    optimizer = t.optimizers[0]
+    assert [p for group in optimizer.param_groups for p in group["params"]] == [module.gossip_parameters]
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert not torch.equal(module.gossip_parameters, start)
+    assert {"train/loss", "gossip/consensus_distance"} <= set(t.callback_metrics)
+    assert sum(p.numel() for p in module.parameters()) == n * 66  # the template is not a parameter
+
+
+def test_boring_model_nodes_train_exactly_as_separate_models(tmp_path):
+    """Without gossip, each node is its own BoringModel: the same parameters as training it alone on its shard."""
+    n, data = 2, RandomDataset(32, 32)
+    partition = [range(0, 16), range(16, 32)]
+    template = BoringModel()
+    module = MosaicModule(template, num_nodes=n)
+    trainer(tmp_path, max_steps=6).fit(module, node_loader(data, partition, 4, num_batches=6))  # one epoch
+    sampler = NodeBatchSampler(partition, 4, num_batches=6)
+    batches = [np.asarray(b).reshape(n, 4) for _, b in zip(range(6), sampler)]
+    for node in range(n):
+        alone = BoringModel()
+        alone.load_state_dict(template.state_dict())
+        loader = DataLoader(Subset(data, [int(i) for b in batches for i in b[node]]), batch_size=4)
+        trainer(tmp_path, max_steps=6).fit(alone, loader)
+        torch.testing.assert_close(module.node_state_dict(node), alone.state_dict(), rtol=1e-6, atol=1e-7)
+
+
+# -- Lightning's demo Transformer on a local text file --------------------------------------------------------------
+
+
+def test_demo_transformer_trains_as_nodes_on_a_local_text_file(tmp_path):
+    text = "\n".join(p.read_text() for p in sorted((REPO / "docs").glob("*.md")))
+    (tmp_path / "wikitext-2.txt").write_text(text)
+    dataset = WikiText2(data_dir=tmp_path, block_size=16, download=False)
+    n = 4
+    partition = np.array_split(np.arange(len(dataset)), n)
+    model = LightningTransformer(vocab_size=dataset.vocab_size)
+    model.model = type(model.model)(vocab_size=dataset.vocab_size, ninp=32, nhead=2, nhid=32, nlayers=1)
+    module = MosaicModule(model, num_nodes=n)
+
+    losses: list[float] = []
+
+    class Record(torch.nn.Module):
+        pass
+
+    from lightning.pytorch import Callback
+
+    class Losses(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(trainer.callback_metrics["train/loss"]))
+
+    t = trainer(tmp_path, max_steps=30, callbacks=[MosaicGossip(fragments=4, peers=2), Losses()])
+    t.fit(module, node_loader(dataset, partition, 4))
+    assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3  # it learns
+    dropout = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert dropout  # the demo Transformer has dropout: its eval mode matters
+    batch = next(iter(DataLoader(dataset, batch_size=4)))
+    module.eval()
+    with torch.no_grad():
+        first = module.replicas.call_node(0, lambda m, b: m(*b), batch)
+        second = module.replicas.call_node(0, lambda m, b: m(*b), batch)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+# -- a torchvision ResNet-18 (BatchNorm) classifier with torchmetrics, the ordinary Lightning way --------------------
+
+
+class ResNetClassifier(LightningModule):
+    """How a user writes a CIFAR-10 classifier, with no knowledge of lightning_mosaic."""
+
+    def __init__(self, num_classes: int = 10, lr: float = 0.05) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = torchvision.models.resnet18(num_classes=num_classes)
+        self.train_acc = MulticlassAccuracy(num_classes=num_classes)
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        self.train_acc(logits, y)
+        self.log("train_loss", loss, prog_bar=True)
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.val_acc.update(logits, y)
+        self.log("val_loss", nn.functional.cross_entropy(logits, y))
+        self.log("val_acc", self.val_acc)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
+        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)}
+
+
+def cifar_tensors(root: Path, split: str, count: int, seed: int) -> TensorDataset:
+    folder = torchvision.datasets.ImageFolder(root / "cifar10" / split, transform=torchvision.transforms.ToTensor())
+    chosen = np.random.default_rng(seed).choice(len(folder), size=count, replace=False)
+    images, labels = zip(*(folder[int(i)] for i in chosen))
+    return TensorDataset(torch.stack(images), torch.tensor(labels))
+
+
+@pytest.mark.slow
+def test_resnet18_with_torchmetrics_on_cifar10_as_nodes(cifar10_dir, tmp_path):
+    n = 4
+    train = cifar_tensors(cifar10_dir, "train", 400, seed=0)
+    test = cifar_tensors(cifar10_dir, "test", 48, seed=1)
+    partition = dirichlet_partition(train.tensors[1].numpy(), n, alpha=0.5, seed=0)
+    model = ResNetClassifier()
+    module = MosaicModule(model, num_nodes=n)
+    t = trainer(tmp_path, max_steps=4, callbacks=[MosaicGossip(fragments=4, peers=2)], limit_val_batches=0)
+    t.fit(module, node_loader(train, partition, 4))
+    tracked = module.replicas.stacked_buffers()["net.bn1.num_batches_tracked"]
+    assert tracked.tolist() == [4] * n  # per-node BatchNorm statistics, one update per local step
+    metrics = t.callback_metrics
+    assert {"train_loss", "train_loss/node_std", "train_acc", "train_acc/node_std"} <= set(metrics)
+    buffers = {k: v.clone() for k, v in module.replicas.stacked_buffers().items()}
+    evaluator = trainer(tmp_path)
+    first = evaluator.validate(module, DataLoader(test, batch_size=16), verbose=False)[0]
+    second = evaluator.validate(module, DataLoader(test, batch_size=16), verbose=False)[0]
+    assert first == second  # deterministic evaluation (BatchNorm running statistics, no batch statistics)
+    for name, value in module.replicas.stacked_buffers().items():
+        assert torch.equal(value, buffers[name]), name
+    for name in ("val_acc", "val_loss"):
+        assert {name, f"{name}/node_std", f"{name}/avg_model"} <= set(first)
+    # the node mean is the mean of the exported nodes' own accuracies
+    accuracies = []
+    for node in range(n):
+        alone = ResNetClassifier()
+        alone.load_state_dict(
+            {**alone.state_dict(), **{k: v for k, v in module.node_state_dict(node).items()}}, strict=True
+        )
+        with torch.no_grad():
+            logits = alone.eval()(test.tensors[0])
+        accuracies.append(float(MulticlassAccuracy(num_classes=10)(logits, test.tensors[1])))
+    assert first["val_acc"] == pytest.approx(np.mean(accuracies), abs=1e-6)
+    assert first["val_acc/node_std"] == pytest.approx(np.std(accuracies), abs=1e-6)
+    # its configure_optimizers is honoured: momentum state per coordinate on the (n, d) rows
+    state = t.optimizers[0].state[module.gossip_parameters]
+    assert state["momentum_buffer"].shape == module.gossip_parameters.shape
+
+
+# -- bad input -----------------------------------------------------------------------------------------------------
+
+
+class Linear(LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.layer(x).squeeze(-1), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def linear_data(n: int = 2) -> DataLoader:
+    dataset = TensorDataset(torch.randn(32, 4), torch.randn(32))
+    return node_loader(dataset, np.array_split(np.arange(32), n), 4)
+
+
+def test_lightning_module_errors(tmp_path):
+    with pytest.raises(ValueError, match="leave optimizer unset"):
+        MosaicModule(Linear(), 2, optimizer=lambda p: torch.optim.SGD(p, lr=1))
+
+    class Manual(Linear):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+    with pytest.raises(ValueError, match="manual optimization"):
+        MosaicModule(Manual(), 2)
+
+    class ReturnsNone(Linear):
+        def training_step(self, batch, batch_idx):
+            return None
+
+    with pytest.raises(ValueError, match="training_step must return the node's loss as a scalar tensor.*got None"):
+        trainer(tmp_path, max_steps=1).fit(MosaicModule(ReturnsNone(), 2), linear_data())
+
+    class PerSample(Linear):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return (self.layer(x).squeeze(-1) - y) ** 2
+
+    with pytest.raises(ValueError, match=r"got a tensor of shape \(4,\)"):
+        trainer(tmp_path, max_steps=1).fit(MosaicModule(PerSample(), 2), linear_data())
+
+    class TwoGroups(Linear):
+        def configure_optimizers(self):
+            return torch.optim.SGD([{"params": [self.layer.weight]}, {"params": [self.layer.bias], "lr": 1.0}], lr=0.1)
+
+    with pytest.raises(ValueError, match=r"parameter group 1 has other hyperparameters than group 0 \(lr=1.0 vs 0.1\)"):
+        trainer(tmp_path, max_steps=1).fit(MosaicModule(TwoGroups(), 2), linear_data())
+
+    plain = DataLoader(TensorDataset(torch.randn(8, 4), torch.randn(8)), batch_size=2)  # B == n: not per node
+    with pytest.raises(ValueError, match=r"one mini-batch per node.*collate_fn=NodeBatchCollate\(2\)"):
+        trainer(tmp_path, max_steps=1).fit(MosaicModule(Linear(), 2), plain)
