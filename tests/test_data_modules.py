@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -281,6 +282,25 @@ def test_cifar10_unknown_class_folder_is_named(tmp_path: Path):
     _write_image(tmp_path / "train" / "zebra" / "0000.jpg")
     with pytest.raises(ValueError, match="zebra"):
         CIFAR10DataModule(tmp_path, num_nodes=2).setup()
+
+
+@pytest.mark.parametrize("content", ["nothing", "no image"])
+def test_cifar10_class_folder_without_images_is_named_before_decoding(
+    tmp_path: Path, content: str, monkeypatch: pytest.MonkeyPatch
+):
+    _write_tree(tmp_path)
+    empty = tmp_path / "train" / "frog"
+    empty.mkdir()
+    if content == "no image":
+        (empty / "notes.txt").write_text("not an image")
+        (empty / ".hidden.jpg").write_bytes(b"")
+
+    def must_not_decode(*args, **kwargs):
+        raise AssertionError("decoded images before checking the class folders")
+
+    monkeypatch.setattr("lightning_mosaic.data.cifar.decode_image_files", must_not_decode)
+    with pytest.raises(ValueError, match=rf"class folder {re.escape(str(empty))} holds no image files"):
+        CIFAR10DataModule(tmp_path, num_nodes=2, cache_dir=None).setup()
 
 
 def test_cifar10_missing_data_lists_paths_and_mentions_download(tmp_path: Path):
