@@ -100,6 +100,22 @@ def test_digits_validates_arguments_in_init(kwargs, match):
         DigitsDataModule(**args)
 
 
+def test_subclasses_forward_base_arguments_positionally_and_by_keyword():
+    digits = DigitsDataModule(5, 0.3, 8, test_fraction=0.25, seed=2, eval_batch_size=64)
+    assert (digits.num_nodes, digits.alpha, digits.batch_size, digits.seed) == (5, 0.3, 8, 2)
+    assert (digits.test_fraction, digits.eval_batch_size) == (0.25, 64)
+    cifar = CIFAR10DataModule("nowhere", 4, "iid", 16, augment=True, steps_per_epoch=3)
+    assert (cifar.num_nodes, cifar.alpha, cifar.batch_size, cifar.steps_per_epoch, cifar.augment) == (
+        4,
+        "iid",
+        16,
+        3,
+        True,
+    )
+    with pytest.raises(TypeError, match="bogus"):
+        DigitsDataModule(4, bogus=1)
+
+
 def test_properties_before_setup_raise():
     dm = DigitsDataModule(2)
     with pytest.raises(RuntimeError, match="setup"):

@@ -34,7 +34,8 @@ class NodeDataModule(pl.LightningDataModule):
         alpha: Dirichlet concentration ``> 0`` of the label split; ``float('inf')`` or ``"iid"`` for an IID
             split.
         batch_size: Per-node training mini-batch size ``B >= 1``.
-        seed: Non-negative seed of the partition, the per-node shuffles and the test subset.
+        seed: Non-negative seed of the partition, the per-node shuffles and the test subset (and of a
+            subclass's own seeded steps, e.g. a train/test split).
         min_samples: Minimum number of training samples per node, ``>= 1`` (a node needs data to train).
         eval_batch_size: Batch size ``>= 1`` of the validation and test loaders.
         test_subset: If given (``>= 1``), evaluate on a fixed seeded subset of this many test samples.
