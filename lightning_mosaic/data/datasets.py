@@ -138,7 +138,8 @@ def encode_labels(values: Any, name: str = "labels") -> tuple[np.ndarray, tuple[
 class DatasetsDataModule(NodeDataModule):
     """Node datamodule over datasets you already have: any map-style training set split across ``n`` nodes.
 
-    Built by :meth:`NodeDataModule.from_datasets` (see there for the arguments) and
+    Built by :meth:`NodeDataModule.from_datasets` (see there for the arguments: ``num_nodes``, ``alpha``,
+    ``batch_size`` and the other :class:`NodeDataModule` arguments come through ``**kwargs``) and
     :meth:`NodeDataModule.from_datamodule`. It is a full :class:`NodeDataModule`: per-node training batches from
     :class:`~lightning_mosaic.data.NodeBatchSampler` (node blocks in multi-process runs, exact mid-epoch resume
     through :class:`~lightning_mosaic.data.NodeDataLoader`), :attr:`partition`, and :meth:`node_label_histogram`
@@ -162,15 +163,13 @@ class DatasetsDataModule(NodeDataModule):
         train_dataset: Dataset,
         test_dataset: Dataset,
         *,
-        num_nodes: int,
-        alpha: float | str = "iid",
-        batch_size: int = 32,
         labels: LabelSource = None,
         collate_fn: Callable[[list[Any]], Any] | None = None,
         val_dataset: Dataset | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(num_nodes, alpha, batch_size, **kwargs)
+        kwargs.setdefault("alpha", "iid")
+        super().__init__(**kwargs)
         size = check_map_style("train_dataset", train_dataset)
         check_map_style("test_dataset", test_dataset)
         if val_dataset is not None:
@@ -203,10 +202,10 @@ class DatasetsDataModule(NodeDataModule):
             found, notes = _attribute_labels(train_dataset, "train_dataset")
             if found is not None:
                 self._set_labels(found, "the labels read from train_dataset")
-            elif not math.isinf(_resolve_alpha(alpha)):
+            elif not math.isinf(_resolve_alpha(self.alpha)):
                 where = f" ({'; '.join(notes)})" if notes else ""
                 raise ValueError(
-                    f"alpha={alpha!r} splits the training set by label, but no labels were found: "
+                    f"alpha={self.alpha!r} splits the training set by label, but no labels were found: "
                     f"labels=None and train_dataset ({type(train_dataset).__name__}) has no "
                     f"{' or '.join(LABEL_ATTRIBUTES)} attribute of length {size}{where}. Pass labels= "
                     f"(an array of {size} labels, or a callable labels(sample) -> label applied to every "
