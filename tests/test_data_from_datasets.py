@@ -139,6 +139,16 @@ def test_labels_as_callable_array_and_tensor_give_the_same_split():
         assert all(np.array_equal(a, b) for a, b in zip(dm.partition, by_callable.partition, strict=True))
 
 
+def test_worker_processes_give_the_same_batches():
+    data = DigitDicts(0, 300)
+    batches = []
+    for workers in (0, 1):
+        dm = NodeDataModule.from_datasets(data, data, num_nodes=2, batch_size=3, labels=label_of, num_workers=workers)
+        dm.setup()
+        batches.append(next(iter(dm.train_dataloader())))
+    assert all(torch.equal(batches[0][key], batches[1][key]) for key in ("image", "label", "index"))
+
+
 def test_unlabelled_data_splits_iid_and_says_it_has_no_labels():
     data = DigitDicts(0, 103)
     dm = NodeDataModule.from_datasets(data, data, num_nodes=4, batch_size=2)  # alpha="iid" needs no labels
