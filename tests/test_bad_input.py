@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from torch.utils.data import TensorDataset
 
 from lightning_mosaic import MosaicGossip, MosaicModule, MosaicStrategy, ReplicaStack
 from lightning_mosaic.data import (
@@ -10,12 +12,16 @@ from lightning_mosaic.data import (
     CIFAR100DataModule,
     DigitsDataModule,
     MovieLensDataModule,
+    NodeBatchCollate,
     NodeBatchSampler,
+    NodeDataModule,
     NodeShardSampler,
     dirichlet_partition,
 )
 from lightning_mosaic.gossip.faults import NodeFaults
 from lightning_mosaic.models import MLP, GNLeNet, MatrixFactorization
+
+EMPTY, TEN = TensorDataset(torch.zeros(0, 2)), TensorDataset(torch.zeros(10, 2))
 
 CASES = [
     (lambda: MosaicModule(MLP, 1), ValueError, r"num_nodes must be an integer >= 2, got 1"),
@@ -45,6 +51,10 @@ CASES = [
     (lambda: NodeBatchSampler([[0, 1], []], 2), ValueError, r"partition\[1\] must be a non-empty 1-D index array"),
     (lambda: NodeBatchSampler([[0, 1]], 2, nodes=range(1, 3)), ValueError, r"nodes must be a non-empty range"),
     (lambda: NodeShardSampler([[0], [1]], rank=5), ValueError, r"rank must be an integer in \[0, 1\]"),
+    (lambda: NodeBatchCollate(2, collate_fn=1), TypeError, r"collate_fn must be callable or None; got 1"),
+    (lambda: NodeDataModule.from_datasets(EMPTY, TEN, num_nodes=2), ValueError, r"train_dataset is empty"),
+    (lambda: NodeDataModule.from_datasets(TEN, TEN, num_nodes=2, labels=[0]), ValueError, r"labels must have one"),
+    (lambda: NodeDataModule.from_datasets(TEN, TEN, num_nodes=2, alpha=1.0), ValueError, r"alpha=1.0 .*labels="),
     (lambda: dirichlet_partition([0, 1, 2], 2, alpha=-1.0), ValueError, r"alpha must be a float > 0"),
     (lambda: MLP(hidden=(0,)), ValueError, r"positive hidden widths, got .*hidden=\(0,\)"),
     (lambda: GNLeNet(num_classes=1), ValueError, r"num_classes must be >= 2, got 1"),

@@ -150,3 +150,29 @@ def test_resume_from_the_command_line_and_truncated_checkpoint(tmp_path, capsys)
         main(base + ["--ckpt_path", str(truncated)])
     assert exit_info.value.code == 2
     assert f"mosaic: error: ckpt_path {truncated} is truncated or not a PyTorch checkpoint" in capsys.readouterr().err
+
+
+#: Arguments every built-in datamodule takes from NodeDataModule through ``**kwargs`` (MovieLens has min_users).
+BASE_DATA_ARGS = ("num_nodes", "alpha", "batch_size", "seed", "eval_batch_size", "test_subset", "num_workers")
+
+
+@pytest.mark.parametrize(
+    ("datamodule", "own"),
+    [
+        ("DigitsDataModule", ("test_fraction", "min_samples")),
+        ("CIFAR10DataModule", ("data_dir", "download", "augment", "cache_dir", "min_samples")),
+        ("CIFAR100DataModule", ("data_dir", "download", "augment", "cache_dir", "min_samples")),
+        ("MovieLensDataModule", ("data_dir", "variant", "node_split", "min_users", "test_fraction")),
+    ],
+)
+def test_data_help_lists_the_base_arguments_forwarded_by_kwargs(datamodule, own, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--data.help", f"lightning_mosaic.data.{datamodule}"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for name in BASE_DATA_ARGS + own:
+        assert f"--data.{name} " in out, name
+    assert "Per-node training mini-batch size" in out and "Number of nodes ``n >= 2``. (required" in out
+    assert "DataLoader worker processes, ``>= 0``" in out  # the base's docs, not a re-listed copy
+    assert ("--data.min_samples" in out) == (datamodule != "MovieLensDataModule")
+    assert "--data.args" not in out and "--data.kwargs" not in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -97,6 +98,22 @@ def test_digits_validates_arguments_in_init(kwargs, match):
     args = {"num_nodes": 4, **kwargs}
     with pytest.raises(ValueError, match=match):
         DigitsDataModule(**args)
+
+
+def test_subclasses_forward_base_arguments_positionally_and_by_keyword():
+    digits = DigitsDataModule(5, 0.3, 8, test_fraction=0.25, seed=2, eval_batch_size=64)
+    assert (digits.num_nodes, digits.alpha, digits.batch_size, digits.seed) == (5, 0.3, 8, 2)
+    assert (digits.test_fraction, digits.eval_batch_size) == (0.25, 64)
+    cifar = CIFAR10DataModule("nowhere", 4, "iid", 16, augment=True, steps_per_epoch=3)
+    assert (cifar.num_nodes, cifar.alpha, cifar.batch_size, cifar.steps_per_epoch, cifar.augment) == (
+        4,
+        "iid",
+        16,
+        3,
+        True,
+    )
+    with pytest.raises(TypeError, match="bogus"):
+        DigitsDataModule(4, bogus=1)
 
 
 def test_properties_before_setup_raise():
@@ -281,6 +298,25 @@ def test_cifar10_unknown_class_folder_is_named(tmp_path: Path):
     _write_image(tmp_path / "train" / "zebra" / "0000.jpg")
     with pytest.raises(ValueError, match="zebra"):
         CIFAR10DataModule(tmp_path, num_nodes=2).setup()
+
+
+@pytest.mark.parametrize("content", ["nothing", "no image"])
+def test_cifar10_class_folder_without_images_is_named_before_decoding(
+    tmp_path: Path, content: str, monkeypatch: pytest.MonkeyPatch
+):
+    _write_tree(tmp_path)
+    empty = tmp_path / "train" / "frog"
+    empty.mkdir()
+    if content == "no image":
+        (empty / "notes.txt").write_text("not an image")
+        (empty / ".hidden.jpg").write_bytes(b"")
+
+    def must_not_decode(*args, **kwargs):
+        raise AssertionError("decoded images before checking the class folders")
+
+    monkeypatch.setattr("lightning_mosaic.data.cifar.decode_image_files", must_not_decode)
+    with pytest.raises(ValueError, match=rf"class folder {re.escape(str(empty))} holds no image files"):
+        CIFAR10DataModule(tmp_path, num_nodes=2, cache_dir=None).setup()
 
 
 def test_cifar10_missing_data_lists_paths_and_mentions_download(tmp_path: Path):

@@ -310,6 +310,14 @@ def test_arguments_are_checked_before_touching_disk(tmp_path: Path, kwargs: dict
         MovieLensDataModule(**args)
 
 
+def test_base_arguments_are_forwarded_and_min_samples_is_refused(tmp_path: Path):
+    dm = MovieLensDataModule(tmp_path, 3, 0.5, 64, variant="100k", seed=4, steps_per_epoch=7)
+    assert (dm.num_nodes, dm.alpha, dm.batch_size, dm.seed, dm.steps_per_epoch) == (3, 0.5, 64, 4, 7)
+    assert (dm.eval_batch_size, dm.min_samples) == (4096, 1)  # MovieLens's own defaults
+    with pytest.raises(TypeError, match="min_users"):
+        MovieLensDataModule(tmp_path, num_nodes=2, min_samples=3)
+
+
 def test_impossible_user_split_names_min_users_and_users():
     """The partitioner's failure is reworded for users: the option is min_users, the items are users."""
     with pytest.raises(ValueError, match=r"min_users=5 is impossible with num_nodes=8 and only 20 users") as info:

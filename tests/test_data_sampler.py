@@ -197,6 +197,44 @@ def test_collate_rejects_indivisible_batch():
         NodeBatchCollate(3)([(torch.zeros(2), 0)] * 4)
     with pytest.raises(ValueError, match="num_nodes"):
         NodeBatchCollate(0)
+    with pytest.raises(TypeError, match="collate_fn must be callable"):
+        NodeBatchCollate(2, collate_fn="default")  # type: ignore[arg-type]
+
+
+def test_collate_error_on_a_plain_loader_says_how_to_build_node_batches():
+    dataset = TensorDataset(torch.arange(10.0).reshape(5, 2), torch.arange(5))
+    loader = DataLoader(dataset, batch_size=5, collate_fn=NodeBatchCollate(2))  # 5 samples, not 2 * B
+    with pytest.raises(ValueError, match="batch of 5 samples") as info:
+        next(iter(loader))
+    message = str(info.value)
+    assert "batch_sampler=NodeBatchSampler(...)" in message and "collate_fn=NodeBatchCollate(n)" in message
+    assert "NodeDataModule.from_datasets" in message
+
+
+def _pad_collate(batch):
+    """A user collate_fn: pad variable-length sequences to ``(N, T_max)`` and keep their lengths."""
+    sequences = [torch.as_tensor(seq) for seq, _ in batch]
+    padded = torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True)
+    return {"tokens": padded, "length": torch.tensor([len(s) for s in sequences]), "y": [y for _, y in batch]}
+
+
+def test_collate_wraps_the_users_collate_fn():
+    batch = [(list(range(1 + i % 3)), f"s{i}") for i in range(6)]
+    out = NodeBatchCollate(2, _pad_collate)(batch)
+    assert out["tokens"].shape == (2, 3, 3) and out["length"].tolist() == [[1, 2, 3], [1, 2, 3]]
+    assert out["y"] == [f"s{i}" for i in range(6)]  # non-tensor leaves pass through unchanged
+    assert torch.equal(out["tokens"][1, 2], torch.tensor([0, 1, 2]))  # sample 5 is node 1's third
+    collate = pickle.loads(pickle.dumps(NodeBatchCollate(2, _pad_collate)))
+    assert collate(batch)["tokens"].shape == (2, 3, 3)
+
+
+def test_collate_rejects_a_collated_tensor_without_one_row_per_sample():
+    def flat_collate(batch):  # concatenates the samples: 2 rows per sample, not one
+        return {"x": torch.cat([x for x, _ in batch])}
+
+    batch = [(torch.zeros(2, 4), 0)] * 4
+    with pytest.raises(ValueError, match=r"\['x'\] of shape \(8, 4\).*first dimension 4"):
+        NodeBatchCollate(2, flat_collate)(batch)
 
 
 def test_node_data_loader_resumes_inside_an_epoch():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning.pytorch as pl
 import numpy as np
@@ -11,6 +13,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from lightning_mosaic.data.partition import _check_int, _resolve_alpha, dirichlet_partition
 from lightning_mosaic.data.sampler import NodeBatchCollate, NodeBatchSampler, NodeDataLoader
 from lightning_mosaic.distributed.sharding import node_bounds
+
+if TYPE_CHECKING:
+    from lightning_mosaic.data.datasets import LabelSource
 
 __all__ = ["NodeDataModule"]
 
@@ -24,6 +29,10 @@ class NodeDataModule(pl.LightningDataModule):
     come from the same global test set for every node: ``x`` of shape ``(B_eval, ...)`` and ``y`` of shape
     ``(B_eval,)``.
 
+    Your own data: :meth:`from_datasets` splits any map-style ``Dataset`` over the nodes and keeps its sample
+    format (dicts, tuples of several tensors, ...: every tensor comes out ``(n, B, ...)``); :meth:`from_datamodule`
+    does the same with the datasets of an ordinary ``LightningDataModule``.
+
     Subclasses set the class attributes :attr:`num_classes` (and, optionally, :attr:`input_shape`) and
     implement :meth:`_load`. :meth:`setup` loads once and partitions the training labels with
     :func:`~lightning_mosaic.data.dirichlet_partition` (override :meth:`_partition_train` to assign other units,
@@ -34,7 +43,8 @@ class NodeDataModule(pl.LightningDataModule):
         alpha: Dirichlet concentration ``> 0`` of the label split; ``float('inf')`` or ``"iid"`` for an IID
             split.
         batch_size: Per-node training mini-batch size ``B >= 1``.
-        seed: Non-negative seed of the partition, the per-node shuffles and the test subset.
+        seed: Non-negative seed of the partition, the per-node shuffles and the test subset (and of a
+            subclass's own seeded steps, e.g. a train/test split).
         min_samples: Minimum number of training samples per node, ``>= 1`` (a node needs data to train).
         eval_batch_size: Batch size ``>= 1`` of the validation and test loaders.
         test_subset: If given (``>= 1``), evaluate on a fixed seeded subset of this many test samples.
@@ -51,6 +61,11 @@ class NodeDataModule(pl.LightningDataModule):
     num_classes: ClassVar[int] = 0
     #: Shape ``(C, H, W)`` of one input sample, if fixed.
     input_shape: ClassVar[tuple[int, ...] | None] = None
+    #: Collate function of the training loader (wrapped in ``NodeBatchCollate``) and of the evaluation loaders;
+    #: ``None``: ``default_collate``.
+    collate_fn: Callable[[list[Any]], Any] | None = None
+    #: True where ``num_classes`` is only known from the data (set by ``_load``), so ``__init__`` does not check it.
+    _num_classes_from_data: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -76,12 +91,149 @@ class NodeDataModule(pl.LightningDataModule):
         self.test_subset = None if test_subset is None else _check_int("test_subset", test_subset, 1)
         self.num_workers = _check_int("num_workers", num_workers, 0)
         self.steps_per_epoch = None if steps_per_epoch is None else _check_int("steps_per_epoch", steps_per_epoch, 1)
-        if self.num_classes < 1:
+        if self.num_classes < 1 and not self._num_classes_from_data:
             raise TypeError(f"{type(self).__name__} must set the class attribute num_classes to an int >= 1")
         self._train: Dataset | None = None
         self._train_labels: np.ndarray | None = None
         self._test: Dataset | None = None
         self._partition: list[np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ your own data
+    @classmethod
+    def from_datasets(  # type: ignore[override]
+        cls,
+        train_dataset: Dataset,
+        test_dataset: Dataset,
+        *,
+        num_nodes: int,
+        alpha: float | str = "iid",
+        batch_size: int = 32,
+        labels: LabelSource = None,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        val_dataset: Dataset | None = None,
+        **kwargs: Any,
+    ) -> NodeDataModule:
+        """Split any map-style training set across ``num_nodes`` nodes, keeping its sample format.
+
+        Unlike ``LightningDataModule.from_datasets``, the second positional argument is the test set (the shared
+        evaluation set of every node). Training batches are ``collate_fn`` of node-major ``n * B`` samples with
+        every tensor reshaped to ``(n, B, ...)``: a dataset of ``(image, label)`` pairs gives ``x`` ``(n, B, C, H,
+        W)`` and ``y`` ``(n, B)``; one of dicts ``{"image", "label"}`` gives a dict of ``(n, B, ...)`` tensors;
+        tuples of several tensors stay tuples. Evaluation batches are the plain ``(B_eval, ...)`` batches of
+        ``test_dataset`` (validation: of ``val_dataset`` if given) with the same ``collate_fn``.
+
+        Where the labels of the Dirichlet split come from (``labels``):
+
+        * ``None``: a ``targets`` or ``labels`` attribute of ``train_dataset`` of length ``len(train_dataset)``
+          (torchvision datasets such as ``ImageFolder`` have ``targets``), also through ``Subset`` (its
+          ``indices`` into the parent's labels) and ``ConcatDataset``; else the data is unlabelled, and only
+          ``alpha="iid"`` can split it;
+        * an array-like (list, NumPy array, tensor) of ``len(train_dataset)`` labels;
+        * a callable ``labels(sample) -> label``, applied at :meth:`setup` to every ``train_dataset[i]`` (so it
+          loads every training sample once: prefer an array when the labels are at hand).
+
+        Labels may be any hashable, mutually comparable values (ints, strings, ...); they are mapped to classes
+        ``0..C-1`` in sorted order (``classes[k]`` is the value of class ``k``; ``num_classes = C``).
+
+        Args:
+            train_dataset: Map-style training set (``__getitem__`` and ``__len__``), split across the nodes.
+            test_dataset: Map-style evaluation set shared by all nodes (``test_subset`` selects from it).
+            num_nodes: Number of nodes ``n >= 2``.
+            alpha: Dirichlet concentration ``> 0`` of the label split (needs labels); ``"iid"`` (default) or
+                ``float('inf')`` for an IID split, which needs none.
+            batch_size: Per-node training mini-batch size ``B >= 1``.
+            labels: ``None``, an array-like or a callable, see above.
+            collate_fn: Collate function of all loaders (default ``default_collate``); its tensors must have one
+                row per sample.
+            val_dataset: Map-style validation set; default: ``test_dataset``.
+            **kwargs: The other arguments of :class:`NodeDataModule` (``seed``, ``min_samples``,
+                ``eval_batch_size``, ``test_subset``, ``num_workers``, ``steps_per_epoch``).
+
+        Returns:
+            A :class:`~lightning_mosaic.data.datasets.DatasetsDataModule`: a :class:`NodeDataModule` for
+            ``Trainer.fit`` (node blocks per process, exact mid-epoch resume, :attr:`partition`,
+            :meth:`node_label_histogram` when there are labels).
+
+        Raises:
+            ValueError: Raised here, before any data is read: an argument of :class:`NodeDataModule` is out of
+                range; ``train_dataset``, ``test_dataset`` or ``val_dataset`` is not map-style (an
+                ``IterableDataset``, a ``DataLoader``, ...) or is empty; ``train_dataset`` has fewer than
+                ``num_nodes * min_samples`` samples; ``labels`` is not 1-D of length ``len(train_dataset)`` or its
+                values cannot be sorted; a finite ``alpha`` without labels (the message says how to pass them);
+                ``collate_fn`` is not callable. At :meth:`setup`: the values of a callable ``labels`` cannot be
+                sorted, ``test_subset`` exceeds the test set, or the partition cannot honour ``min_samples``.
+
+        Example:
+            >>> import torch
+            >>> from torch.utils.data import TensorDataset
+            >>> train = TensorDataset(torch.randn(100, 3), torch.randn(100, 5), torch.arange(100) % 4)
+            >>> dm = NodeDataModule.from_datasets(train, train, num_nodes=4, alpha=0.5, batch_size=2,
+            ...                                   labels=train.tensors[2])
+            >>> dm.setup()
+            >>> [tuple(t.shape) for t in next(iter(dm.train_dataloader()))]
+            [(4, 2, 3), (4, 2, 5), (4, 2)]
+        """
+        from lightning_mosaic.data.datasets import DatasetsDataModule
+
+        return DatasetsDataModule(
+            train_dataset,
+            test_dataset,
+            num_nodes=num_nodes,
+            alpha=alpha,
+            batch_size=batch_size,
+            labels=labels,
+            collate_fn=collate_fn,
+            val_dataset=val_dataset,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_datamodule(
+        cls,
+        datamodule: pl.LightningDataModule,
+        *,
+        num_nodes: int,
+        alpha: float | str = "iid",
+        labels: LabelSource = None,
+        **kwargs: Any,
+    ) -> NodeDataModule:
+        """Split the training set of an ordinary ``LightningDataModule`` across ``num_nodes`` nodes.
+
+        Calls ``datamodule.prepare_data()`` and ``datamodule.setup("fit")`` (and ``setup("test")`` when it defines
+        ``test_dataloader``), then takes the dataset and ``collate_fn`` of its ``train_dataloader()`` and the
+        datasets of its ``val_dataloader()`` and ``test_dataloader()``, and builds the same as
+        :meth:`from_datasets`. The user loader's sampler and shuffling are not used: every node draws from its
+        own shard. Evaluation: ``test_dataloader()``'s dataset (else ``val_dataloader()``'s) is the test set;
+        with both, ``val_dataloader()``'s is the validation set.
+
+        Args:
+            datamodule: A ``LightningDataModule`` with ``train_dataloader()`` and at least one of
+                ``val_dataloader()`` / ``test_dataloader()``, each returning one ``DataLoader`` over a map-style
+                dataset.
+            num_nodes: Number of nodes ``n >= 2``.
+            alpha: Dirichlet concentration ``> 0`` (needs labels) or ``"iid"`` (default).
+            labels: As for :meth:`from_datasets`.
+            **kwargs: As for :meth:`from_datasets`. Defaults taken from the user's loaders: ``batch_size`` (the
+                training loader's), ``eval_batch_size`` (the validation loader's, else the test loader's),
+                ``collate_fn`` (the training loader's).
+
+        Returns:
+            A :class:`NodeDataModule` as from :meth:`from_datasets`.
+
+        Raises:
+            TypeError: ``datamodule`` is not a ``LightningDataModule``, or a loader hook returns something other
+                than one ``DataLoader``.
+            ValueError: The datamodule has no ``train_dataloader()``, or neither ``val_dataloader()`` nor
+                ``test_dataloader()``; anything :meth:`from_datasets` raises.
+        """
+        from lightning_mosaic.data.datasets import datasets_of_datamodule
+
+        found = datasets_of_datamodule(datamodule)
+        for name in ("batch_size", "eval_batch_size", "collate_fn"):
+            value = found.pop(name)
+            if value is not None:
+                kwargs.setdefault(name, value)
+        return cls.from_datasets(**found, num_nodes=num_nodes, alpha=alpha, labels=labels, **kwargs)
 
     # ------------------------------------------------------------------ subclass hook
     def _load(self) -> tuple[Dataset, np.ndarray, Dataset]:
@@ -89,8 +241,9 @@ class NodeDataModule(pl.LightningDataModule):
 
         Returns:
             ``(train_dataset, train_labels, test_dataset)``: map-style datasets whose items are
-            ``(x: Tensor, y: int)``, and the int labels of the training set, shape ``(N_train,)``, values in
-            ``[0, num_classes)``.
+            ``(x: Tensor, y: int)`` (or anything the loaders' ``collate_fn`` takes), and the int labels of the
+            training set, shape ``(N_train,)``, values in ``[0, num_classes)``; ``None`` for unlabelled data, which
+            only an IID ``alpha`` can split.
         """
         raise NotImplementedError
 
@@ -109,6 +262,25 @@ class NodeDataModule(pl.LightningDataModule):
         if self._train is not None:
             return
         train, labels, test = self._load()
+        if labels is None:
+            partition = self._partition_unlabelled(len(train))  # type: ignore[arg-type]
+        else:
+            labels = self._check_loaded_labels(train, labels)
+            partition = self._partition_train(labels)
+        if self.test_subset is not None:
+            test_size = len(test)  # type: ignore[arg-type]
+            if self.test_subset > test_size:
+                raise ValueError(
+                    f"test_subset={self.test_subset} exceeds the test set size ({test_size}); "
+                    f"use test_subset <= {test_size} or None for the whole test set"
+                )
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, 1]))
+            indices = np.sort(rng.choice(test_size, size=self.test_subset, replace=False))
+            test = Subset(test, indices.tolist())
+        self._train, self._train_labels, self._test = train, labels, test
+        self._partition = partition
+
+    def _check_loaded_labels(self, train: Dataset, labels: Any) -> np.ndarray:
         labels = np.asarray(labels)
         if labels.ndim != 1 or len(labels) != len(train):  # type: ignore[arg-type]
             raise ValueError(
@@ -120,19 +292,14 @@ class NodeDataModule(pl.LightningDataModule):
                 f"{type(self).__name__}._load returned labels in [{labels.min()}, {labels.max()}]; "
                 f"expected values in [0, {self.num_classes})"
             )
-        partition = self._partition_train(labels)
-        if self.test_subset is not None:
-            test_size = len(test)  # type: ignore[arg-type]
-            if self.test_subset > test_size:
-                raise ValueError(
-                    f"test_subset={self.test_subset} exceeds the test set size ({test_size}); "
-                    f"use test_subset <= {test_size} or None for the whole test set"
-                )
-            rng = np.random.default_rng(np.random.SeedSequence([self.seed, 1]))
-            indices = np.sort(rng.choice(test_size, size=self.test_subset, replace=False))
-            test = Subset(test, indices.tolist())
-        self._train, self._train_labels, self._test = train, labels.astype(np.int64), test
-        self._partition = partition
+        return labels.astype(np.int64)
+
+    def _partition_unlabelled(self, size: int) -> list[np.ndarray]:
+        """IID split of ``size`` unlabelled training samples (the IID split depends on the sample count only)."""
+        if not math.isinf(_resolve_alpha(self.alpha)):
+            raise ValueError(f"alpha={self.alpha!r} needs training labels, but {type(self).__name__} has none")
+        dummy = np.zeros(size, dtype=np.int64)
+        return dirichlet_partition(dummy, self.num_nodes, "iid", seed=self.seed, min_samples=self.min_samples)
 
     def _partition_train(self, labels: np.ndarray) -> list[np.ndarray]:
         """Split the training indices across nodes (called once by :meth:`setup`, after :meth:`_load`).
@@ -176,9 +343,18 @@ class NodeDataModule(pl.LightningDataModule):
 
     @property
     def train_labels(self) -> np.ndarray:
-        """Training labels, int64 of shape ``(N_train,)`` (after :meth:`setup`)."""
+        """Training labels, int64 of shape ``(N_train,)`` (after :meth:`setup`).
+
+        Raises:
+            RuntimeError: Called before :meth:`setup`, or the training set has no labels (``from_datasets`` found
+                none and was given none).
+        """
         self._require_setup("train_labels")
-        assert self._train_labels is not None
+        if self._train_labels is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no training labels: none were found on the training set and none "
+                "were given; pass labels= to NodeDataModule.from_datasets / from_datamodule"
+            )
         return self._train_labels
 
     def node_label_histogram(self) -> np.ndarray:
@@ -188,7 +364,7 @@ class NodeDataModule(pl.LightningDataModule):
             int64 array of shape ``(num_nodes, num_classes)``; row ``i`` sums to ``len(partition[i])``.
 
         Raises:
-            RuntimeError: Called before :meth:`setup`.
+            RuntimeError: Called before :meth:`setup`, or the training set has no labels.
         """
         self._require_setup("node_label_histogram()")
         labels = self.train_labels
@@ -211,7 +387,7 @@ class NodeDataModule(pl.LightningDataModule):
         return NodeDataLoader(
             self.train_dataset,
             batch_sampler=sampler,
-            collate_fn=NodeBatchCollate(len(nodes)),
+            collate_fn=NodeBatchCollate(len(nodes), self.collate_fn),
             position=self._trained_batches,
             **self._loader_kwargs(),
         )
@@ -232,9 +408,15 @@ class NodeDataModule(pl.LightningDataModule):
             return 0
         return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
-    def _eval_loader(self) -> DataLoader:
+    def _eval_loader(self, dataset: Dataset | None = None) -> DataLoader:
         self._require_setup("val_dataloader()")
-        return DataLoader(self.test_dataset, batch_size=self.eval_batch_size, shuffle=False, **self._loader_kwargs())
+        return DataLoader(
+            self.test_dataset if dataset is None else dataset,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            collate_fn=self.collate_fn,
+            **self._loader_kwargs(),
+        )
 
     def val_dataloader(self) -> DataLoader:
         """Batches ``(x: (B_eval, ...), y: (B_eval,) int64)`` of the shared test set, in a fixed order."""

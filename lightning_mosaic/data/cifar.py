@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -72,19 +72,15 @@ class CIFARDataModule(NodeDataModule):
 
     Args:
         data_dir: Directory to look in (and download to, with ``download=True``).
-        num_nodes: Number of nodes ``n >= 2``.
-        alpha: Dirichlet concentration ``> 0``; ``float('inf')`` or ``"iid"`` for an IID split.
-        batch_size: Per-node training mini-batch size ``B >= 1``.
+        *args: Positional arguments of :class:`~lightning_mosaic.data.NodeDataModule` after ``data_dir``
+            (``num_nodes``, ``alpha``, ``batch_size``).
         download: If no layout is found, download the canonical files with torchvision (needs internet).
         augment: Random crop (padding 4) and horizontal flip on training samples.
-        seed: Non-negative seed of the partition, the per-node shuffles and the test subset.
-        min_samples: Minimum number of training samples per node, ``>= 1``.
-        eval_batch_size: Batch size of the validation and test loaders.
-        test_subset: If given, evaluate on a fixed seeded subset of this many test samples.
-        num_workers: DataLoader worker processes.
-        steps_per_epoch: Training batches per epoch; default one pass over the training set.
         cache_dir: Where to cache the decoded arrays: ``"auto"`` (or ``True``), a folder, or ``None`` / ``False``
             for no cache (see above).
+        **kwargs: The other arguments of :class:`~lightning_mosaic.data.NodeDataModule` (``num_nodes``,
+            ``alpha``, ``batch_size``, ``seed``, ``min_samples``, ``eval_batch_size``, ``test_subset``,
+            ``num_workers``, ``steps_per_epoch``).
 
     Raises:
         ValueError: An argument is out of range or ``cache_dir`` is not one of the forms above (at construction);
@@ -109,31 +105,13 @@ class CIFARDataModule(NodeDataModule):
     def __init__(
         self,
         data_dir: str | Path,
-        num_nodes: int,
-        alpha: float | str = 0.1,
-        batch_size: int = 32,
-        *,
+        *args: Any,
         download: bool = False,
         augment: bool = False,
-        seed: int = 0,
-        min_samples: int = 1,
-        eval_batch_size: int = 256,
-        test_subset: int | None = None,
-        num_workers: int = 0,
-        steps_per_epoch: int | None = None,
         cache_dir: bool | str | Path | None = "auto",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            num_nodes,
-            alpha,
-            batch_size,
-            seed=seed,
-            min_samples=min_samples,
-            eval_batch_size=eval_batch_size,
-            test_subset=test_subset,
-            num_workers=num_workers,
-            steps_per_epoch=steps_per_epoch,
-        )
+        super().__init__(*args, **kwargs)
         if not isinstance(data_dir, (str, Path)) or str(data_dir) == "":
             raise ValueError(f"data_dir must be a non-empty path (str or Path); got {data_dir!r}")
         if len(self.classes) != self.num_classes:

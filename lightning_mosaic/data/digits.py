@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from numbers import Real
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,17 +27,13 @@ class DigitsDataModule(NodeDataModule):
     ``(B_eval, 1, 8, 8)``, ``y`` ``(B_eval,)``.
 
     Args:
-        num_nodes: Number of nodes ``n >= 2``.
-        alpha: Dirichlet concentration ``> 0``; ``float('inf')`` or ``"iid"`` for an IID split.
-        batch_size: Per-node training mini-batch size ``B >= 1``.
+        *args: Positional arguments of :class:`~lightning_mosaic.data.NodeDataModule` (``num_nodes``, ``alpha``,
+            ``batch_size``).
         test_fraction: Fraction of the 1,797 samples held out for testing, in ``(0, 1)``; both sides must keep
             at least one sample of every class.
-        seed: Non-negative seed of the train/test split, the partition, the shuffles and the test subset.
-        min_samples: Minimum number of training samples per node, ``>= 1``.
-        eval_batch_size: Batch size of the validation and test loaders.
-        test_subset: If given, evaluate on a fixed seeded subset of this many test samples.
-        num_workers: DataLoader worker processes.
-        steps_per_epoch: Training batches per epoch; default one pass over the training set.
+        **kwargs: The other arguments of :class:`~lightning_mosaic.data.NodeDataModule` (``num_nodes``,
+            ``alpha``, ``batch_size``, ``seed``, ``min_samples``, ``eval_batch_size``, ``test_subset``,
+            ``num_workers``, ``steps_per_epoch``). ``seed`` also seeds the train/test split.
 
     Raises:
         ValueError: An argument is out of range (see :class:`NodeDataModule`), or ``test_fraction`` is not in
@@ -55,31 +52,8 @@ class DigitsDataModule(NodeDataModule):
     #: Total number of samples in ``sklearn.datasets.load_digits()``.
     num_samples_total = 1797
 
-    def __init__(
-        self,
-        num_nodes: int,
-        alpha: float | str = 0.1,
-        batch_size: int = 32,
-        *,
-        test_fraction: float = 0.2,
-        seed: int = 0,
-        min_samples: int = 1,
-        eval_batch_size: int = 256,
-        test_subset: int | None = None,
-        num_workers: int = 0,
-        steps_per_epoch: int | None = None,
-    ) -> None:
-        super().__init__(
-            num_nodes,
-            alpha,
-            batch_size,
-            seed=seed,
-            min_samples=min_samples,
-            eval_batch_size=eval_batch_size,
-            test_subset=test_subset,
-            num_workers=num_workers,
-            steps_per_epoch=steps_per_epoch,
-        )
+    def __init__(self, *args: Any, test_fraction: float = 0.2, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         if isinstance(test_fraction, bool) or not isinstance(test_fraction, Real):
             raise ValueError(f"test_fraction must be a float in (0, 1); got {test_fraction!r}")
         fraction = float(test_fraction)

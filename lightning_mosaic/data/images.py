@@ -249,8 +249,8 @@ def list_image_folder_split(
         shape ``(len(files),)``.
 
     Raises:
-        ValueError: A class folder is not in ``classes`` (message names the folder); the split holds no image
-            files.
+        ValueError: A class folder is not in ``classes``, or holds no image file (only hidden or other files, or
+            nothing); the split holds no class folder. The message names the folder.
     """
     split_dir = Path(split_dir)
     label_of = {name: k for k, name in enumerate(classes)}
@@ -271,6 +271,11 @@ def list_image_folder_split(
                 e.name
                 for e in entries
                 if not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file()
+            )
+        if not names:
+            raise ValueError(
+                f"class folder {class_dir} holds no image files ({', '.join(IMAGE_EXTENSIONS)}); every class folder "
+                f"of {split_dir} needs at least one image (remove the folder to leave the class out of this split)"
             )
         prefix = os.path.join(class_dir, "")
         files.extend([prefix + n for n in names])
@@ -322,9 +327,9 @@ def load_image_folder_split(
         ``(images, labels)``: uint8 tensor of shape ``(N, C, H, W)`` and int64 array of shape ``(N,)``.
 
     Raises:
-        ValueError: A class folder is not in ``classes`` (message names the folder); an image cannot be read
-            or decoded, or decodes to a shape other than ``image_shape`` (message names the file); the split
-            holds no image files.
+        ValueError: A class folder is not in ``classes`` or holds no image file (message names the folder); an
+            image cannot be read or decoded, or decodes to a shape other than ``image_shape`` (message names the
+            file); the split holds no class folder.
     """
     files, labels = list_image_folder_split(split_dir, classes, dataset)
     return decode_image_files(files, image_shape), labels

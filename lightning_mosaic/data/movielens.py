@@ -7,7 +7,7 @@ import math
 import time
 from numbers import Real
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -110,19 +110,20 @@ class MovieLensDataModule(NodeDataModule):
         data_dir: Directory to look in (and download to).
         num_nodes: Number of nodes ``n >= 2``.
         alpha: Dirichlet concentration of the user-to-node split, ``> 0``; ``"iid"`` (default) for an even split.
-        batch_size: Per-node training mini-batch size ``B >= 1`` (ratings).
+        *args: The next positional argument of :class:`~lightning_mosaic.data.NodeDataModule` (``batch_size``,
+            per-node mini-batch size in ratings).
         variant: ``"auto"``, ``"100k"``, ``"1m"`` or ``"latest-small"``.
         download: Download the official archive when no files are found.
         test_fraction: Fraction of each user's ratings held out for testing, in ``(0, 1)``.
         node_split: ``"users"`` (node sizes from ``alpha``) or ``"genre"`` (genre-skewed, needs the movies file).
-        min_users: Minimum number of users per node, ``>= 1``.
-        seed: Non-negative seed of the split, the assignment, the per-node shuffles and the test subset.
+        min_users: Minimum number of users per node, ``>= 1`` (instead of the base's ``min_samples``).
         eval_batch_size: Batch size of the validation and test loaders.
-        test_subset: If given, evaluate on a fixed seeded subset of this many test ratings.
-        num_workers: DataLoader worker processes.
-        steps_per_epoch: Training batches per epoch; default one pass over the training ratings.
+        **kwargs: The other arguments of :class:`~lightning_mosaic.data.NodeDataModule` (``batch_size``,
+            ``seed``, ``test_subset``, ``num_workers``, ``steps_per_epoch``; ``seed`` also seeds the per-user
+            split and the user assignment, ``test_subset`` counts ratings).
 
     Raises:
+        TypeError: ``min_samples`` is given (use ``min_users``).
         ValueError: An argument is out of range (at construction); at :meth:`setup`, a malformed file
             (:class:`~lightning_mosaic.data.movielens_files.MovieLensFormatError`, naming file and line), a movie
             without an entry in the movies file (``node_split="genre"``), or too few users for the nodes.
@@ -143,30 +144,22 @@ class MovieLensDataModule(NodeDataModule):
         data_dir: str | Path,
         num_nodes: int,
         alpha: float | str = "iid",
-        batch_size: int = 32,
-        *,
+        *args: Any,
         variant: Variant = "auto",
         download: bool = False,
         test_fraction: float = 0.2,
         node_split: NodeSplit = "users",
         min_users: int = 1,
-        seed: int = 0,
         eval_batch_size: int = 4096,
-        test_subset: int | None = None,
-        num_workers: int = 0,
-        steps_per_epoch: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            num_nodes,
-            alpha,
-            batch_size,
-            seed=seed,
-            min_samples=1,
-            eval_batch_size=eval_batch_size,
-            test_subset=test_subset,
-            num_workers=num_workers,
-            steps_per_epoch=steps_per_epoch,
-        )
+        if "min_samples" in kwargs:
+            raise TypeError(
+                f"MovieLensDataModule assigns whole users to nodes: use min_users (users per node) instead of "
+                f"min_samples={kwargs['min_samples']!r}"
+            )
+        # num_nodes and alpha are restated to keep their positions while alpha gets another default and meaning.
+        super().__init__(num_nodes, alpha, *args, min_samples=1, eval_batch_size=eval_batch_size, **kwargs)
         if not isinstance(data_dir, (str, Path)) or str(data_dir) == "":
             raise ValueError(f"data_dir must be a non-empty path (str or Path); got {data_dir!r}")
         if variant != "auto" and variant not in VARIANTS:

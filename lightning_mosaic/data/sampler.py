@@ -236,18 +236,36 @@ class NodeDataLoader(DataLoader):
         sampler.resume(epoch, batches)
 
 
+_NOT_NODE_MAJOR = (
+    "use batch_sampler=NodeBatchSampler(...) together with collate_fn=NodeBatchCollate(n) on the DataLoader, "
+    "or NodeDataModule.from_datasets(...), which builds both"
+)
+
+
 class NodeBatchCollate:
     """Collate function that reshapes node-major batches from ``(n * B, ...)`` to ``(n, B, ...)``.
 
-    Wraps :func:`torch.utils.data.default_collate` and reshapes the first dimension of every tensor in the
-    result (nested tuples, lists and mappings included). A plain class, so it pickles for ``num_workers > 0``.
+    Calls ``collate_fn`` (default :func:`torch.utils.data.default_collate`) on the ``n * B`` samples of a batch
+    (node 0's ``B`` samples, then node 1's, ..., as :class:`NodeBatchSampler` yields them) and reshapes the first
+    dimension of every tensor in the result (nested tuples, lists, namedtuples and mappings included) to
+    ``(n, B, ...)``; the structure stays the one ``collate_fn`` returns. Non-tensor leaves (e.g. the list of
+    strings ``default_collate`` makes of string fields) are passed through unchanged, still flat. A plain class, so
+    it pickles for ``num_workers > 0`` (if ``collate_fn`` does).
+
+    Only the batch size can be checked: a batch of ``n * B`` samples that were not drawn node-major (e.g. a plain
+    shuffled ``DataLoader(batch_size=n * B)``) cannot be told apart and would silently mix the nodes' data.
 
     Args:
         num_nodes: Number of nodes ``n >= 1``.
+        collate_fn: Collate function applied to the list of ``n * B`` samples before reshaping; its tensors must
+            have one row per sample (first dimension ``n * B``). ``None``: ``default_collate``.
 
     Raises:
-        ValueError: ``num_nodes < 1``; at call time, a collated tensor's first dimension is not divisible by
-            ``num_nodes``.
+        ValueError: ``num_nodes < 1``. At call time: the batch does not hold a multiple of ``num_nodes`` samples,
+            or a tensor of the collated result does not have one row per sample (first dimension ``n * B``); the
+            message names the tensor's place in the batch and says to use ``NodeBatchSampler`` with
+            ``NodeBatchCollate`` (or ``NodeDataModule.from_datasets``).
+        TypeError: ``collate_fn`` is not callable.
 
     Example:
         >>> collate = NodeBatchCollate(2)
@@ -256,29 +274,46 @@ class NodeBatchCollate:
         ((2, 2, 3), (2, 2))
     """
 
-    def __init__(self, num_nodes: int) -> None:
+    def __init__(self, num_nodes: int, collate_fn: Callable[[list[Any]], Any] | None = None) -> None:
         self.num_nodes = _check_int("num_nodes", num_nodes, 1)
+        if collate_fn is not None and not callable(collate_fn):
+            raise TypeError(f"collate_fn must be callable or None; got {collate_fn!r} ({type(collate_fn).__name__})")
+        self.collate_fn = collate_fn
 
-    def _reshape(self, value: Any) -> Any:
+    def _reshape(self, value: Any, samples: int, where: str) -> Any:
         if isinstance(value, torch.Tensor):
-            if value.ndim == 0 or value.shape[0] % self.num_nodes != 0:
+            if value.ndim == 0 or value.shape[0] != samples:
                 raise ValueError(
-                    f"cannot split a collated tensor of shape {tuple(value.shape)} into num_nodes="
-                    f"{self.num_nodes} equal per-node batches; the batch must hold num_nodes * B samples, "
-                    "node-major (use NodeBatchSampler as batch_sampler)"
+                    f"cannot split {where} of shape {tuple(value.shape)} into num_nodes={self.num_nodes} per-node "
+                    f"batches: collate_fn must return tensors with one row per sample (first dimension {samples}, "
+                    f"the batch's num_nodes * B samples); {_NOT_NODE_MAJOR}"
                 )
-            return value.reshape(self.num_nodes, value.shape[0] // self.num_nodes, *value.shape[1:])
+            return value.reshape(self.num_nodes, samples // self.num_nodes, *value.shape[1:])
         if isinstance(value, Mapping):
-            return type(value)({k: self._reshape(v) for k, v in value.items()})  # type: ignore[call-arg]
+            items = {k: self._reshape(v, samples, f"{where}[{k!r}]") for k, v in value.items()}
+            return type(value)(items)  # type: ignore[call-arg]
         if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
-            return type(value)(*(self._reshape(v) for v in value))
+            return type(value)(*(self._reshape(v, samples, f"{where}.{f}") for f, v in zip(value._fields, value)))
         if isinstance(value, (tuple, list)):
-            return type(value)(self._reshape(v) for v in value)
+            return type(value)(self._reshape(v, samples, f"{where}[{i}]") for i, v in enumerate(value))
         return value
 
     def __call__(self, batch: list[Any]) -> Any:
-        """Collate ``batch`` (``n * B`` samples, node-major) and reshape every tensor to ``(n, B, ...)``."""
-        return self._reshape(default_collate(batch))
+        """Collate ``batch`` (``n * B`` samples, node-major) and reshape every tensor to ``(n, B, ...)``.
+
+        Raises:
+            ValueError: ``len(batch)`` is not a positive multiple of ``num_nodes``, or a collated tensor does not
+                have ``len(batch)`` rows.
+        """
+        samples = len(batch)
+        if samples == 0 or samples % self.num_nodes != 0:
+            raise ValueError(
+                f"NodeBatchCollate(num_nodes={self.num_nodes}) got a batch of {samples} samples, not num_nodes * B "
+                f"node-major samples (B per node); {_NOT_NODE_MAJOR}"
+            )
+        collated = (default_collate if self.collate_fn is None else self.collate_fn)(batch)
+        return self._reshape(collated, samples, "the collated batch")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(num_nodes={self.num_nodes})"
+        extra = "" if self.collate_fn is None else f", collate_fn={self.collate_fn!r}"
+        return f"{type(self).__name__}(num_nodes={self.num_nodes}{extra})"
