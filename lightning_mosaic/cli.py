@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import zipfile
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_mosaic.callbacks.gossip import MosaicGossip
+from lightning_mosaic.callbacks.summary import SUMMARY_FILE, MosaicSummary, format_summary
 from lightning_mosaic.data.base import NodeDataModule
 from lightning_mosaic.module import MosaicModule
-from lightning_mosaic.summary import RoundTimer, format_summary, run_summary, write_summary
 
 
 def check_checkpoint_file(path: str | os.PathLike) -> None:
@@ -74,22 +74,19 @@ class MosaicCLI(LightningCLI):
         if trainer.world_size == 1:  # load and partition now, so that data errors come before the run folder
             data.prepare_data()
             data.setup("fit")
-        self._timer = RoundTimer()
-        trainer.callbacks.append(self._timer)
-        self._fit_start = time.perf_counter()
+        self._summary = next((c for c in trainer.callbacks if isinstance(c, MosaicSummary)), None)
+        if self._summary is None:
+            self._summary = MosaicSummary()
+            trainer.callbacks.append(self._summary)  # after MosaicGossip: its time counts the gossip rounds
 
     def after_fit(self) -> None:
-        seconds = time.perf_counter() - self._fit_start
-        trainer, model = self.trainer, self.model
-        metrics = trainer.callback_metrics
-        if model.last_validated_step != trainer.global_step or "val/loss" not in metrics:
-            results = trainer.validate(model, datamodule=self.datamodule, verbose=False)
-            metrics = {**trainer.callback_metrics, **(results[0] if results else {})}  # none: limit_val_batches=0
-        summary = run_summary(trainer, model, metrics, seconds, self._timer.seconds)
-        directory = trainer.log_dir or trainer.default_root_dir
-        if trainer.is_global_zero:
-            path = write_summary(summary, directory)
-            print(f"\nMosaic Learning summary ({path}):\n{format_summary(summary)}", flush=True)
+        """Validate the final parameters unless the last step was validated, then print the summary (rank 0)."""
+        trainer, summary = self.trainer, self._summary
+        if summary.validated_step != trainer.global_step or "val/loss" not in trainer.callback_metrics:
+            trainer.validate(self.model, datamodule=self.datamodule, verbose=False)  # rewrites summary.json
+        if trainer.is_global_zero and summary.summary is not None:
+            path = Path(trainer.log_dir or trainer.default_root_dir) / SUMMARY_FILE
+            print(f"\nMosaic Learning summary ({path}):\n{format_summary(summary.summary)}", flush=True)
 
 
 def _concise(error: BaseException) -> str:

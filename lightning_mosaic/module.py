@@ -183,8 +183,6 @@ class MosaicModule(LightningModule):
         self._nodes: LightningNodes | None = None
         self._frozen: Tensor | None = None
         self._average_state: dict[str, Tensor] | None = None
-        self.last_validated_step = -1
-        """``trainer.global_step`` of the last completed validation (-1: none yet)."""
         self.user_metrics = dict(metrics.items()) if metrics is not None else {}
         for name, metric in self.user_metrics.items():
             if not isinstance(metric, Metric):
@@ -560,8 +558,6 @@ class MosaicModule(LightningModule):
             {k: v.to(torch.float32) for k, v in values.items()}, prog_bar=False, sync_dist=self.sharded, reduce_fx="max"
         )
         self._average_state = None
-        if stage == "val":
-            self.last_validated_step = self.global_step
 
     def on_train_epoch_end(self) -> None:
         if self.node_module is not None:

@@ -7,6 +7,7 @@ trained on the real CIFAR-10 JPEGs.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_mosaic import MosaicGossip, MosaicModule
+from lightning_mosaic.callbacks import MosaicSummary
+from lightning_mosaic.callbacks.summary import format_summary
 from lightning_mosaic.data import NodeBatchCollate, NodeBatchSampler, dirichlet_partition
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,7 +176,8 @@ def test_resnet18_with_torchmetrics_on_cifar10_as_nodes(cifar10_dir, tmp_path):
     partition = dirichlet_partition(train.tensors[1].numpy(), n, alpha=0.5, seed=0)
     model = ResNetClassifier()
     module = MosaicModule(model, num_nodes=n)
-    t = trainer(tmp_path, max_steps=4, callbacks=[MosaicGossip(fragments=4, peers=2)], limit_val_batches=0)
+    summary = MosaicSummary()
+    t = trainer(tmp_path, max_steps=4, callbacks=[MosaicGossip(fragments=4, peers=2), summary])
     t.fit(module, node_loader(train, partition, 4))
     tracked = module.replicas.stacked_buffers()["net.bn1.num_batches_tracked"]
     assert tracked.tolist() == [4] * n  # per-node BatchNorm statistics, one update per local step
@@ -188,6 +192,14 @@ def test_resnet18_with_torchmetrics_on_cifar10_as_nodes(cifar10_dir, tmp_path):
         assert torch.equal(value, buffers[name]), name
     for name in ("val_acc", "val_loss"):
         assert {name, f"{name}/node_std", f"{name}/avg_model"} <= set(first)
+    # summary.json of the fit, rewritten by the validation that followed it: the node-level values are in it
+    t.validate(module, DataLoader(test, batch_size=16), verbose=False)
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["nodes"] == n and written["rounds"] == 4 and written["validated_step"] == 4
+    for name in ("val_acc", "val_acc/node_std", "val_acc/avg_model"):
+        assert written["metrics"][name] == pytest.approx(float(t.callback_metrics[name])), name
+    assert written["metrics"]["val_acc"] == pytest.approx(first["val_acc"])
+    assert "val_acc (node mean)" in format_summary(written)
     # the node mean is the mean of the exported nodes' own accuracies
     accuracies = []
     for node in range(n):
