@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sys
 import zipfile
-from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -84,8 +83,8 @@ class MosaicCLI(LightningCLI):
         trainer, summary = self.trainer, self._summary
         if summary.validated_step != trainer.global_step or "val/loss" not in trainer.callback_metrics:
             trainer.validate(self.model, datamodule=self.datamodule, verbose=False)  # rewrites summary.json
+        path = summary.directory(trainer) / SUMMARY_FILE  # on every rank (a collective)
         if trainer.is_global_zero and summary.summary is not None:
-            path = Path(trainer.log_dir or trainer.default_root_dir) / SUMMARY_FILE
             print(f"\nMosaic Learning summary ({path}):\n{format_summary(summary.summary)}", flush=True)
 
 

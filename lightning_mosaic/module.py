@@ -100,7 +100,7 @@ class MosaicModule(LightningModule):
         seed: Seed of the model initialization.
         loss: One node's loss ``(output, target) -> scalar tensor``; default: cross-entropy (see above).
         metrics: torchmetrics metrics by name (or a ``MetricCollection``), computed per node and for the averaged
-            model; default: accuracy when ``loss`` is not given, none otherwise.
+            model, in addition to the loss (and, with the default loss, accuracy).
 
     Gradient clipping (``Trainer(gradient_clip_val=...)``) is applied per node: with ``"norm"`` each node's gradient
     row is rescaled to at most the given L2 norm; ``"value"`` clamps elementwise.
@@ -460,7 +460,7 @@ class MosaicModule(LightningModule):
         task's own vectorized metrics (see :class:`~lightning_mosaic.tasks.RatingModule`)."""
         n = self.num_nodes
         states: dict[str, nn.Module] = {"node_loss": NodeMean(n)}
-        if self.loss is None and not self.user_metrics:
+        if self.loss is None:
             states.update({"node_acc": NodeMean(n), "avg_acc": NodeMean(1)})
         for name, metric in self.user_metrics.items():
             states[f"user_{name}"] = PerNodeMetric(metric, n)

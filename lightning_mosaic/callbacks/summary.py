@@ -87,14 +87,21 @@ class MosaicSummary(Callback):
         """Build the summary from the trainer's current metrics, write it and print it (as configured)."""
         self.summary = run_summary(trainer, pl_module, trainer.callback_metrics, self.fit_seconds, self.train_seconds)
         self.summary["validated_step"] = self.validated_step
+        directory = self.directory(trainer)  # on every rank: trainer.log_dir is a collective in multi-process runs
         if trainer.is_global_zero:
             if self.write:
-                path = write_summary(self.summary, trainer.log_dir or trainer.default_root_dir)
+                path = write_summary(self.summary, directory)
                 if self.print_table:
                     print(f"\nMosaic Learning summary ({path}):\n{format_summary(self.summary)}", flush=True)
             elif self.print_table:
                 print(f"\nMosaic Learning summary:\n{format_summary(self.summary)}", flush=True)
         return self.summary
+
+    @staticmethod
+    def directory(trainer: Trainer) -> Path:
+        """Where ``summary.json`` goes: ``trainer.log_dir``, else ``default_root_dir``. Every rank must call it
+        (``trainer.log_dir`` broadcasts rank 0's in multi-process runs)."""
+        return Path(trainer.log_dir or trainer.default_root_dir)
 
     def state_dict(self) -> dict[str, Any]:
         return {"train_seconds": self.train_seconds, "batches": self.batches, "fit_seconds": self.fit_seconds}
