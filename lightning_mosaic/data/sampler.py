@@ -11,14 +11,9 @@ import torch
 from torch.utils.data import DataLoader, Sampler, default_collate
 
 from lightning_mosaic._validation import check_int as _check_int
+from lightning_mosaic.seeding import SAMPLER_STREAM, derive_seed
 
 __all__ = ["NodeBatchSampler", "NodeBatchCollate", "NodeDataLoader"]
-
-
-def _pass_seed(seed: int, node: int, pass_index: int) -> int:
-    """Deterministic 63-bit seed for pass ``pass_index`` of node ``node``'s stream."""
-    state = np.random.SeedSequence([seed, node, pass_index]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
 
 
 class NodeBatchSampler(Sampler[list[int]]):
@@ -28,10 +23,10 @@ class NodeBatchSampler(Sampler[list[int]]):
     so that :class:`NodeBatchCollate` can reshape the collated ``(n * B, ...)`` tensors into ``(n, B, ...)``.
 
     Node ``i`` reads an infinite stream made of successive permutations of its own shard: pass ``p`` is the
-    shard permuted by ``torch.randperm`` under a ``torch.Generator`` seeded from
-    ``np.random.SeedSequence([seed, i, p])``. A node therefore sees every index of its shard once before any
-    repeats, and a shard smaller than ``B`` simply wraps into its next pass. Nodes never wait for one another:
-    each keeps drawing from its own shard whatever its size.
+    shard permuted by ``torch.randperm`` under a ``torch.Generator`` seeded with
+    :func:`~lightning_mosaic.seeding.derive_seed` ``(seed, SAMPLER_STREAM, i, p)``. A node therefore sees every
+    index of its shard once before any repeats, and a shard smaller than ``B`` simply wraps into its next pass.
+    Nodes never wait for one another: each keeps drawing from its own shard whatever its size.
 
     The sampler is stateless apart from the epoch: with ``L = len(self)``, batch ``t`` of epoch ``e`` covers
     stream positions ``[(e * L + t) * B, (e * L + t + 1) * B)`` of every node. Consecutive epochs continue the
@@ -150,7 +145,7 @@ class NodeBatchSampler(Sampler[list[int]]):
 
     def _pass(self, node: int, pass_index: int) -> np.ndarray:
         shard = self._shards[node]
-        generator = torch.Generator().manual_seed(_pass_seed(self.seed, node, pass_index))
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, SAMPLER_STREAM, node, pass_index))
         order = torch.randperm(len(shard), generator=generator).numpy()
         return shard[order]
 
