@@ -11,6 +11,7 @@ from typing import Any
 
 from lightning_mosaic.distributed.exchange import ExchangeStats, ShardedMixer
 from lightning_mosaic.distributed.sharding import (
+    ShardedConsensusDistance,
     distributed_world,
     global_consensus_distance,
     global_row_mean,
@@ -20,6 +21,7 @@ from lightning_mosaic.distributed.sharding import (
 __all__ = [
     "ExchangeStats",
     "MosaicStrategy",
+    "ShardedConsensusDistance",
     "ShardedMixer",
     "distributed_world",
     "global_consensus_distance",
