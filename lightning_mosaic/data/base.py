@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_mosaic.data.partition import _check_int, _resolve_alpha, dirichlet_partition
 from lightning_mosaic.data.sampler import NodeBatchCollate, NodeBatchSampler, NodeDataLoader
-from lightning_mosaic.distributed.sharding import node_bounds
+from lightning_mosaic.distributed.strategy import local_nodes
 
 __all__ = ["NodeDataModule"]
 
@@ -217,13 +217,8 @@ class NodeDataModule(pl.LightningDataModule):
         )
 
     def _local_nodes(self) -> range:
-        """The nodes this process trains: all n, or its block in a multi-process run (see ``node_bounds``)."""
-        trainer = getattr(self, "trainer", None)
-        world = 1 if trainer is None else trainer.world_size
-        if world == 1:
-            return range(self.num_nodes)
-        bounds = node_bounds(self.num_nodes, world)
-        return range(bounds[trainer.global_rank], bounds[trainer.global_rank + 1])
+        """The nodes this process trains: all n, or the strategy's block in a multi-process run."""
+        return local_nodes(getattr(self, "trainer", None), self.num_nodes)
 
     def _trained_batches(self) -> int:
         """Batches of the current epoch already trained on (Lightning's progress tracking), for exact resume."""

@@ -1,8 +1,8 @@
 """Multi-process Mosaic Learning on ``torch.distributed``: node sharding, cross-rank mixing and the strategy.
 
 ``sharding`` and ``exchange`` are pure ``torch.distributed`` code; ``strategy`` is the Lightning glue
-(``MosaicStrategy``, registered as ``Trainer(strategy="mosaic")``). The strategy is imported lazily so that the pure
-parts do not import Lightning.
+(``MosaicStrategy``, registered as ``Trainer(strategy="mosaic")``, and ``local_nodes(trainer, num_nodes)``, the
+nodes a process holds). They are imported lazily so that the pure parts do not import Lightning.
 """
 
 from __future__ import annotations
@@ -26,13 +26,16 @@ __all__ = [
     "distributed_world",
     "global_consensus_distance",
     "global_row_mean",
+    "local_nodes",
     "node_bounds",
 ]
 
+_STRATEGY_NAMES = ("MosaicStrategy", "local_nodes")
+
 
 def __getattr__(name: str) -> Any:
-    if name == "MosaicStrategy":
-        from lightning_mosaic.distributed.strategy import MosaicStrategy
+    if name in _STRATEGY_NAMES:
+        from lightning_mosaic.distributed import strategy
 
-        return MosaicStrategy
+        return getattr(strategy, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
