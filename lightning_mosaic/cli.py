@@ -58,6 +58,8 @@ class MosaicCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(MosaicGossip, "gossip")
+        # Each process reads its own nodes' data: Lightning must not add a DistributedSampler (MosaicStrategy).
+        parser.set_defaults({"trainer.use_distributed_sampler": False})
         parser.link_arguments("data.init_args.num_nodes", "model.init_args.num_nodes")
 
     def before_fit(self) -> None:

@@ -302,6 +302,12 @@ def test_a_rank_that_dies_or_hangs_fails_the_others_naming_it_and_the_round(faul
         assert rank1.returncode == 3
 
 
+def test_lightning_may_not_inject_a_distributed_sampler():
+    for result in _launch_worker("--use-distributed-sampler", timeout=240):
+        assert result.returncode != 0
+        assert "ValueError: Trainer(strategy='mosaic') needs Trainer(use_distributed_sampler=False)" in result.stderr
+
+
 def test_ranks_started_with_different_settings_are_refused():
     results = _launch_worker("--fragments", "4", "--fragments-on-rank-1", "2", timeout=240)
     for result in results:

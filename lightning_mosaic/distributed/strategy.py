@@ -45,9 +45,12 @@ class MosaicStrategy(DDPStrategy):
     - Any other ``LightningModule`` is one node per process (n = w). If ``broadcast_init`` (default), rank 0's
       initial parameters and buffers are broadcast once at the start of a fresh fit, on purpose: EL and Mosaic
       Learning start every node from the same model.
-    - No ``DistributedSampler`` is injected into the dataloaders: each process reads what its nodes own
+    - No ``DistributedSampler`` may be injected into the dataloaders: each process reads what its nodes own
       (:class:`~lightning_mosaic.data.NodeDataModule` does this for a ``MosaicModule``; use
-      :class:`~lightning_mosaic.data.NodeShardSampler` in your own dataloader otherwise).
+      :class:`~lightning_mosaic.data.NodeShardSampler` in your own dataloader otherwise), and every process evaluates
+      its nodes on the whole test set. Create the Trainer with ``use_distributed_sampler=False`` (the ``mosaic``
+      command does); otherwise the first dataloader Lightning would wrap raises a ``ValueError`` saying so (see
+      :attr:`distributed_sampler_kwargs`). A ``DistributedSampler`` you put into your own dataloader is yours.
     - Checkpoints: every rank's model and optimizer states are gathered to rank 0 and written in one file under
       ``"mosaic_rank_states"``; on load, each rank takes its own. Resume with the same number of processes.
 
@@ -121,8 +124,6 @@ class MosaicStrategy(DDPStrategy):
     def setup(self, trainer: Trainer) -> None:
         assert self.accelerator is not None and self.model is not None
         self.accelerator.setup(trainer)
-        # Which samples a process trains on is decided by its nodes, never by a DistributedSampler.
-        trainer._accelerator_connector.use_distributed_sampler = False
         fitting = trainer.state.fn == TrainerFn.FITTING
         self.precision_plugin.convert_module(self.model)
         self.model_to_device()
@@ -141,6 +142,22 @@ class MosaicStrategy(DDPStrategy):
         with torch.no_grad():
             for tensor in [*module.parameters(), *module.buffers()]:
                 dist.broadcast(tensor.data, src=0)
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, Any]:
+        """Never available: Lightning reads it only to wrap a dataloader's sampler in a ``DistributedSampler``.
+
+        That wrapping would split every dataloader, the evaluation set included, over the processes, while each
+        process must read the data of its own nodes (and all of the test set).
+
+        Raises:
+            ValueError: Always, asking for ``Trainer(use_distributed_sampler=False)``.
+        """
+        raise ValueError(
+            "Trainer(strategy='mosaic') needs Trainer(use_distributed_sampler=False): each process reads the data "
+            "of its own nodes (NodeDataModule, or NodeShardSampler in your own dataloader) and evaluates them on the "
+            "whole test set, so Lightning must not split the dataloaders over the processes with a DistributedSampler"
+        )
 
     # -- checkpoints hold every rank's nodes --------------------------------------------------------------------
 
