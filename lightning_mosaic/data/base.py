@@ -212,7 +212,7 @@ class NodeDataModule(pl.LightningDataModule):
             self.train_dataset,
             batch_sampler=sampler,
             collate_fn=NodeBatchCollate(len(nodes)),
-            position=self._trained_batches,
+            steps=self._optimizer_steps,
             **self._loader_kwargs(),
         )
 
@@ -220,12 +220,13 @@ class NodeDataModule(pl.LightningDataModule):
         """The nodes this process trains: all n, or the strategy's block in a multi-process run."""
         return local_nodes(getattr(self, "trainer", None), self.num_nodes)
 
-    def _trained_batches(self) -> int:
-        """Batches of the current epoch already trained on (Lightning's progress tracking), for exact resume."""
+    def _optimizer_steps(self) -> tuple[int, int]:
+        """``(trainer.global_step, trainer.accumulate_grad_batches)``, from which :class:`NodeDataLoader` counts the
+        batches trained on for exact resume; ``(0, 1)`` outside a trainer."""
         trainer = getattr(self, "trainer", None)
         if trainer is None:
-            return 0
-        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+            return 0, 1
+        return trainer.global_step, trainer.accumulate_grad_batches
 
     def _eval_loader(self) -> DataLoader:
         self._require_setup("val_dataloader()")
