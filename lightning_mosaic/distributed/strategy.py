@@ -12,8 +12,7 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
-from lightning.fabric.utilities.apply_func import apply_to_collection
-from lightning.fabric.utilities.optimizer import _optimizers_to_device
+from lightning.fabric.utilities.apply_func import apply_to_collection, move_data_to_device
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from lightning.pytorch.trainer.states import TrainerFn
@@ -131,7 +130,7 @@ class MosaicStrategy(DDPStrategy):
             self.setup_optimizers(trainer)
         self.setup_precision_plugin()
         if fitting:
-            _optimizers_to_device(self.optimizers, self.root_device)
+            _optimizer_states_to_device(self.optimizers, self.root_device)
             if self.broadcast_init and trainer.ckpt_path is None:
                 self._broadcast_initial_model()
 
@@ -203,6 +202,16 @@ class MosaicStrategy(DDPStrategy):
                 description=f"Decentralized training, no gradient all-reduce (start_method={start_method!r})",
                 start_method=start_method,
             )
+
+
+def _optimizer_states_to_device(optimizers: list[Any], device: torch.device) -> None:
+    """Move every optimizer's per-parameter state to ``device``, except ``step`` (where torch's optimizers want it)."""
+    for optimizer in optimizers:
+        for state in optimizer.state.values():
+            if isinstance(state, dict):
+                for key, value in state.items():
+                    if key != "step":
+                        state[key] = move_data_to_device(value, device)
 
 
 def local_nodes(trainer: Trainer | None, num_nodes: int) -> range:
