@@ -36,8 +36,9 @@ class MosaicStrategy(DDPStrategy):
     is what :class:`~lightning_mosaic.callbacks.MosaicGossip` sends (and metric reductions).
 
     - The strategy decides which nodes each process holds: of n nodes, rank r of w holds :meth:`node_block`,
-      ``[floor(r n / w), floor((r + 1) n / w))`` (:func:`~lightning_mosaic.distributed.node_bounds`); the module,
-      the datamodule and the gossip ask it through :func:`local_nodes`.
+      ``[floor(r n / w), floor((r + 1) n / w))`` (:func:`~lightning_mosaic.distributed.node_bounds`); the module
+      and the datamodule ask it through :func:`local_nodes` (the gossip's
+      :class:`~lightning_mosaic.distributed.ShardedMixer` takes every rank's block from the same ``node_bounds``).
     - A module that holds its own node rows, i.e. has a ``gossip_parameters`` attribute (the ``(m, d)`` rows of its
       nodes, as :class:`~lightning_mosaic.MosaicModule`), initializes them from its own seed, identically on every
       rank, so nothing is broadcast.
@@ -217,7 +218,7 @@ def _optimizer_states_to_device(optimizers: list[Any], device: torch.device) -> 
 def local_nodes(trainer: Trainer | None, num_nodes: int) -> range:
     """The nodes of ``num_nodes`` this process holds: all of them in one process, else the strategy's block.
 
-    The one place that answers it for the module, the datamodule and the gossip.
+    The one place that answers it for the module and the datamodule.
 
     Args:
         trainer: The running trainer, or ``None`` (outside a trainer: one process).
