@@ -11,7 +11,8 @@ with ``--num-machines 2 --devices 8`` and Lightning's usual ``MASTER_ADDR``, ``M
 environment variables (or under torchrun / SLURM, which set them).
 
 What makes it decentralized are three lines: ``strategy="mosaic"`` (processes like DDP, but no gradient
-all-reduce), ``MosaicGossip(...)`` in the callbacks, and ``NodeShardSampler`` giving process r node r's shard.
+all-reduce; with ``use_distributed_sampler=False``, so that Lightning leaves the sampler alone), ``MosaicGossip(...)``
+in the callbacks, and ``NodeShardSampler`` giving process r node r's shard.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ def main() -> None:
         devices=args.devices,
         num_nodes=args.num_machines,
         strategy="mosaic",  # lightning_mosaic.MosaicStrategy, registered when lightning_mosaic is imported
+        use_distributed_sampler=False,  # each process reads its own node's shard (NodeShardSampler)
         max_steps=args.max_steps,
         val_check_interval=50,
         check_val_every_n_epoch=None,

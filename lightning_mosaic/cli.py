@@ -43,20 +43,38 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
 class MosaicCLI(LightningCLI):
     """LightningCLI with a ``gossip`` group and the end-of-fit summary."""
 
-    def _parse_ckpt_path(self) -> None:
-        """Check a local ``--ckpt_path`` file (clear error for a missing or truncated file).
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse the command line into ``self.config``, then check a local ``--ckpt_path`` file.
 
-        Unlike LightningCLI, the model's hyperparameters are *not* read back from the checkpoint into the config:
-        the config is the source of truth, and a checkpoint of another configuration is refused when it is loaded
+        A missing or truncated file is refused here, naming it, before any class is instantiated or anything is
+        written. The config is the source of truth: LightningCLI would read the checkpoint's hyperparameters back
+        into the config right after this method, so the path is held back until :meth:`before_instantiate_classes`
+        puts it back; a checkpoint of another configuration is refused when it is loaded
         (``MosaicModule.on_load_checkpoint``, ``MosaicGossip.on_load_checkpoint``), naming the mismatch.
+
+        Raises:
+            FileNotFoundError: If ``--ckpt_path`` names a local file that does not exist.
+            ValueError: If that file is truncated or not a PyTorch checkpoint.
         """
+        super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and str(ckpt_path) not in ("last", "best", "hpc", "registry") and "://" not in str(ckpt_path):
+        self._held_ckpt_path = ckpt_path
+        if not ckpt_path:
+            return
+        if str(ckpt_path) not in ("last", "best", "hpc", "registry") and "://" not in str(ckpt_path):
             check_checkpoint_file(ckpt_path)
+        self.config[subcommand]["ckpt_path"] = None
+
+    def before_instantiate_classes(self) -> None:
+        """Put back the ``--ckpt_path`` that :meth:`parse_arguments` held back."""
+        if self._held_ckpt_path:
+            self.config[self.config["subcommand"]]["ckpt_path"] = self._held_ckpt_path
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(MosaicGossip, "gossip")
+        # Each process reads its own nodes' data: Lightning must not add a DistributedSampler (MosaicStrategy).
+        parser.set_defaults({"trainer.use_distributed_sampler": False})
         parser.link_arguments("data.init_args.num_nodes", "model.init_args.num_nodes")
 
     def before_fit(self) -> None:

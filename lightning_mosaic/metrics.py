@@ -1,4 +1,9 @@
-"""Node-level evaluation metrics (torchmetrics), as defined by Mosaic Learning (arXiv 2602.04352, Section 5)."""
+"""Node-level evaluation metrics (torchmetrics), as defined by Mosaic Learning (arXiv 2602.04352, Section 5).
+
+``ConsensusDistance`` here is :class:`~lightning_mosaic.distributed.sharding.ShardedConsensusDistance`: the one
+consensus-distance computation (:class:`~lightning_mosaic.gossip.metrics.ConsensusDistance`) over rows that may be
+spread over processes.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,10 @@ from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
 from lightning_mosaic._validation import check_int
+from lightning_mosaic.distributed.sharding import ShardedConsensusDistance as ConsensusDistance
 from lightning_mosaic.distributed.sharding import all_reduce_sum
+
+__all__ = ["ConsensusDistance", "NodeMean", "PerNodeMetric", "own_copy"]
 
 
 class NodeMean(Metric):
@@ -64,43 +72,6 @@ class NodeMean(Metric):
     def compute(self) -> Tensor:
         """``(n,)`` float64 mean per node."""
         return self.total / self.count.clamp_min(1)
-
-
-class ConsensusDistance:
-    """:func:`~lightning_mosaic.distributed.global_consensus_distance` with a float64 workspace kept across calls.
-
-    The same numbers, bit for bit (the same float64 operations in the same order), but computed in place in one
-    ``(m, d)`` float64 buffer allocated at the first call instead of three fresh ``(m, d)`` float64 temporaries per
-    call (the conversion, ``x - x_bar`` and its square). On CPU every fresh large tensor is new memory from the
-    operating system, whose page faults cost more than the arithmetic: 15-20 ms per call at n = 16, d = 55,125 on
-    the 2-core benchmark machine, against about 1.5 ms with the workspace.
-
-    Memory: ``8 m d`` bytes while the object lives (a row subset, e.g. without isolated nodes, uses the leading rows).
-    """
-
-    def __init__(self) -> None:
-        self._workspace: Tensor | None = None
-
-    def __call__(self, rows: Tensor, num_nodes: int, *, sharded: bool | None = None) -> Tensor:
-        """Consensus distance ``(1/n) sum_i ||x_i - x_bar||^2`` of ``rows`` ``(m, d)``; see
-        :func:`~lightning_mosaic.distributed.global_consensus_distance` for ``num_nodes`` and ``sharded`` (with a
-        shard, every rank must call it: two all-reduces)."""
-        from lightning_mosaic.distributed.sharding import all_reduce_sum
-
-        m = rows.shape[0]
-        ws = self._workspace
-        if ws is None or ws.shape[0] < m or ws.shape[1:] != rows.shape[1:] or ws.device != rows.device:
-            ws = self._workspace = torch.empty(rows.shape, dtype=torch.float64, device=rows.device)
-        x = ws[:m]  # leading rows of a contiguous buffer: contiguous, so the sums run in the same order
-        x.copy_(rows.detach())
-        if sharded is None:
-            sharded = m < num_nodes
-        column_sum = x.sum(dim=0)
-        mean = (all_reduce_sum(column_sum) if sharded else column_sum) / num_nodes
-        total = x.sub_(mean).square_().sum()
-        if sharded:
-            total = all_reduce_sum(total)
-        return (total / num_nodes).to(rows.dtype)
 
 
 def own_copy(metric: Metric | MetricCollection) -> Metric | MetricCollection:

@@ -16,8 +16,8 @@ from torch.optim import Optimizer
 from torchmetrics import Metric, MetricCollection
 
 from lightning_mosaic._validation import check_int
-from lightning_mosaic.distributed.sharding import global_consensus_distance, node_bounds
-from lightning_mosaic.distributed.strategy import RANK_STATES_KEY, check_multiprocess_module
+from lightning_mosaic.distributed.sharding import global_consensus_distance
+from lightning_mosaic.distributed.strategy import check_single_process_checkpoint, local_nodes
 from lightning_mosaic.metrics import NodeMean, PerNodeMetric
 from lightning_mosaic.node_module import EPOCH_HOOKS, LightningNodes, is_lightning_module, step_loss
 from lightning_mosaic.replicas import EXECUTIONS, ReplicaStack, default_execution, select_node
@@ -272,12 +272,9 @@ class MosaicModule(LightningModule):
                 f"the datamodule {type(datamodule).__name__} splits the data over num_nodes={data_nodes} nodes but "
                 f"the MosaicModule has num_nodes={self.num_nodes}; use the same n for both"
             )
-        check_multiprocess_module(self.trainer, self)
-        world = self.trainer.world_size
-        if world > 1 and not self.sharded:
-            bounds = node_bounds(self.num_nodes, world)
-            rank = self.trainer.global_rank
-            self.replicas.shard(bounds[rank], bounds[rank + 1])
+        nodes = local_nodes(self.trainer, self.num_nodes)  # refuses several processes without MosaicStrategy
+        if len(nodes) < self.num_nodes and not self.sharded:
+            self.replicas.shard(nodes.start, nodes.stop)
         if self.node_module is not None:
             self.node_module.trainer = self.trainer  # its steps read self.trainer, self.global_step, ...
             if self._nodes is None:
@@ -306,12 +303,7 @@ class MosaicModule(LightningModule):
             ValueError: Naming the checkpoint's and this module's n and d, or the number of processes that wrote a
                 multi-process checkpoint loaded in one process.
         """
-        ranks = checkpoint.get(RANK_STATES_KEY)  # MosaicStrategy takes it out; still here means one process
-        if ranks is not None:
-            raise ValueError(
-                f"the checkpoint holds the nodes of {ranks['world_size']} process(es), this run has 1; resume with "
-                "Trainer(strategy='mosaic') and the same number of processes"
-            )
+        check_single_process_checkpoint(checkpoint)
         saved = checkpoint.get("state_dict", {}).get("replicas.flat")
         if saved is not None and tuple(saved.shape) != tuple(self.replicas.flat.shape):
             (n, d), (sn, sd) = self.replicas.flat.shape, saved.shape

@@ -18,15 +18,12 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from lightning_mosaic._validation import check_int
-from lightning_mosaic.gossip.protocol import derive_seed
+from lightning_mosaic.seeding import INIT_STREAM, derive_seed
 
 Execution = Literal["auto", "vmap", "loop"]
 EXECUTIONS: tuple[str, ...] = get_args(Execution)
 Init = Literal["same", "independent"]
 INITS: tuple[str, ...] = get_args(Init)
-
-INIT_STREAM = 2
-"""Random stream (see :func:`~lightning_mosaic.gossip.derive_seed`) of replica initialization."""
 
 
 def default_execution(device: torch.device, model: nn.Module) -> str:

@@ -2,7 +2,8 @@
 ``tests/test_distributed.py``: rank and world come from RANK/LOCAL_RANK/WORLD_SIZE/MASTER_* in the environment.
 
 It trains 4 digits nodes (MosaicModule) over the processes with MosaicGossip, and can inject faults on rank 1:
-different gossip settings, dying (``os._exit``) or hanging at a given step.
+different gossip settings, dying (``os._exit``) or hanging at a given step; or leave Lightning's DistributedSampler
+injection on (refused by the strategy).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--fault", choices=("none", "die", "hang"), default="none")
     parser.add_argument("--fault-step", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--use-distributed-sampler", action="store_true", help="leave Lightning's default on")
     args = parser.parse_args()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     fragments = args.fragments_on_rank_1 if rank == 1 and args.fragments_on_rank_1 else args.fragments
@@ -48,6 +50,7 @@ def main() -> None:
         accelerator="cpu",
         devices=world,
         strategy=MosaicStrategy(timeout=args.timeout),
+        use_distributed_sampler=args.use_distributed_sampler,
         max_steps=12,
         limit_val_batches=0,
         logger=False,

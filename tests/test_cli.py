@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from lightning_mosaic import MosaicGossip, MosaicModule
 from lightning_mosaic.cli import MosaicCLI, main
@@ -140,9 +141,13 @@ def test_resume_from_the_command_line_and_truncated_checkpoint(tmp_path, capsys)
     base += ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
     main(base + ["--trainer.max_steps", "60"])
     (ckpt,) = (tmp_path / "runs").glob("quickstart/version_0/checkpoints/*.ckpt")
-    main(base + ["--trainer.max_steps", "80", "--ckpt_path", str(ckpt)])
+    # the config, not the checkpoint's hyperparameters, is the source of truth (execution is not in the checkpoint)
+    main(base + ["--trainer.max_steps", "80", "--ckpt_path", str(ckpt), "--model.init_args.execution", "loop"])
     (summary,) = (tmp_path / "runs").glob("quickstart/version_1/summary.json")
     assert json.loads(summary.read_text())["rounds"] == 80  # the gossip round counter came back with the state
+    (resumed,) = (tmp_path / "runs").glob("quickstart/version_1/checkpoints/*.ckpt")
+    assert torch.load(resumed, weights_only=True)["hyper_parameters"]["execution"] == "loop"
+    assert f"ckpt_path: {ckpt}" in (tmp_path / "runs" / "quickstart" / "version_1" / "config.yaml").read_text()
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(ckpt.read_bytes()[:50_000])
     capsys.readouterr()

@@ -244,8 +244,16 @@ def test_node_data_loader_resumes_inside_an_epoch():
     sampler = NodeBatchSampler([list(range(0, 20)), list(range(20, 40))], batch_size=2, seed=0, num_batches=5)
     sampler.set_epoch(1)
     reference = [batch.tolist() for batch in NodeDataLoader(data, batch_sampler=sampler)]
-    loader = NodeDataLoader(data, batch_sampler=sampler, position=lambda: 3)
-    assert loader.state_dict() == {"epoch": 1, "batches": 3}
+    steps = [10, 2]  # (optimizer steps, batches per step)
+    loader = NodeDataLoader(data, batch_sampler=sampler, steps=lambda: tuple(steps))
+    assert loader.state_dict() == {"epoch": 1, "batches": 0}  # not iterated yet
+    iterator = iter(loader)  # the epoch starts at step 10
+    next(iterator)
+    steps[0] = 11  # one optimizer step of 2 batches (the second batch is only prefetched by Lightning)
+    assert loader.state_dict() == {"epoch": 1, "batches": 2}
+    steps[0] = 13
+    assert loader.state_dict() == {"epoch": 1, "batches": 5}  # at most the epoch's length
+    del iterator
     loader.load_state_dict({"epoch": 1, "batches": 3})
     assert [batch.tolist() for batch in loader] == reference[3:]
     assert [batch.tolist() for batch in loader] == reference  # the offset applies to one iteration only

@@ -44,6 +44,33 @@ def test_node_bounds_are_balanced_blocks():
         node_bounds(4, 5)
 
 
+def test_the_strategy_says_which_nodes_a_process_holds():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from lightning_mosaic.distributed import local_nodes
+    from lightning_mosaic.distributed.strategy import MosaicStrategy
+
+    blocks = [MosaicStrategy.node_block(SimpleNamespace(world_size=3, global_rank=r), 16) for r in range(3)]
+    assert blocks == [range(0, 5), range(5, 10), range(10, 16)]
+    assert local_nodes(None, 7) == range(7)
+    assert local_nodes(SimpleNamespace(world_size=1), 7) == range(7)
+    mosaic = MosaicStrategy()
+    assert local_nodes(SimpleNamespace(world_size=1, strategy=mosaic), 7) == range(7)
+    ddp = SimpleNamespace(world_size=2, strategy=DDPStrategy())
+    with pytest.raises(ValueError, match=r"7 nodes over 2 processes need Trainer\(strategy='mosaic'\).*DDPStrategy"):
+        local_nodes(ddp, 7)
+
+
+def test_a_multi_process_checkpoint_is_refused_in_one_process():
+    from lightning_mosaic.distributed.strategy import RANK_STATES_KEY, check_single_process_checkpoint
+
+    check_single_process_checkpoint({"state_dict": {}})
+    with pytest.raises(ValueError, match=r"holds the nodes of 2 process\(es\), this run has 1"):
+        check_single_process_checkpoint({RANK_STATES_KEY: {"world_size": 2, "states": []}})
+
+
 def test_strategy_is_registered_and_validates_timeout():
     from lightning.pytorch.strategies import StrategyRegistry
 
@@ -273,6 +300,12 @@ def test_a_rank_that_dies_or_hangs_fails_the_others_naming_it_and_the_round(faul
     )
     if fault == "die":
         assert rank1.returncode == 3
+
+
+def test_lightning_may_not_inject_a_distributed_sampler():
+    for result in _launch_worker("--use-distributed-sampler", timeout=240):
+        assert result.returncode != 0
+        assert "ValueError: Trainer(strategy='mosaic') needs Trainer(use_distributed_sampler=False)" in result.stderr
 
 
 def test_ranks_started_with_different_settings_are_refused():

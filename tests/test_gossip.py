@@ -297,6 +297,26 @@ def test_consensus_distance():
     assert consensus_distance(torch.ones(5, 3)).item() == 0.0
 
 
+def test_consensus_distance_has_one_implementation():
+    """The pure function, the workspace object and the sharded entry compute the same numbers, bit for bit."""
+    from lightning_mosaic.distributed import global_consensus_distance
+    from lightning_mosaic.gossip.metrics import ConsensusDistance
+    from lightning_mosaic.metrics import ConsensusDistance as ModuleConsensusDistance
+
+    workspace, sharded = ConsensusDistance(), ModuleConsensusDistance()
+    for shape, dtype in (((16, 1000), torch.float32), ((3, 7), torch.float64), ((5, 4), torch.float32)):
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(shape[1]), dtype=dtype)
+        expected = consensus_distance(x)
+        assert expected.dtype == dtype
+        assert torch.equal(workspace(x), expected)
+        assert torch.equal(sharded(x, shape[0]), expected)
+        assert torch.equal(global_consensus_distance(x, shape[0]), expected)
+    with pytest.raises(ValueError, match="needs an all_reduce"):
+        workspace(torch.zeros(2, 3), 4)
+    with pytest.raises(ValueError, match=r"params must be an \(n, d\) matrix"):
+        consensus_distance(torch.zeros(3))
+
+
 @pytest.mark.parametrize("k", [1, 2, 5, 37])
 def test_values_sent_per_node_is_s_times_d_whatever_k(k):
     n, s, d = 9, 4, 37

@@ -304,14 +304,16 @@ def test_checkpoint_of_another_configuration_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("stop", "saved_by"),
+    ("stop", "saved_by", "accumulate"),
     [
-        (9, "every_n_train_steps"),  # mid-epoch (epochs of 6 batches)
-        (10, "every_n_train_steps"),
-        (9, "max_steps"),  # fit stopped by max_steps mid-epoch: Lightning saves at its (cut short) epoch end
+        (9, "every_n_train_steps", 1),  # mid-epoch (epochs of 6 batches)
+        (10, "every_n_train_steps", 1),
+        (9, "max_steps", 1),  # fit stopped by max_steps mid-epoch: Lightning saves at its (cut short) epoch end
+        (4, "every_n_train_steps", 2),  # 2 batches per optimizer step: step 4 is batch 2 of the second epoch
+        (5, "every_n_train_steps", 4),  # epochs of 6 batches = steps of 4 + 2 batches: step 5 ends batch 4 of epoch 2
     ],
 )
-def test_mid_epoch_resume_is_bit_identical(tmp_path, stop, saved_by):
+def test_mid_epoch_resume_is_bit_identical(tmp_path, stop, saved_by, accumulate):
     """Interrupted at step ``stop`` and resumed with fit(ckpt_path=...): same data order, parameters, gossip."""
 
     def run(max_steps, ckpt_path=None, save_at=None):
@@ -326,7 +328,14 @@ def test_mid_epoch_resume_is_bit_identical(tmp_path, stop, saved_by):
             every = save_at if saved_by == "every_n_train_steps" else None
             callbacks.append(ModelCheckpoint(dirpath=tmp_path / "mid", every_n_train_steps=every, save_top_k=-1))
         module = MosaicModule(MLP, 8, optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
-        t = trainer(tmp_path, max_steps, callbacks, limit_val_batches=0, enable_checkpointing=bool(save_at))
+        t = trainer(
+            tmp_path,
+            max_steps,
+            callbacks,
+            limit_val_batches=0,
+            enable_checkpointing=bool(save_at),
+            accumulate_grad_batches=accumulate,
+        )
         t.fit(module, digits(steps_per_epoch=6), ckpt_path=ckpt_path)
         return seen, module.gossip_parameters.detach().clone()
 
@@ -334,7 +343,9 @@ def test_mid_epoch_resume_is_bit_identical(tmp_path, stop, saved_by):
     run(stop, save_at=stop)
     (ckpt,) = (tmp_path / "mid").glob(f"*step={stop}.ckpt")
     resumed_batches, resumed = run(20, ckpt_path=ckpt)
-    assert resumed_batches == full_batches[stop:]  # the data order continues exactly
+    trained = len(full_batches) - len(resumed_batches)
+    assert trained == {1: stop, 2: 2 * stop, 4: 16}[accumulate]
+    assert resumed_batches == full_batches[trained:]  # the data order continues exactly
     torch.testing.assert_close(resumed, full, rtol=0, atol=0)
 
 

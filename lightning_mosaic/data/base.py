@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_mosaic.data.partition import _check_int, _resolve_alpha, dirichlet_partition
 from lightning_mosaic.data.sampler import NodeBatchCollate, NodeBatchSampler, NodeDataLoader
-from lightning_mosaic.distributed.sharding import node_bounds
+from lightning_mosaic.distributed.strategy import local_nodes
 
 if TYPE_CHECKING:
     from lightning_mosaic.data.datasets import LabelSource
@@ -388,25 +388,21 @@ class NodeDataModule(pl.LightningDataModule):
             self.train_dataset,
             batch_sampler=sampler,
             collate_fn=NodeBatchCollate(len(nodes), self.collate_fn),
-            position=self._trained_batches,
+            steps=self._optimizer_steps,
             **self._loader_kwargs(),
         )
 
     def _local_nodes(self) -> range:
-        """The nodes this process trains: all n, or its block in a multi-process run (see ``node_bounds``)."""
-        trainer = getattr(self, "trainer", None)
-        world = 1 if trainer is None else trainer.world_size
-        if world == 1:
-            return range(self.num_nodes)
-        bounds = node_bounds(self.num_nodes, world)
-        return range(bounds[trainer.global_rank], bounds[trainer.global_rank + 1])
+        """The nodes this process trains: all n, or the strategy's block in a multi-process run."""
+        return local_nodes(getattr(self, "trainer", None), self.num_nodes)
 
-    def _trained_batches(self) -> int:
-        """Batches of the current epoch already trained on (Lightning's progress tracking), for exact resume."""
+    def _optimizer_steps(self) -> tuple[int, int]:
+        """``(trainer.global_step, trainer.accumulate_grad_batches)``, from which :class:`NodeDataLoader` counts the
+        batches trained on for exact resume; ``(0, 1)`` outside a trainer."""
         trainer = getattr(self, "trainer", None)
         if trainer is None:
-            return 0
-        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+            return 0, 1
+        return trainer.global_step, trainer.accumulate_grad_batches
 
     def _eval_loader(self, dataset: Dataset | None = None) -> DataLoader:
         self._require_setup("val_dataloader()")

@@ -11,14 +11,9 @@ import torch
 from torch.utils.data import DataLoader, Sampler, default_collate
 
 from lightning_mosaic._validation import check_int as _check_int
+from lightning_mosaic.seeding import SAMPLER_STREAM, derive_seed
 
 __all__ = ["NodeBatchSampler", "NodeBatchCollate", "NodeDataLoader"]
-
-
-def _pass_seed(seed: int, node: int, pass_index: int) -> int:
-    """Deterministic 63-bit seed for pass ``pass_index`` of node ``node``'s stream."""
-    state = np.random.SeedSequence([seed, node, pass_index]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
 
 
 class NodeBatchSampler(Sampler[list[int]]):
@@ -28,10 +23,10 @@ class NodeBatchSampler(Sampler[list[int]]):
     so that :class:`NodeBatchCollate` can reshape the collated ``(n * B, ...)`` tensors into ``(n, B, ...)``.
 
     Node ``i`` reads an infinite stream made of successive permutations of its own shard: pass ``p`` is the
-    shard permuted by ``torch.randperm`` under a ``torch.Generator`` seeded from
-    ``np.random.SeedSequence([seed, i, p])``. A node therefore sees every index of its shard once before any
-    repeats, and a shard smaller than ``B`` simply wraps into its next pass. Nodes never wait for one another:
-    each keeps drawing from its own shard whatever its size.
+    shard permuted by ``torch.randperm`` under a ``torch.Generator`` seeded with
+    :func:`~lightning_mosaic.seeding.derive_seed` ``(seed, SAMPLER_STREAM, i, p)``. A node therefore sees every
+    index of its shard once before any repeats, and a shard smaller than ``B`` simply wraps into its next pass.
+    Nodes never wait for one another: each keeps drawing from its own shard whatever its size.
 
     The sampler is stateless apart from the epoch: with ``L = len(self)``, batch ``t`` of epoch ``e`` covers
     stream positions ``[(e * L + t) * B, (e * L + t + 1) * B)`` of every node. Consecutive epochs continue the
@@ -150,7 +145,7 @@ class NodeBatchSampler(Sampler[list[int]]):
 
     def _pass(self, node: int, pass_index: int) -> np.ndarray:
         shard = self._shards[node]
-        generator = torch.Generator().manual_seed(_pass_seed(self.seed, node, pass_index))
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, SAMPLER_STREAM, node, pass_index))
         order = torch.randperm(len(shard), generator=generator).numpy()
         return shard[order]
 
@@ -206,25 +201,49 @@ class NodeDataLoader(DataLoader):
     Lightning saves the ``state_dict`` of such a loader in the checkpoint and hands it back to
     ``load_state_dict`` before iterating again; the sampler then starts at the first batch not yet trained on.
 
+    The batches trained on in the current epoch are counted from optimizer steps: every iteration (epoch) records
+    its first batch and the step count at its start, and a step consumes ``batches_per_step`` batches (Lightning's
+    ``accumulate_grad_batches``), at most the epoch's length. This is exact whenever a checkpoint is written after an
+    optimizer step or at an epoch end (a step in the middle of gradient accumulation is not resumable anyway: the
+    accumulated gradients are not saved).
+
     Args:
         *args: As for ``DataLoader``; ``batch_sampler`` must be a :class:`NodeBatchSampler`.
-        position: Callable returning how many batches of the current epoch have been trained on (the datamodule
-            passes Lightning's ``fit_loop.epoch_loop.batch_progress.current.processed``); without it the state
-            records the epoch only.
+        steps: Callable returning ``(optimizer steps so far, batches per optimizer step)`` (the datamodule passes
+            ``(trainer.global_step, trainer.accumulate_grad_batches)``); without it the state records the epoch only.
         **kwargs: As for ``DataLoader``.
+
+    Raises:
+        TypeError: If ``batch_sampler`` is not a :class:`NodeBatchSampler`.
     """
 
-    def __init__(self, *args: Any, position: Callable[[], int] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, steps: Callable[[], tuple[int, int]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if not isinstance(self.batch_sampler, NodeBatchSampler):
             raise TypeError(f"batch_sampler must be a NodeBatchSampler, got {type(self.batch_sampler).__name__}")
-        self._position = position
+        self._steps = steps
+        self._epoch_start: tuple[int, int] | None = None  # (first batch, optimizer steps) of the current iteration
+
+    def __iter__(self) -> Any:
+        sampler = self.batch_sampler
+        assert isinstance(sampler, NodeBatchSampler)
+        if self._steps is not None:
+            self._epoch_start = (sampler.start_batch, self._steps()[0])  # read before the sampler clears start_batch
+        return super().__iter__()
+
+    def trained_batches(self) -> int:
+        """Batches of the current epoch trained on so far (0 before the first iteration or without ``steps``)."""
+        if self._steps is None or self._epoch_start is None:
+            return 0
+        first, steps_at_start = self._epoch_start
+        steps, batches_per_step = self._steps()
+        return min(len(self.batch_sampler), first + (steps - steps_at_start) * batches_per_step)
 
     def state_dict(self) -> dict[str, int]:
         """``{"epoch": e, "batches": k}``: k batches of epoch e have been trained on."""
         sampler = self.batch_sampler
         assert isinstance(sampler, NodeBatchSampler)
-        return {"epoch": sampler.epoch, "batches": 0 if self._position is None else int(self._position())}
+        return {"epoch": sampler.epoch, "batches": self.trained_batches()}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Make the next iteration continue after batch ``state["batches"]`` of epoch ``state["epoch"]``."""

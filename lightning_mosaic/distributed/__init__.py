@@ -1,8 +1,8 @@
 """Multi-process Mosaic Learning on ``torch.distributed``: node sharding, cross-rank mixing and the strategy.
 
 ``sharding`` and ``exchange`` are pure ``torch.distributed`` code; ``strategy`` is the Lightning glue
-(``MosaicStrategy``, registered as ``Trainer(strategy="mosaic")``). The strategy is imported lazily so that the pure
-parts do not import Lightning.
+(``MosaicStrategy``, registered as ``Trainer(strategy="mosaic")``, and ``local_nodes(trainer, num_nodes)``, the
+nodes a process holds). They are imported lazily so that the pure parts do not import Lightning.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 from lightning_mosaic.distributed.exchange import ExchangeStats, ShardedMixer
 from lightning_mosaic.distributed.sharding import (
+    ShardedConsensusDistance,
     distributed_world,
     global_consensus_distance,
     global_row_mean,
@@ -20,17 +21,21 @@ from lightning_mosaic.distributed.sharding import (
 __all__ = [
     "ExchangeStats",
     "MosaicStrategy",
+    "ShardedConsensusDistance",
     "ShardedMixer",
     "distributed_world",
     "global_consensus_distance",
     "global_row_mean",
+    "local_nodes",
     "node_bounds",
 ]
 
+_STRATEGY_NAMES = ("MosaicStrategy", "local_nodes")
+
 
 def __getattr__(name: str) -> Any:
-    if name == "MosaicStrategy":
-        from lightning_mosaic.distributed.strategy import MosaicStrategy
+    if name in _STRATEGY_NAMES:
+        from lightning_mosaic.distributed import strategy
 
-        return MosaicStrategy
+        return getattr(strategy, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,6 +12,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from lightning_mosaic._validation import check_int
+from lightning_mosaic.gossip.metrics import ConsensusDistance
 
 
 def node_bounds(num_nodes: int, world_size: int) -> list[int]:
@@ -84,12 +85,21 @@ def global_row_mean(local_rows: Tensor, num_nodes: int, *, sharded: bool | None 
     return (total / num_nodes).to(local_rows.dtype)
 
 
+class ShardedConsensusDistance(ConsensusDistance):
+    """:class:`~lightning_mosaic.gossip.metrics.ConsensusDistance` (float64 workspace kept across calls) over rows
+    that may be spread over the ranks of the default process group: the sums are all-reduced with
+    :func:`all_reduce_sum` when the rows are a shard (m < n, or ``sharded=True``; every rank must then call it)."""
+
+    def __init__(self) -> None:
+        super().__init__(all_reduce=all_reduce_sum)
+
+
 def global_consensus_distance(local_rows: Tensor, num_nodes: int, *, sharded: bool | None = None) -> Tensor:
     """Consensus distance ``(1/n) sum_i ||x_i - x_bar||^2`` of an ``(n, d)`` matrix whose rows may be spread over ranks.
 
-    The same quantity as :func:`lightning_mosaic.gossip.consensus_distance` (Kong et al., ICML 2021). For a shard
-    (m < n rows) it takes two all-reduces: one ``(d,)`` float64 sum for ``x_bar``, one scalar; the result is the
-    same on every rank and equal to the single-process value up to float64 rounding.
+    :class:`ShardedConsensusDistance` for one call (keep an instance to reuse its workspace). For a shard (m < n
+    rows) it takes two all-reduces: one ``(d,)`` float64 sum for ``x_bar``, one scalar; the result is the same on
+    every rank and equal to the single-process value up to float64 rounding.
 
     Args:
         local_rows: ``(m, d)`` all n rows, or this rank's shard.
@@ -99,8 +109,4 @@ def global_consensus_distance(local_rows: Tensor, num_nodes: int, *, sharded: bo
     Returns:
         Scalar tensor in ``local_rows.dtype``.
     """
-    x = local_rows.detach().to(torch.float64)
-    m = x.shape[0]
-    mean = _sum_over_nodes(x.sum(dim=0), m, num_nodes, sharded) / num_nodes
-    total = _sum_over_nodes((x - mean).square().sum(), m, num_nodes, sharded)
-    return (total / num_nodes).to(local_rows.dtype)
+    return ShardedConsensusDistance()(local_rows, num_nodes, sharded=sharded)

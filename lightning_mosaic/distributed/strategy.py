@@ -12,12 +12,13 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
-from lightning.fabric.utilities.apply_func import apply_to_collection
-from lightning.fabric.utilities.optimizer import _optimizers_to_device
+from lightning.fabric.utilities.apply_func import apply_to_collection, move_data_to_device
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
+
+from lightning_mosaic.distributed.sharding import node_bounds
 
 RANK_STATES_KEY = "mosaic_rank_states"
 """Checkpoint key holding every process's model and optimizer states (each process's nodes differ)."""
@@ -34,15 +35,22 @@ class MosaicStrategy(DDPStrategy):
     gradients are never averaged and parameters are never broadcast behind the user's back. The only communication
     is what :class:`~lightning_mosaic.callbacks.MosaicGossip` sends (and metric reductions).
 
-    - With a :class:`~lightning_mosaic.MosaicModule` of n nodes, rank r of w trains nodes
-      ``[floor(r n / w), floor((r + 1) n / w))``; their initial values come from the module's seed, identical on every
+    - The strategy decides which nodes each process holds: of n nodes, rank r of w holds :meth:`node_block`,
+      ``[floor(r n / w), floor((r + 1) n / w))`` (:func:`~lightning_mosaic.distributed.node_bounds`); the module
+      and the datamodule ask it through :func:`local_nodes` (the gossip's
+      :class:`~lightning_mosaic.distributed.ShardedMixer` takes every rank's block from the same ``node_bounds``).
+    - A module that holds its own node rows, i.e. has a ``gossip_parameters`` attribute (the ``(m, d)`` rows of its
+      nodes, as :class:`~lightning_mosaic.MosaicModule`), initializes them from its own seed, identically on every
       rank, so nothing is broadcast.
-    - With any other ``LightningModule``, each process is one node (n = w). If ``broadcast_init`` (default), rank 0's
+    - Any other ``LightningModule`` is one node per process (n = w). If ``broadcast_init`` (default), rank 0's
       initial parameters and buffers are broadcast once at the start of a fresh fit, on purpose: EL and Mosaic
       Learning start every node from the same model.
-    - No ``DistributedSampler`` is injected into the dataloaders: each process reads what its nodes own
+    - No ``DistributedSampler`` may be injected into the dataloaders: each process reads what its nodes own
       (:class:`~lightning_mosaic.data.NodeDataModule` does this for a ``MosaicModule``; use
-      :class:`~lightning_mosaic.data.NodeShardSampler` in your own dataloader otherwise).
+      :class:`~lightning_mosaic.data.NodeShardSampler` in your own dataloader otherwise), and every process evaluates
+      its nodes on the whole test set. Create the Trainer with ``use_distributed_sampler=False`` (the ``mosaic``
+      command does); otherwise the first dataloader Lightning would wrap raises a ``ValueError`` saying so (see
+      :attr:`distributed_sampler_kwargs`). A ``DistributedSampler`` you put into your own dataloader is yours.
     - Checkpoints: every rank's model and optimizer states are gathered to rank 0 and written in one file under
       ``"mosaic_rank_states"``; on load, each rank takes its own. Resume with the same number of processes.
 
@@ -53,8 +61,8 @@ class MosaicStrategy(DDPStrategy):
             1800); a rank that dies or hangs makes the others fail after at most this long.
         start_method: ``"popen"`` (default, re-runs the script per process like ``"ddp"``) or ``"spawn"``,
             ``"fork"``, ``"forkserver"``.
-        broadcast_init: Broadcast rank 0's initial model once at the start of a fresh fit of a module that is not a
-            ``MosaicModule`` (default True).
+        broadcast_init: Broadcast rank 0's initial model once at the start of a fresh fit of a module without
+            ``gossip_parameters`` (default True).
 
     Raises:
         ValueError: If ``timeout`` is not positive.
@@ -90,6 +98,24 @@ class MosaicStrategy(DDPStrategy):
         self.timeout_s = float(seconds)
         self.broadcast_init = bool(broadcast_init)
 
+    # -- which nodes this process holds ----------------------------------------------------------------------------
+
+    def node_block(self, num_nodes: int) -> range:
+        """The nodes this process holds, of ``num_nodes`` spread over the run's processes.
+
+        Args:
+            num_nodes: n, the number of nodes over all processes (n = w for a module that is one node per process).
+
+        Returns:
+            ``range(bounds[r], bounds[r + 1])`` with ``bounds = node_bounds(n, w)``, r the global rank and w the world
+            size: contiguous blocks that differ in size by at most one node.
+
+        Raises:
+            ValueError: If ``num_nodes < 1`` or there are more processes than nodes.
+        """
+        bounds = node_bounds(num_nodes, self.world_size)
+        return range(bounds[self.global_rank], bounds[self.global_rank + 1])
+
     # -- no DistributedDataParallel, no hidden synchronization --------------------------------------------------
 
     def configure_ddp(self) -> None:
@@ -98,8 +124,6 @@ class MosaicStrategy(DDPStrategy):
     def setup(self, trainer: Trainer) -> None:
         assert self.accelerator is not None and self.model is not None
         self.accelerator.setup(trainer)
-        # Which samples a process trains on is decided by its nodes, never by a DistributedSampler.
-        trainer._accelerator_connector.use_distributed_sampler = False
         fitting = trainer.state.fn == TrainerFn.FITTING
         self.precision_plugin.convert_module(self.model)
         self.model_to_device()
@@ -107,19 +131,33 @@ class MosaicStrategy(DDPStrategy):
             self.setup_optimizers(trainer)
         self.setup_precision_plugin()
         if fitting:
-            _optimizers_to_device(self.optimizers, self.root_device)
+            _optimizer_states_to_device(self.optimizers, self.root_device)
             if self.broadcast_init and trainer.ckpt_path is None:
                 self._broadcast_initial_model()
 
     def _broadcast_initial_model(self) -> None:
-        from lightning_mosaic.module import MosaicModule
-
         module = self.lightning_module
-        if isinstance(module, MosaicModule) or self.world_size == 1:
+        if hasattr(module, "gossip_parameters") or self.world_size == 1:  # it seeds its own nodes
             return
         with torch.no_grad():
             for tensor in [*module.parameters(), *module.buffers()]:
                 dist.broadcast(tensor.data, src=0)
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, Any]:
+        """Never available: Lightning reads it only to wrap a dataloader's sampler in a ``DistributedSampler``.
+
+        That wrapping would split every dataloader, the evaluation set included, over the processes, while each
+        process must read the data of its own nodes (and all of the test set).
+
+        Raises:
+            ValueError: Always, asking for ``Trainer(use_distributed_sampler=False)``.
+        """
+        raise ValueError(
+            "Trainer(strategy='mosaic') needs Trainer(use_distributed_sampler=False): each process reads the data "
+            "of its own nodes (NodeDataModule, or NodeShardSampler in your own dataloader) and evaluates them on the "
+            "whole test set, so Lightning must not split the dataloaders over the processes with a DistributedSampler"
+        )
 
     # -- checkpoints hold every rank's nodes --------------------------------------------------------------------
 
@@ -165,6 +203,61 @@ class MosaicStrategy(DDPStrategy):
                 description=f"Decentralized training, no gradient all-reduce (start_method={start_method!r})",
                 start_method=start_method,
             )
+
+
+def _optimizer_states_to_device(optimizers: list[Any], device: torch.device) -> None:
+    """Move every optimizer's per-parameter state to ``device``, except ``step`` (where torch's optimizers want it)."""
+    for optimizer in optimizers:
+        for state in optimizer.state.values():
+            if isinstance(state, dict):
+                for key, value in state.items():
+                    if key != "step":
+                        state[key] = move_data_to_device(value, device)
+
+
+def local_nodes(trainer: Trainer | None, num_nodes: int) -> range:
+    """The nodes of ``num_nodes`` this process holds: all of them in one process, else the strategy's block.
+
+    The one place that answers it for the module and the datamodule.
+
+    Args:
+        trainer: The running trainer, or ``None`` (outside a trainer: one process).
+        num_nodes: n, the number of nodes over all processes.
+
+    Returns:
+        ``range(n)`` when ``trainer`` is ``None`` or runs one process; :meth:`MosaicStrategy.node_block` otherwise.
+
+    Raises:
+        ValueError: If the trainer runs several processes with another strategy than :class:`MosaicStrategy`
+            (it would not know which nodes each process holds, and would average gradients or broadcast parameters
+            across them), or there are more processes than nodes.
+    """
+    if trainer is None or trainer.world_size == 1:
+        return range(num_nodes)
+    if not uses_mosaic_strategy(trainer):
+        raise ValueError(
+            f"{num_nodes} nodes over {trainer.world_size} processes need Trainer(strategy='mosaic') "
+            f"(lightning_mosaic.distributed.MosaicStrategy), got {type(trainer.strategy).__name__}: it would average "
+            "gradients or broadcast parameters across the decentralized nodes"
+        )
+    return trainer.strategy.node_block(num_nodes)
+
+
+def check_single_process_checkpoint(checkpoint: dict[str, Any]) -> None:
+    """Refuse, in a single-process run, a checkpoint that :class:`MosaicStrategy` wrote from several processes.
+
+    :meth:`MosaicStrategy.load_checkpoint` takes every rank's states out of a multi-process checkpoint; a checkpoint
+    that still holds them is being loaded in one process, where only rank 0's nodes would come back.
+
+    Raises:
+        ValueError: Naming the number of processes that wrote the checkpoint.
+    """
+    ranks = checkpoint.get(RANK_STATES_KEY)
+    if ranks is not None:
+        raise ValueError(
+            f"the checkpoint holds the nodes of {ranks['world_size']} process(es), this run has 1; resume with "
+            "Trainer(strategy='mosaic') and the same number of processes"
+        )
 
 
 def uses_mosaic_strategy(trainer: Trainer) -> bool:

@@ -1,7 +1,7 @@
 """Node churn and stragglers: which nodes are offline in a round, and which skip a local step. Pure tensor code.
 
 Both are stateless functions of (seed, round) and (seed, step), drawn from generators we own and seeded with
-:func:`~lightning_mosaic.gossip.protocol.derive_seed`, so a resumed run sees exactly the same faults and the faults
+:func:`~lightning_mosaic.seeding.derive_seed`, so a resumed run sees exactly the same faults and the faults
 do not depend on the number of processes.
 """
 
@@ -10,16 +10,11 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from lightning_mosaic._validation import check_int, check_probability
-
-CHURN_STREAM = 3
-"""Random stream of node availability (one draw per round)."""
-STRAGGLER_STREAM = 4
-"""Random stream of stragglers (one draw per local step)."""
+from lightning_mosaic.seeding import CHURN_STREAM, STRAGGLER_STREAM, derive_seed
 
 
 def read_churn_trace(path: str | Path, num_nodes: int) -> list[tuple[int, int, int]]:
@@ -68,8 +63,7 @@ def read_churn_trace(path: str | Path, num_nodes: int) -> list[tuple[int, int, i
 
 
 def _uniform(seed: int, stream: int, index: int, num_nodes: int) -> Tensor:
-    state = np.random.SeedSequence(int(seed), spawn_key=(stream, int(index))).generate_state(2, dtype=np.uint32)
-    generator = torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+    generator = torch.Generator().manual_seed(derive_seed(seed, stream, index))
     return torch.rand(num_nodes, generator=generator)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -22,21 +21,12 @@ from lightning_mosaic.gossip.topology import (
     sample_receivers,
     validate_topology,
 )
-
-
-def derive_seed(seed: int, stream: int) -> int:
-    """An independent 63-bit seed for random stream ``stream`` of run seed ``seed`` (numpy ``SeedSequence``)."""
-    state = np.random.SeedSequence(int(seed), spawn_key=(int(stream),)).generate_state(2, dtype=np.uint32)
-    return int(state[0]) << 31 | int(state[1]) >> 1
+from lightning_mosaic.seeding import FRAGMENTATION_STREAM, TOPOLOGY_STREAM, derive_seed
 
 
 def nonfinite_nodes(params: Tensor) -> Tensor:
     """``(n,)`` bool mask of the rows of an ``(n, d)`` parameter matrix holding a NaN or an infinity."""
     return ~torch.isfinite(params).all(dim=1)
-
-
-FRAGMENTATION_STREAM = 0
-TOPOLOGY_STREAM = 1
 
 
 class RoundGraphs(NamedTuple):
