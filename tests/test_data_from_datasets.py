@@ -16,7 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
 
 from lightning_mosaic.data import NodeDataModule
-from lightning_mosaic.data.datasets import DatasetsDataModule, encode_labels
+from lightning_mosaic.data.base import DatasetsDataModule
+from lightning_mosaic.data.datasets import encode_labels
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 

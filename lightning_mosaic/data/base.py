@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Hashable
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from lightning_mosaic.data.datasets import (
+    LABEL_ATTRIBUTES,
+    LabelSource,
+    as_label_array,
+    attribute_labels,
+    check_map_style,
+    datasets_of_datamodule,
+    encode_labels,
+)
 from lightning_mosaic.data.partition import _check_int, _resolve_alpha, dirichlet_partition
 from lightning_mosaic.data.sampler import NodeBatchCollate, NodeBatchSampler, NodeDataLoader
 from lightning_mosaic.distributed.strategy import local_nodes
 
-if TYPE_CHECKING:
-    from lightning_mosaic.data.datasets import LabelSource
-
-__all__ = ["NodeDataModule"]
+__all__ = ["DatasetsDataModule", "NodeDataModule"]
 
 
 class NodeDataModule(pl.LightningDataModule):
@@ -150,7 +156,7 @@ class NodeDataModule(pl.LightningDataModule):
                 ``eval_batch_size``, ``test_subset``, ``num_workers``, ``steps_per_epoch``).
 
         Returns:
-            A :class:`~lightning_mosaic.data.datasets.DatasetsDataModule`: a :class:`NodeDataModule` for
+            A :class:`~lightning_mosaic.data.base.DatasetsDataModule`: a :class:`NodeDataModule` for
             ``Trainer.fit`` (node blocks per process, exact mid-epoch resume, :attr:`partition`,
             :meth:`node_label_histogram` when there are labels).
 
@@ -173,8 +179,6 @@ class NodeDataModule(pl.LightningDataModule):
             >>> [tuple(t.shape) for t in next(iter(dm.train_dataloader()))]
             [(4, 2, 3), (4, 2, 5), (4, 2)]
         """
-        from lightning_mosaic.data.datasets import DatasetsDataModule
-
         return DatasetsDataModule(
             train_dataset,
             test_dataset,
@@ -226,8 +230,6 @@ class NodeDataModule(pl.LightningDataModule):
             ValueError: The datamodule has no ``train_dataloader()``, or neither ``val_dataloader()`` nor
                 ``test_dataloader()``; anything :meth:`from_datasets` raises.
         """
-        from lightning_mosaic.data.datasets import datasets_of_datamodule
-
         found = datasets_of_datamodule(datamodule)
         for name in ("batch_size", "eval_batch_size", "collate_fn"):
             value = found.pop(name)
@@ -426,4 +428,112 @@ class NodeDataModule(pl.LightningDataModule):
         return (
             f"{type(self).__name__}(num_nodes={self.num_nodes}, alpha={self.alpha!r}, "
             f"batch_size={self.batch_size}, seed={self.seed})"
+        )
+
+
+class DatasetsDataModule(NodeDataModule):
+    """Node datamodule over datasets you already have: any map-style training set split across ``n`` nodes.
+
+    Built by :meth:`NodeDataModule.from_datasets` (see there for the arguments: ``num_nodes``, ``alpha``,
+    ``batch_size`` and the other :class:`NodeDataModule` arguments come through ``**kwargs``) and
+    :meth:`NodeDataModule.from_datamodule`. It is a full :class:`NodeDataModule`: per-node training batches from
+    :class:`~lightning_mosaic.data.NodeBatchSampler` (node blocks in multi-process runs, exact mid-epoch resume
+    through :class:`~lightning_mosaic.data.NodeDataLoader`), :attr:`partition`, and :meth:`node_label_histogram`
+    when training labels exist.
+
+    Samples keep the dataset's own format: a training batch is ``collate_fn`` (default ``default_collate``) of the
+    ``n * B`` samples, with every tensor reshaped to ``(n, B, ...)`` (dicts, tuples and namedtuples keep their
+    structure); evaluation batches are the plain ``(B_eval, ...)`` batches of ``test_dataset`` (and of
+    ``val_dataset`` for validation, if given) through the same ``collate_fn``.
+
+    Attributes:
+        classes: After label resolution (construction for array or attribute labels, :meth:`setup` for a callable),
+            the distinct label values in sorted order: class ``k`` of :attr:`train_labels` is ``classes[k]``;
+            ``None`` without labels.
+    """
+
+    _num_classes_from_data = True
+
+    def __init__(
+        self,
+        train_dataset: Dataset,
+        test_dataset: Dataset,
+        *,
+        labels: LabelSource = None,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        val_dataset: Dataset | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("alpha", "iid")
+        super().__init__(**kwargs)
+        size = check_map_style("train_dataset", train_dataset)
+        check_map_style("test_dataset", test_dataset)
+        if val_dataset is not None:
+            check_map_style("val_dataset", val_dataset)
+        if collate_fn is not None and not callable(collate_fn):
+            raise ValueError(f"collate_fn must be callable or None; got {collate_fn!r} ({type(collate_fn).__name__})")
+        if size < self.num_nodes * self.min_samples:
+            raise ValueError(
+                f"train_dataset has {size} samples, too few for num_nodes={self.num_nodes} with "
+                f"min_samples={self.min_samples} each; use fewer nodes or more data"
+            )
+        self.collate_fn = collate_fn
+        self.classes: tuple[Any, ...] | None = None
+        self._datasets = (train_dataset, test_dataset, val_dataset)
+        self._label_fn: Callable[[Any], Hashable] | None = None
+        self._codes: np.ndarray | None = None
+        if callable(labels):
+            self._label_fn = labels
+        elif labels is not None:
+            if isinstance(labels, (str, bytes)):
+                raise ValueError(f"labels must be an array-like, a callable or None; got the string {labels!r}")
+            array = as_label_array(labels)
+            if array.ndim != 1 or len(array) != size:
+                raise ValueError(
+                    f"labels must have one entry per training sample, shape ({size},) for the {size} samples of "
+                    f"train_dataset; got shape {array.shape}"
+                )
+            self._set_labels(array, "labels")
+        else:
+            found, notes = attribute_labels(train_dataset, "train_dataset")
+            if found is not None:
+                self._set_labels(found, "the labels read from train_dataset")
+            elif not math.isinf(_resolve_alpha(self.alpha)):
+                where = f" ({'; '.join(notes)})" if notes else ""
+                raise ValueError(
+                    f"alpha={self.alpha!r} splits the training set by label, but no labels were found: "
+                    f"labels=None and train_dataset ({type(train_dataset).__name__}) has no "
+                    f"{' or '.join(LABEL_ATTRIBUTES)} attribute of length {size}{where}. Pass labels= "
+                    f"(an array of {size} labels, or a callable labels(sample) -> label applied to every "
+                    "train_dataset[i]), or alpha='iid' for a split that needs no labels"
+                )
+
+    def _set_labels(self, values: Any, name: str) -> None:
+        self._codes, self.classes = encode_labels(values, name)
+        self.num_classes = len(self.classes)
+
+    @property
+    def val_dataset(self) -> Dataset:
+        """The validation set: ``val_dataset`` if given, else :attr:`test_dataset` (after :meth:`setup`)."""
+        self._require_setup("val_dataset")
+        return self._datasets[2] if self._datasets[2] is not None else self.test_dataset
+
+    def _load(self) -> tuple[Dataset, np.ndarray | None, Dataset]:
+        train, test, _ = self._datasets
+        if self._label_fn is not None and self._codes is None:
+            function = self._label_fn
+            self._set_labels([function(train[i]) for i in range(len(train))], "the values of labels(sample)")
+        return train, self._codes, test
+
+    def val_dataloader(self) -> DataLoader:
+        """Batches ``(B_eval, ...)`` of :attr:`val_dataset`, in a fixed order, collated with ``collate_fn``."""
+        self._require_setup("val_dataloader()")
+        return self._eval_loader(self.val_dataset)
+
+    def __repr__(self) -> str:
+        train, test, _ = self._datasets
+        return (
+            f"{type(self).__name__}(train_dataset={type(train).__name__}[{len(train)}], "  # type: ignore[arg-type]
+            f"test_dataset={type(test).__name__}[{len(test)}], num_nodes={self.num_nodes}, "  # type: ignore[arg-type]
+            f"alpha={self.alpha!r}, batch_size={self.batch_size}, seed={self.seed})"
         )

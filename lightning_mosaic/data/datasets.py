@@ -1,12 +1,13 @@
-"""Your own data: split any map-style ``Dataset`` (or a ``LightningDataModule``'s datasets) over the nodes.
+"""Your own data, the parts that need no datamodule: where a dataset's labels are, checks of map-style datasets, and
+the datasets of a user's ``LightningDataModule``.
 
-Built by :meth:`NodeDataModule.from_datasets <lightning_mosaic.data.NodeDataModule.from_datasets>` and
-:meth:`NodeDataModule.from_datamodule <lightning_mosaic.data.NodeDataModule.from_datamodule>`.
+Used by :class:`~lightning_mosaic.data.base.DatasetsDataModule`, which
+:meth:`NodeDataModule.from_datasets <lightning_mosaic.data.NodeDataModule.from_datasets>` and
+:meth:`NodeDataModule.from_datamodule <lightning_mosaic.data.NodeDataModule.from_datamodule>` build.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -14,12 +15,9 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, IterableDataset, Subset
 
-from lightning_mosaic.data.base import NodeDataModule
-from lightning_mosaic.data.partition import _resolve_alpha
-
-__all__ = ["DatasetsDataModule"]
+__all__ = ["LabelSource", "attribute_labels", "check_map_style", "datasets_of_datamodule", "encode_labels"]
 
 #: Dataset attributes read as training labels when ``labels=None`` (torchvision datasets have ``targets``).
 LABEL_ATTRIBUTES: tuple[str, ...] = ("targets", "labels")
@@ -49,7 +47,7 @@ def check_map_style(name: str, dataset: Any) -> int:
     return size
 
 
-def _as_array(values: Any) -> np.ndarray:
+def as_label_array(values: Any) -> np.ndarray:
     """``values`` as a NumPy array; a sequence of tuples (or other ragged values) as a 1-D object array."""
     if isinstance(values, torch.Tensor):
         return values.detach().cpu().numpy()
@@ -65,7 +63,7 @@ def _as_array(values: Any) -> np.ndarray:
     return array
 
 
-def _attribute_labels(dataset: Any, name: str) -> tuple[np.ndarray | None, list[str]]:
+def attribute_labels(dataset: Any, name: str) -> tuple[np.ndarray | None, list[str]]:
     """Labels of ``dataset`` from a ``targets``/``labels`` attribute, through ``Subset`` and ``ConcatDataset``.
 
     Returns:
@@ -73,14 +71,14 @@ def _attribute_labels(dataset: Any, name: str) -> tuple[np.ndarray | None, list[
         attributes were not used (for the error message when labels are needed).
     """
     if isinstance(dataset, Subset):
-        parent, notes = _attribute_labels(dataset.dataset, f"{name}.dataset")
+        parent, notes = attribute_labels(dataset.dataset, f"{name}.dataset")
         if parent is None:
             return None, notes
         return parent[np.asarray(dataset.indices, dtype=np.int64)], notes
     if isinstance(dataset, ConcatDataset):
         parts, notes = [], []
         for k, part in enumerate(dataset.datasets):
-            found, part_notes = _attribute_labels(part, f"{name}.datasets[{k}]")
+            found, part_notes = attribute_labels(part, f"{name}.datasets[{k}]")
             parts.append(found)
             notes += part_notes
         if any(p is None for p in parts):
@@ -92,7 +90,7 @@ def _attribute_labels(dataset: Any, name: str) -> tuple[np.ndarray | None, list[
         if value is None or callable(value):
             continue
         try:
-            array = _as_array(value)
+            array = as_label_array(value)
         except Exception:  # e.g. ragged
             notes.append(f"{name}.{attribute} is not an array")
             continue
@@ -117,7 +115,7 @@ def encode_labels(values: Any, name: str = "labels") -> tuple[np.ndarray, tuple[
     Raises:
         ValueError: ``values`` is not 1-D, or its values are not hashable or cannot be sorted.
     """
-    array = _as_array(values)
+    array = as_label_array(values)
     if array.ndim != 1:
         raise ValueError(
             f"{name} must be 1-D, one label per training sample; got shape {array.shape}"
@@ -133,114 +131,6 @@ def encode_labels(values: Any, name: str = "labels") -> tuple[np.ndarray, tuple[
         raise ValueError(f"{name} must hold hashable, mutually comparable values (ints, strings, ...): {exc}") from exc
     index = {value: k for k, value in enumerate(classes_list)}
     return np.fromiter((index[v] for v in items), dtype=np.int64, count=len(items)), tuple(classes_list)
-
-
-class DatasetsDataModule(NodeDataModule):
-    """Node datamodule over datasets you already have: any map-style training set split across ``n`` nodes.
-
-    Built by :meth:`NodeDataModule.from_datasets` (see there for the arguments: ``num_nodes``, ``alpha``,
-    ``batch_size`` and the other :class:`NodeDataModule` arguments come through ``**kwargs``) and
-    :meth:`NodeDataModule.from_datamodule`. It is a full :class:`NodeDataModule`: per-node training batches from
-    :class:`~lightning_mosaic.data.NodeBatchSampler` (node blocks in multi-process runs, exact mid-epoch resume
-    through :class:`~lightning_mosaic.data.NodeDataLoader`), :attr:`partition`, and :meth:`node_label_histogram`
-    when training labels exist.
-
-    Samples keep the dataset's own format: a training batch is ``collate_fn`` (default ``default_collate``) of the
-    ``n * B`` samples, with every tensor reshaped to ``(n, B, ...)`` (dicts, tuples and namedtuples keep their
-    structure); evaluation batches are the plain ``(B_eval, ...)`` batches of ``test_dataset`` (and of
-    ``val_dataset`` for validation, if given) through the same ``collate_fn``.
-
-    Attributes:
-        classes: After label resolution (construction for array or attribute labels, :meth:`setup` for a callable),
-            the distinct label values in sorted order: class ``k`` of :attr:`train_labels` is ``classes[k]``;
-            ``None`` without labels.
-    """
-
-    _num_classes_from_data = True
-
-    def __init__(
-        self,
-        train_dataset: Dataset,
-        test_dataset: Dataset,
-        *,
-        labels: LabelSource = None,
-        collate_fn: Callable[[list[Any]], Any] | None = None,
-        val_dataset: Dataset | None = None,
-        **kwargs: Any,
-    ) -> None:
-        kwargs.setdefault("alpha", "iid")
-        super().__init__(**kwargs)
-        size = check_map_style("train_dataset", train_dataset)
-        check_map_style("test_dataset", test_dataset)
-        if val_dataset is not None:
-            check_map_style("val_dataset", val_dataset)
-        if collate_fn is not None and not callable(collate_fn):
-            raise ValueError(f"collate_fn must be callable or None; got {collate_fn!r} ({type(collate_fn).__name__})")
-        if size < self.num_nodes * self.min_samples:
-            raise ValueError(
-                f"train_dataset has {size} samples, too few for num_nodes={self.num_nodes} with "
-                f"min_samples={self.min_samples} each; use fewer nodes or more data"
-            )
-        self.collate_fn = collate_fn
-        self.classes: tuple[Any, ...] | None = None
-        self._datasets = (train_dataset, test_dataset, val_dataset)
-        self._label_fn: Callable[[Any], Hashable] | None = None
-        self._codes: np.ndarray | None = None
-        if callable(labels):
-            self._label_fn = labels
-        elif labels is not None:
-            if isinstance(labels, (str, bytes)):
-                raise ValueError(f"labels must be an array-like, a callable or None; got the string {labels!r}")
-            array = _as_array(labels)
-            if array.ndim != 1 or len(array) != size:
-                raise ValueError(
-                    f"labels must have one entry per training sample, shape ({size},) for the {size} samples of "
-                    f"train_dataset; got shape {array.shape}"
-                )
-            self._set_labels(array, "labels")
-        else:
-            found, notes = _attribute_labels(train_dataset, "train_dataset")
-            if found is not None:
-                self._set_labels(found, "the labels read from train_dataset")
-            elif not math.isinf(_resolve_alpha(self.alpha)):
-                where = f" ({'; '.join(notes)})" if notes else ""
-                raise ValueError(
-                    f"alpha={self.alpha!r} splits the training set by label, but no labels were found: "
-                    f"labels=None and train_dataset ({type(train_dataset).__name__}) has no "
-                    f"{' or '.join(LABEL_ATTRIBUTES)} attribute of length {size}{where}. Pass labels= "
-                    f"(an array of {size} labels, or a callable labels(sample) -> label applied to every "
-                    "train_dataset[i]), or alpha='iid' for a split that needs no labels"
-                )
-
-    def _set_labels(self, values: Any, name: str) -> None:
-        self._codes, self.classes = encode_labels(values, name)
-        self.num_classes = len(self.classes)
-
-    @property
-    def val_dataset(self) -> Dataset:
-        """The validation set: ``val_dataset`` if given, else :attr:`test_dataset` (after :meth:`setup`)."""
-        self._require_setup("val_dataset")
-        return self._datasets[2] if self._datasets[2] is not None else self.test_dataset
-
-    def _load(self) -> tuple[Dataset, np.ndarray | None, Dataset]:
-        train, test, _ = self._datasets
-        if self._label_fn is not None and self._codes is None:
-            function = self._label_fn
-            self._set_labels([function(train[i]) for i in range(len(train))], "the values of labels(sample)")
-        return train, self._codes, test
-
-    def val_dataloader(self) -> DataLoader:
-        """Batches ``(B_eval, ...)`` of :attr:`val_dataset`, in a fixed order, collated with ``collate_fn``."""
-        self._require_setup("val_dataloader()")
-        return self._eval_loader(self.val_dataset)
-
-    def __repr__(self) -> str:
-        train, test, _ = self._datasets
-        return (
-            f"{type(self).__name__}(train_dataset={type(train).__name__}[{len(train)}], "  # type: ignore[arg-type]
-            f"test_dataset={type(test).__name__}[{len(test)}], num_nodes={self.num_nodes}, "  # type: ignore[arg-type]
-            f"alpha={self.alpha!r}, batch_size={self.batch_size}, seed={self.seed})"
-        )
 
 
 def datasets_of_datamodule(datamodule: pl.LightningDataModule) -> dict[str, Any]:
