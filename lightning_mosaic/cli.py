@@ -140,7 +140,7 @@ def main(args: Any = None) -> None:
         if argv and argv[0] == "reproduce":
             from lightning_mosaic.reproduction.grid import run_grid
 
-            run_grid(argv[1:])
+            run_grid(argv[1:], fit=main)
             return
         MosaicCLI(
             MosaicModule,

@@ -19,6 +19,7 @@ import re
 import shlex
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from lightning_mosaic.reproduction.report import write_report
@@ -59,8 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_grid(argv: list[str]) -> Path:
+def run_grid(argv: list[str], fit: Callable[[list[str]], None]) -> Path:
     """Parse ``argv`` (without ``reproduce``), run every missing run, write the report; return ``report.md``.
+
+    Args:
+        argv: The ``mosaic reproduce`` arguments; after ``--``, arguments forwarded to every run.
+        fit: Runs one ``mosaic fit`` from its argument list (``lightning_mosaic.cli.main``, which passes itself).
 
     Raises:
         SystemExit: 2 for bad arguments (argparse), or the exit status of a failed run.
@@ -78,8 +83,6 @@ def run_grid(argv: list[str]) -> Path:
     alpha_text = "recipe" if args.alpha is None else args.alpha
     out = (args.out or Path("reports") / f"{args.task}-alpha{alpha_text}").resolve()
     runs_dir = out / "runs"
-    from lightning_mosaic.cli import main as mosaic_main
-
     runs: dict[tuple[int, int], Path] = {}
     for k in sorted(set(args.fragments)):
         for seed in range(args.seeds):
@@ -89,11 +92,11 @@ def run_grid(argv: list[str]) -> Path:
             if (run_dir / "summary.json").is_file():
                 print(f"mosaic reproduce: {name} done, skipped", flush=True)
                 continue
-            fit = ["fit", "--config", str(recipe), "--gossip.fragments", str(k), "--gossip.seed", str(seed)]
-            fit += ["--seed_everything", str(seed), "--model.init_args.seed", str(seed)]
-            fit += ["--data.init_args.seed", str(seed), "--trainer.logger.init_args.save_dir", str(runs_dir)]
-            fit += ["--trainer.logger.init_args.name", name, "--trainer.logger.init_args.version", "0"]
-            fit += ["--trainer.enable_progress_bar", "false"]
+            command_line = ["fit", "--config", str(recipe), "--gossip.fragments", str(k), "--gossip.seed", str(seed)]
+            command_line += ["--seed_everything", str(seed), "--model.init_args.seed", str(seed)]
+            command_line += ["--data.init_args.seed", str(seed), "--trainer.logger.init_args.save_dir", str(runs_dir)]
+            command_line += ["--trainer.logger.init_args.name", name, "--trainer.logger.init_args.version", "0"]
+            command_line += ["--trainer.enable_progress_bar", "false"]
             for flag, value in (
                 ("--trainer.max_steps", args.rounds),
                 ("--data.init_args.alpha", args.alpha),
@@ -102,15 +105,15 @@ def run_grid(argv: list[str]) -> Path:
                 ("--data.init_args.data_dir", args.data_dir),
             ):
                 if value is not None:
-                    fit += [flag, str(value)]
+                    command_line += [flag, str(value)]
             checkpoint = _newest_checkpoint(run_dir / "checkpoints")
             if checkpoint is not None:
                 _keep_partial_log(run_dir)
-                fit += ["--ckpt_path", str(checkpoint)]
+                command_line += ["--ckpt_path", str(checkpoint)]
                 print(f"mosaic reproduce: {name} resumes from {checkpoint.name}", flush=True)
             else:
                 print(f"mosaic reproduce: {name} starts", flush=True)
-            mosaic_main([*fit, *forwarded])
+            fit([*command_line, *forwarded])
     command = "mosaic reproduce " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["reproduce"] else argv)
     title = f"Mosaic Learning vs EL: {args.task}, K in {sorted(set(args.fragments))}, {args.seeds} seed(s)"
     report = write_report(runs, out, task_kind, title, command)
