@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 from torch.func import vmap
@@ -19,7 +21,16 @@ from lightning_mosaic._validation import check_int
 from lightning_mosaic.distributed.sharding import broadcast_first_row_, global_consensus_distance
 from lightning_mosaic.distributed.strategy import check_single_process_checkpoint, local_nodes
 from lightning_mosaic.metrics import NodeMean, PerNodeMetric
-from lightning_mosaic.node_module import EPOCH_HOOKS, LightningNodes, is_lightning_module, step_loss
+from lightning_mosaic.node_module import (
+    AVERAGE,
+    EPOCH_HOOKS,
+    STEP_HOOKS,
+    LightningNodes,
+    ignored_hooks,
+    is_lightning_module,
+    node_batch_size,
+    step_loss,
+)
 from lightning_mosaic.replicas import EXECUTIONS, ReplicaStack, default_execution, select_node
 
 DEFAULT_LR = 0.05
@@ -284,6 +295,11 @@ class MosaicModule(LightningModule):
                         broadcast_first_row_(rows)
         if self.node_module is not None:
             self.node_module.trainer = self.trainer  # its steps read self.trainer, self.global_step, ...
+            if self._nodes is None and (hooks := ignored_hooks(self.node_module)):
+                rank_zero_warn(
+                    f"{_name(self.node_module)} overrides {', '.join(hooks)}, which MosaicModule does not call: it "
+                    "runs the steps and epoch start/end hooks per node and configure_optimizers once"
+                )
             if self._nodes is None:
                 self._nodes = LightningNodes(
                     self.node_module, self.first_node, self.replicas.num_nodes, self.num_nodes, self.sharded
@@ -432,17 +448,19 @@ class MosaicModule(LightningModule):
         losses = []
         for i in range(replicas.num_nodes):
             node_batch = select_node(batch, i)
-            with nodes.node(i, node_batch_size(node_batch)):
+            with nodes.node(i, "train", node_batch_size(node_batch)):
                 output = replicas.call_node(
                     i, _training_step, node_batch, batch_idx, state=replicas.node_tensors(i, buffers, rows)
                 )
             losses.append(step_loss(output, f"{_name(self.node_module)}.training_step"))
         node_loss = torch.stack(losses)
-        self.log("train/loss", node_loss.detach().mean(), prog_bar=True)  # over this process's nodes, as above
-        for name, (values, options) in nodes.step_values().items():
+        if "train/loss" not in nodes.logged("train"):  # the user's own train/loss wins
+            self.log("train/loss", node_loss.detach().mean(), prog_bar=True)  # over this process's nodes, as above
+        for name, (values, std, options) in nodes.step_values().items():
             kept = {k: options[k] for k in ("prog_bar", "logger", "on_step", "on_epoch") if k in options}
             self.log(name, values.mean(), **kept, batch_size=1)
-            self.log(name + "/node_std", values.std(correction=0), **{**kept, "prog_bar": False}, batch_size=1)
+            if std is not None:
+                self.log(name + "/node_std", std, on_step=True, on_epoch=False, logger=kept.get("logger", True))
         return node_loss.sum()
 
     def _require_nodes(self) -> LightningNodes:
@@ -514,37 +532,46 @@ class MosaicModule(LightningModule):
 
     def _lightning_eval_step(self, batch: Any, batch_idx: int, stage: str) -> None:
         nodes, replicas = self._require_nodes(), self.replicas
-        hook = _validation_step if stage == "val" else _test_step
+        hook = STEP_HOOKS[stage]
+        if not is_overridden(hook, self.node_module, parent=LightningModule):
+            if stage == "test":
+                raise ValueError(f"{_name(self.node_module)} defines no test_step() to run Trainer.test with")
+            return  # no validation_step: nothing to validate, as Lightning skips its validation loop
         size = node_batch_size(batch)
         rows, buffers = replicas.flat.unbind(0), replicas.node_buffers()
         for i in range(replicas.num_nodes):
-            with nodes.node(i, size):
-                replicas.call_node(i, hook, batch, batch_idx, state=replicas.node_tensors(i, buffers, rows))
+            with nodes.node(i, stage, size):
+                replicas.call_node(i, _step(hook), batch, batch_idx, state=replicas.node_tensors(i, buffers, rows))
         if replicas.first_node == 0:
-            with nodes.node("average", size):
-                replicas.call_node(0, hook, batch, batch_idx, state=self._average_state)
+            with nodes.node(AVERAGE, stage, size):
+                replicas.call_node(0, _step(hook), batch, batch_idx, state=self._average_state)
 
     def _eval_epoch_start(self) -> None:
         self._average_state = self.replicas.average_state()  # a collective in multi-process runs
 
-    def _run_epoch_hook(self, hook: str, with_average: bool) -> None:
-        """The user's epoch hook once per node (and for the averaged model), then its logs reduced over nodes."""
+    def _run_epoch_hook(self, stage: str, end: bool) -> None:
+        """The user's epoch start or end hook of ``stage`` once per node (and, in evaluation, for the averaged
+        model); at the end, the stage's logs reduced over nodes."""
         nodes, replicas = self._require_nodes(), self.replicas
-        if getattr(type(self.node_module), hook) is not getattr(LightningModule, hook):
+        hook = EPOCH_HOOKS[stage][end]
+        with_average = stage != "train" and replicas.first_node == 0
+        if is_overridden(hook, self.node_module, parent=LightningModule):
             rows, buffers = replicas.flat.unbind(0), replicas.node_buffers()
             for i in range(replicas.num_nodes):
-                with nodes.node(i):
+                with nodes.node(i, stage):
                     replicas.call_node(i, _hook(hook), state=replicas.node_tensors(i, buffers, rows))
-            if with_average and replicas.first_node == 0:
-                with nodes.node("average"):
+            if with_average:
+                with nodes.node(AVERAGE, stage):
                     replicas.call_node(0, _hook(hook), state=self._average_state)
-        values = nodes.epoch_values(with_average and replicas.first_node == 0, self.device)
+        if not end:
+            return
+        values = nodes.epoch_values(stage, with_average, self.device)
         if values:
             self.log_dict({k: v.float() for k, v in values.items()}, sync_dist=self.sharded, reduce_fx="max")
 
     def _eval_epoch_end(self, stage: str) -> None:
         if self.node_module is not None:
-            self._run_epoch_hook(EPOCH_HOOKS[1] if stage == "val" else EPOCH_HOOKS[2], with_average=True)
+            self._run_epoch_hook(stage, end=True)
             values = {}
         else:
             metrics = self.eval_metrics[stage]
@@ -558,27 +585,45 @@ class MosaicModule(LightningModule):
         )
         self._average_state = None
 
+    def on_train_epoch_start(self) -> None:
+        if self.node_module is not None:
+            self._run_epoch_hook("train", end=False)
+
     def on_train_epoch_end(self) -> None:
         if self.node_module is not None:
-            self._run_epoch_hook(EPOCH_HOOKS[0], with_average=False)
+            self._run_epoch_hook("train", end=True)
 
     def on_validation_epoch_start(self) -> None:
         self._eval_epoch_start()
+        if self.node_module is not None:
+            self._run_epoch_hook("val", end=False)
 
     def on_test_epoch_start(self) -> None:
         self._eval_epoch_start()
+        if self.node_module is not None:
+            self._run_epoch_hook("test", end=False)
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._check_one_loader(dataloader_idx, "val")
         self._eval_step(batch, batch_idx, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._check_one_loader(dataloader_idx, "test")
         self._eval_step(batch, batch_idx, "test")
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+
+    @staticmethod
+    def _check_one_loader(dataloader_idx: int, stage: str) -> None:
+        if dataloader_idx != 0:
+            raise ValueError(
+                f"MosaicModule evaluates every node on one shared {stage} set; got several {stage} dataloaders "
+                f"(dataloader_idx={dataloader_idx}): pass one (e.g. a ConcatDataset of them)"
+            )
 
     # -- optimization ---------------------------------------------------------------------------------------------
 
@@ -681,22 +726,12 @@ def _training_step(module: LightningModule, batch: Any, batch_idx: int) -> Any:
     return module.training_step(batch, batch_idx)
 
 
-def _validation_step(module: LightningModule, batch: Any, batch_idx: int) -> Any:
-    return module.validation_step(batch, batch_idx)
-
-
-def _test_step(module: LightningModule, batch: Any, batch_idx: int) -> Any:
-    return module.test_step(batch, batch_idx)
+def _step(hook: str) -> Callable[..., Any]:
+    return lambda module, batch, batch_idx: getattr(module, hook)(batch, batch_idx)
 
 
 def _hook(name: str) -> Callable[[LightningModule], Any]:
     return lambda module: getattr(module, name)()
-
-
-def node_batch_size(batch: Any) -> int:
-    """B of a batch: the first dimension of its first tensor (1 without tensors)."""
-    shapes = _shapes(batch)
-    return shapes[0][0] if shapes and shapes[0] else 1
 
 
 def _optimizers_in(config: Any) -> list[Optimizer]:

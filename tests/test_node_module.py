@@ -275,3 +275,104 @@ def test_lightning_module_errors(tmp_path):
     plain = DataLoader(TensorDataset(torch.randn(8, 4), torch.randn(8)), batch_size=2)  # B == n: not per node
     with pytest.raises(ValueError, match=r"one mini-batch per node.*collate_fn=NodeBatchCollate\(2\)"):
         trainer(tmp_path, max_steps=1).fit(MosaicModule(Linear(), 2), plain)
+
+
+# -- what a user keeps on self, logs in steps and epochs -------------------------------------------------------------
+
+
+class StepOutputs(Linear):
+    """Lightning's documented pattern: collect step outputs on self, reduce them at the epoch's end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.validation_step_outputs = []
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.validation_step_outputs.append((self.layer(x).squeeze(-1) - y).square())
+
+    def on_validation_epoch_end(self):
+        self.log("val_mse", torch.cat(self.validation_step_outputs).mean())
+        self.validation_step_outputs.clear()
+
+
+def test_attributes_kept_on_self_are_per_node(tmp_path):
+    module = MosaicModule(StepOutputs, num_nodes=3, init="independent")
+    test = TensorDataset(torch.randn(40, 4), torch.randn(40))
+    (values,) = trainer(tmp_path).validate(module, DataLoader(test, batch_size=16), verbose=False)
+    expected = []
+    for node in range(3):
+        alone = StepOutputs()
+        alone.load_state_dict(module.node_state_dict(node))
+        with torch.no_grad():
+            expected.append(float((alone.layer(test.tensors[0]).squeeze(-1) - test.tensors[1]).square().mean()))
+    assert values["val_mse"] == pytest.approx(np.mean(expected), rel=1e-5)
+    assert values["val_mse/node_std"] == pytest.approx(np.std(expected), rel=1e-4)
+    assert module.node_module.validation_step_outputs == []  # the template's own list is untouched
+
+
+class Counting(Linear):
+    def __init__(self) -> None:
+        super().__init__()
+        from torchmetrics.aggregation import SumMetric
+
+        self.seen = SumMetric()
+        self.node_value = 0.0
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        self.seen.update(torch.ones(len(y)))
+        self.log("train_seen", self.seen, on_epoch=True, on_step=False)
+        self.log("train/loss", nn.functional.mse_loss(self.layer(x).squeeze(-1), y), on_step=True, on_epoch=True)
+        return nn.functional.mse_loss(self.layer(x).squeeze(-1), y)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", nn.functional.mse_loss(self.layer(batch[0]).squeeze(-1), batch[1]))
+
+
+def test_training_metrics_survive_a_validation_inside_the_epoch(tmp_path):
+    """A Metric logged in training_step counts the whole epoch although a validation runs in the middle of it; the
+    user's own train/loss (logged on step and epoch) replaces MosaicModule's."""
+    module = MosaicModule(Counting(), num_nodes=2)
+    t = trainer(tmp_path, max_epochs=1, val_check_interval=0.5)
+    val = DataLoader(TensorDataset(torch.randn(8, 4), torch.randn(8)), batch_size=8)
+    t.fit(module, node_loader(TensorDataset(torch.randn(32, 4), torch.randn(32)), [range(16), range(16, 32)], 4), val)
+    assert float(t.callback_metrics["train_seen"]) == 16  # 4 steps x B = 4 per node, per node
+    assert float(t.callback_metrics["train_seen/node_std"]) == 0
+    assert {"train/loss_step", "train/loss_epoch", "val_loss"} <= set(t.callback_metrics)
+
+
+class Alternating(Linear):
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        node = int(y[0] > 100)  # node 1's targets are shifted by 1000
+        self.log("v", float((batch_idx + node) % 2), on_step=False, on_epoch=True)
+        return nn.functional.mse_loss(self.layer(x).squeeze(-1), y)
+
+
+def test_the_epoch_std_of_a_training_value_is_over_per_node_epoch_means(tmp_path):
+    data = TensorDataset(torch.randn(32, 4), torch.cat([torch.zeros(16), torch.full((16,), 1000.0)]))
+    module = MosaicModule(Alternating(), num_nodes=2)
+    t = trainer(tmp_path, max_epochs=1)
+    t.fit(module, node_loader(data, [range(16), range(16, 32)], 8, num_batches=2))
+    # node 0 logs 0 then 1, node 1 logs 1 then 0: both epoch means are 0.5, so the std over nodes is 0
+    assert float(t.callback_metrics["v"]) == pytest.approx(0.5)
+    assert float(t.callback_metrics["v/node_std"]) == pytest.approx(0.0)
+
+
+def test_unsupported_hooks_and_loaders_are_named(tmp_path):
+    class WithHooks(Linear):
+        def on_train_batch_start(self, batch, batch_idx):
+            pass
+
+        def on_after_backward(self):
+            pass
+
+    with pytest.warns(UserWarning, match="overrides on_train_batch_start, on_after_backward, which MosaicModule"):
+        trainer(tmp_path, max_steps=1).fit(MosaicModule(WithHooks(), 2), linear_data())
+    module = MosaicModule(Linear(), 2)
+    with pytest.raises(ValueError, match="defines no test_step"):
+        trainer(tmp_path).test(module, DataLoader(TensorDataset(torch.randn(8, 4), torch.randn(8)), batch_size=4))
+    two = [DataLoader(TensorDataset(torch.randn(8, 4), torch.randn(8)), batch_size=4) for _ in range(2)]
+    with pytest.raises(ValueError, match=r"one shared val set; got several val dataloaders \(dataloader_idx=1\)"):
+        trainer(tmp_path).validate(MosaicModule(Counting(), 2), two)
