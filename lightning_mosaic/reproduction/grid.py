@@ -90,6 +90,7 @@ def run_grid(argv: list[str]) -> Path:
                 print(f"mosaic reproduce: {name} done, skipped", flush=True)
                 continue
             fit = ["fit", "--config", str(recipe), "--gossip.fragments", str(k), "--gossip.seed", str(seed)]
+            fit += ["--faults.seed", str(seed)]  # churn and stragglers (-- --faults.availability ...) differ per seed
             fit += ["--seed_everything", str(seed), "--model.init_args.seed", str(seed)]
             fit += ["--data.init_args.seed", str(seed), "--trainer.logger.init_args.save_dir", str(runs_dir)]
             fit += ["--trainer.logger.init_args.name", name, "--trainer.logger.init_args.version", "0"]
