@@ -83,7 +83,13 @@ def own_copy(metric: Metric | MetricCollection) -> Metric | MetricCollection:
         if isinstance(sub, Metric):
             sub.sync_on_compute = False
             sub.dist_sync_on_step = False
+            # torchmetrics reads this at every sync (sync_on_compute is only read at construction): never sync
+            sub.distributed_available_fn = _never
     return clone
+
+
+def _never() -> bool:
+    return False
 
 
 class PerNodeMetric(nn.Module):

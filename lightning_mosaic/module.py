@@ -16,7 +16,7 @@ from torch.optim import Optimizer
 from torchmetrics import Metric, MetricCollection
 
 from lightning_mosaic._validation import check_int
-from lightning_mosaic.distributed.sharding import global_consensus_distance
+from lightning_mosaic.distributed.sharding import broadcast_first_row_, global_consensus_distance
 from lightning_mosaic.distributed.strategy import check_single_process_checkpoint, local_nodes
 from lightning_mosaic.metrics import NodeMean, PerNodeMetric
 from lightning_mosaic.node_module import EPOCH_HOOKS, LightningNodes, is_lightning_module, step_loss
@@ -109,7 +109,9 @@ class MosaicModule(LightningModule):
     :class:`~lightning_mosaic.distributed.MosaicStrategy`): at ``setup`` rank r keeps only nodes
     ``[floor(r n / w), floor((r + 1) n / w))`` (:attr:`local_nodes`), the datamodule feeds it those nodes' batches,
     and every evaluation metric is computed over all n nodes, equal to the single-process value; ``train/loss`` is
-    the mean over the process's own nodes (no collective in the training step).
+    the mean over the process's own nodes (no collective in the training step). With ``init="same"`` every node
+    starts from rank 0's model (broadcast once at ``setup``), so a model instance built differently per process is
+    no problem.
 
     Raises:
         ValueError: At construction if ``num_nodes`` < 2, ``execution``, ``init`` or ``lr_scheduler_interval`` is
@@ -171,6 +173,7 @@ class MosaicModule(LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.lr_scheduler_interval = lr_scheduler_interval
         self.loss = loss
+        self.init = init
         self.replicas = ReplicaStack(
             model, num_nodes, init=init, seed=seed, template_device="keep" if wraps_lightning else "meta"
         )
@@ -275,6 +278,10 @@ class MosaicModule(LightningModule):
         nodes = local_nodes(self.trainer, self.num_nodes)  # refuses several processes without MosaicStrategy
         if len(nodes) < self.num_nodes and not self.sharded:
             self.replicas.shard(nodes.start, nodes.stop)
+            if self.init == "same":  # every node starts from rank 0's model (an instance may differ per process)
+                with torch.no_grad():
+                    for rows in (self.replicas.flat.data, *self.replicas.stacked_buffers().values()):
+                        broadcast_first_row_(rows)
         if self.node_module is not None:
             self.node_module.trainer = self.trainer  # its steps read self.trainer, self.global_step, ...
             if self._nodes is None:

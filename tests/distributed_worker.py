@@ -3,7 +3,9 @@
 
 It trains 4 digits nodes (MosaicModule) over the processes with MosaicGossip, and can inject faults on rank 1:
 different gossip settings, dying (``os._exit``) or hanging at a given step; or leave Lightning's DistributedSampler
-injection on (refused by the strategy).
+injection on (refused by the strategy). With ``--lightning-module OUT`` the nodes are a user's LightningModule
+(:class:`DigitsClassifier`, :func:`lightning_module_run`), and every rank saves its node rows and the final
+validation metrics under ``OUT``.
 """
 
 from __future__ import annotations
@@ -11,8 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_mosaic import MosaicGossip, MosaicModule
 from lightning_mosaic.data import DigitsDataModule
@@ -35,6 +41,68 @@ class Fault(pl.Callback):
             time.sleep(3600)
 
 
+class DigitsClassifier(pl.LightningModule):
+    """A user's LightningModule (BatchNorm, a torchmetrics metric, logs in steps), for 8x8 digits ``(B, 1, 8, 8)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+        self.val_acc = MulticlassAccuracy(num_classes=10, average="micro")
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.net(x)
+        self.val_acc.update(logits, y)
+        self.log("val_loss", nn.functional.cross_entropy(logits, y))
+        self.log("val_acc", self.val_acc)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)]
+
+
+def lightning_module_run(world: int, out: Path) -> dict[str, float]:
+    """8 steps of 4 nodes of :class:`DigitsClassifier` over ``world`` processes, then one validation; saves this
+    rank's node rows (``rows{rank}.pt``) and returns the validation metrics (equal on every rank)."""
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=world,
+        strategy=MosaicStrategy(timeout=60) if world > 1 else "auto",
+        use_distributed_sampler=False,
+        max_steps=8,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[MosaicGossip(fragments=2, peers=1, seed=0)],
+    )
+    # Each process builds the user's model with its own weights: every node must start from rank 0's (seed 0, as
+    # in the single-process run), which MosaicModule broadcasts.
+    torch.manual_seed(int(os.environ.get("RANK", "0")))
+    module = MosaicModule(DigitsClassifier(), num_nodes=4, seed=0)
+    data = DigitsDataModule(num_nodes=4, batch_size=8, seed=0, steps_per_epoch=4)
+    trainer.fit(module, datamodule=data)
+    evaluator = pl.Trainer(
+        accelerator="cpu",
+        devices=world,
+        strategy=MosaicStrategy(timeout=60) if world > 1 else "auto",
+        use_distributed_sampler=False,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    (metrics,) = evaluator.validate(module, datamodule=data, verbose=False)
+    torch.save(module.gossip_parameters.detach().clone(), out / f"rows{trainer.global_rank}.pt")
+    return {k: float(v) for k, v in metrics.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fragments", type=int, default=4)
@@ -43,8 +111,13 @@ def main() -> None:
     parser.add_argument("--fault-step", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--use-distributed-sampler", action="store_true", help="leave Lightning's default on")
+    parser.add_argument("--lightning-module", type=Path, default=None, help="run lightning_module_run, save here")
     args = parser.parse_args()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if args.lightning_module is not None:
+        metrics = lightning_module_run(world, args.lightning_module)
+        torch.save(metrics, args.lightning_module / f"metrics{rank}.pt")
+        return
     fragments = args.fragments_on_rank_1 if rank == 1 and args.fragments_on_rank_1 else args.fragments
     trainer = pl.Trainer(
         accelerator="cpu",

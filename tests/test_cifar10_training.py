@@ -11,15 +11,15 @@ from lightning_mosaic.models import GNLeNet
 
 
 def test_mosaic_learns_cifar10_above_chance(cifar10_dir, tmp_path):
-    """150 rounds of Mosaic Learning (K = 8, s = 3) lift node accuracy well above chance (0.1) on the real data.
+    """200 rounds of Mosaic Learning (K = 8, s = 3) lift node accuracy well above chance (0.1) on the real data.
 
-    Measured on 2 CPU cores: about 1 minute; node accuracy mean 0.285 after 200 rounds with the recipe settings.
+    Measured on 2 CPU cores: about 45 s; after 150 rounds node accuracy was 0.196 with these seeds.
     """
     data = CIFAR10DataModule(cifar10_dir, num_nodes=16, alpha=0.1, batch_size=8, test_subset=500, seed=0)
     module = MosaicModule(GNLeNet, num_nodes=16, optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
     gossip = MosaicGossip(fragments=8, peers=3, seed=0)
     trainer = Trainer(
-        max_steps=150,
+        max_steps=200,
         accelerator="cpu",
         callbacks=[gossip],
         logger=False,
@@ -30,7 +30,7 @@ def test_mosaic_learns_cifar10_above_chance(cifar10_dir, tmp_path):
         default_root_dir=tmp_path,
     )
     trainer.fit(module, data)
-    assert gossip.rounds == 150
+    assert gossip.rounds == 200
     evaluator = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     (metrics,) = evaluator.validate(module, datamodule=data, verbose=False)
     hist = data.node_label_histogram()

@@ -314,3 +314,30 @@ def test_ranks_started_with_different_settings_are_refused():
         assert result.returncode != 0
         assert "started with different gossip settings" in result.stderr
         assert "fragments=2 on rank 1, 4 on rank 0" in result.stderr
+
+
+# -- a user's LightningModule as the nodes, spread over processes ----------------------------------------------------
+
+
+def test_a_lightning_module_as_nodes_over_two_processes_equals_one_process(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("distributed_worker", ROOT / "tests" / "distributed_worker.py")
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    single = tmp_path / "single"
+    single.mkdir()
+    expected = worker.lightning_module_run(1, single)
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    results = _launch_worker("--lightning-module", str(sharded), timeout=240)
+    for result in results:
+        assert result.returncode == 0, result.stderr[-4000:]
+    rows = torch.cat([torch.load(sharded / f"rows{rank}.pt") for rank in range(2)])
+    torch.testing.assert_close(rows, torch.load(single / "rows0.pt"), rtol=1e-5, atol=1e-6)
+    assert {"val_acc", "val_acc/node_std", "val_acc/avg_model", "val_loss/node_std"} <= set(expected)
+    for rank in range(2):
+        metrics = torch.load(sharded / f"metrics{rank}.pt")
+        assert set(metrics) == set(expected)
+        for name, value in expected.items():
+            assert metrics[name] == pytest.approx(value, rel=1e-5, abs=1e-6), (rank, name)

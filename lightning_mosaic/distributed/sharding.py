@@ -61,6 +61,16 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     return out
 
 
+def broadcast_first_row_(rows: Tensor) -> None:
+    """Overwrite every row of ``rows`` ``(m, ...)`` with rank 0's first row, in place (a collective: every rank must
+    call it; nothing to do without a process group)."""
+    if distributed_world()[1] < 2:
+        return
+    first = rows[0].contiguous().clone()
+    dist.broadcast(first, src=0)
+    rows.copy_(first.unsqueeze(0).expand_as(rows))
+
+
 def _sum_over_nodes(local_sum: Tensor, local_rows: int, num_nodes: int, sharded: bool | None) -> Tensor:
     """All-reduce a per-rank sum when the rows are a shard; return it as is when they are all n nodes."""
     if sharded is None:

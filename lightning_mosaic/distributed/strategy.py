@@ -40,8 +40,9 @@ class MosaicStrategy(DDPStrategy):
       and the datamodule ask it through :func:`local_nodes` (the gossip's
       :class:`~lightning_mosaic.distributed.ShardedMixer` takes every rank's block from the same ``node_bounds``).
     - A module that holds its own node rows, i.e. has a ``gossip_parameters`` attribute (the ``(m, d)`` rows of its
-      nodes, as :class:`~lightning_mosaic.MosaicModule`), initializes them from its own seed, identically on every
-      rank, so nothing is broadcast.
+      nodes, as :class:`~lightning_mosaic.MosaicModule`), initializes them itself (``MosaicModule`` from its seed,
+      and with ``init="same"`` from rank 0's model, which it broadcasts when it takes its block), so the strategy
+      broadcasts nothing.
     - Any other ``LightningModule`` is one node per process (n = w). If ``broadcast_init`` (default), rank 0's
       initial parameters and buffers are broadcast once at the start of a fresh fit, on purpose: EL and Mosaic
       Learning start every node from the same model.
