@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -9,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_mosaic import MosaicFaults, MosaicGossip, MosaicModule
 from lightning_mosaic.data import DigitsDataModule
+from lightning_mosaic.distributed.strategy import RANK_STATES_KEY
 from lightning_mosaic.gossip.faults import NodeFaults, read_churn_trace
 from lightning_mosaic.models import MLP
 
@@ -349,3 +356,38 @@ def test_processes_with_other_fault_settings_are_refused(monkeypatch):
     gossip.faults = None
     gossip._check_same_settings_on_every_rank(module, 2)
     assert len(calls) == 2 and calls[0] == calls[1]
+
+
+def test_two_processes_draw_the_faults_of_one_process(tmp_path):
+    """Every rank computes the same (stateless) schedule and freezes its own block of nodes: two processes train
+    and gossip the nodes of the one-process run, with the same offline nodes in every round."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    runs = {}
+    for world in (1, 2):
+        save_dir = tmp_path / f"world{world}"
+        command = [
+            sys.executable,
+            "-m",
+            "lightning_mosaic.cli",
+            "fit",
+            "--config",
+            str(root / "recipes/quickstart.yaml"),
+        ]
+        command += ["--trainer.max_steps", "10", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar"]
+        command += ["false", "--trainer.logger.init_args.save_dir", str(save_dir)]
+        command += ["--faults.availability", "0.7", "--faults.straggler_prob", "0.2", "--faults.seed", "3"]
+        if world > 1:
+            command += ["--trainer.devices", str(world), "--trainer.strategy", "mosaic"]
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-4000:]
+        (run,) = (save_dir / "quickstart").glob("version_*")
+        (ckpt,) = (run / "checkpoints").glob("*.ckpt")
+        checkpoint = torch.load(ckpt, weights_only=False)
+        states = checkpoint.get(RANK_STATES_KEY, {"states": [checkpoint]})["states"]
+        rows = csv.DictReader((run / "metrics.csv").open())
+        offline = {int(r["step"]): float(r["gossip/offline_nodes"]) for r in rows if r.get("gossip/offline_nodes")}
+        runs[world] = torch.cat([s["state_dict"]["replicas.flat"] for s in states]), offline
+    schedule = NodeFaults(16, availability=0.7, straggler_prob=0.2, seed=3)
+    assert runs[2][1] == runs[1][1] == {r - 1: float(schedule.offline(r).sum()) for r in range(1, 11)}
+    torch.testing.assert_close(runs[2][0], runs[1][0], rtol=1e-5, atol=1e-6)
