@@ -126,15 +126,18 @@ class MosaicFaults(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(**self._config())
+        return self._generate_state_key(**self.settings)
 
     @property
     def active(self) -> bool:
         """Whether any fault is configured (after :meth:`attach`: whether the schedule holds any, an empty trace
         file holds none)."""
-        return faults_configured(self._config()) if self.faults is None else self.faults.active
+        return faults_configured(self.settings) if self.faults is None else self.faults.active
 
-    def _config(self) -> dict[str, Any]:
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The fault settings (the keys of :data:`FAULT_SETTINGS`): the state, the state key and the checks of
+        checkpoints and of the processes of a run."""
         return {
             "availability": self.availability,
             "churn_trace": self.churn_trace,
@@ -162,7 +165,7 @@ class MosaicFaults(Callback):
             TypeError: If faults are configured and the gossip target has no ``freeze_nodes``.
         """
         self.faults, self._target = None, None
-        if not faults_configured(self._config()):
+        if not faults_configured(self.settings):
             return None
         target = as_gossip_target(pl_module, world_size, rank)
         if not callable(getattr(target, "freeze_nodes", None)):
@@ -209,7 +212,7 @@ class MosaicFaults(Callback):
         target.freeze_nodes(idle[first : first + rows])  # type: ignore[attr-defined]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"config": self._config()}
+        return {"config": self.settings}
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint written with other fault settings (a checkpoint without them had no faults).
@@ -217,7 +220,7 @@ class MosaicFaults(Callback):
         Raises:
             ValueError: Naming every setting that differs, with the checkpoint's and this run's values.
         """
-        diffs = fault_differences(checkpoint_fault_settings(checkpoint), self._config())
+        diffs = fault_differences(checkpoint_fault_settings(checkpoint), self.settings)
         if diffs:
             raise ValueError(
                 "the checkpoint was written by a run with other fault settings (MosaicFaults), so it cannot continue "

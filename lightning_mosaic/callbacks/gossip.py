@@ -231,7 +231,7 @@ class MosaicGossip(Callback):
         one, or when it configures no fault)."""
         if self.faults is None:
             return dict(NO_FAULTS)
-        settings = self.faults.state_dict()["config"]
+        settings = self.faults.settings
         return settings if faults_configured(settings) else dict(NO_FAULTS)
 
     def should_gossip(self, step: int) -> bool:
