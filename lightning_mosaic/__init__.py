@@ -15,15 +15,17 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY = {
+    "MosaicFaults": "lightning_mosaic.callbacks.faults",
     "MosaicGossip": "lightning_mosaic.callbacks.gossip",
     "MosaicModule": "lightning_mosaic.module",
     "MosaicStrategy": "lightning_mosaic.distributed.strategy",
     "ReplicaStack": "lightning_mosaic.replicas",
 }
 
-__all__ = ["MosaicGossip", "MosaicModule", "MosaicStrategy", "ReplicaStack", "__version__"]
+__all__ = ["MosaicFaults", "MosaicGossip", "MosaicModule", "MosaicStrategy", "ReplicaStack", "__version__"]
 
 if TYPE_CHECKING:
+    from lightning_mosaic.callbacks.faults import MosaicFaults
     from lightning_mosaic.callbacks.gossip import MosaicGossip
     from lightning_mosaic.distributed.strategy import MosaicStrategy
     from lightning_mosaic.module import MosaicModule

@@ -1,8 +1,10 @@
-"""The ``mosaic`` command: LightningCLI for MosaicModule + a node datamodule + the MosaicGossip callback.
+"""The ``mosaic`` command: LightningCLI for MosaicModule + a node datamodule + the MosaicGossip and MosaicFaults
+callbacks.
 
-``mosaic fit --config recipes/quickstart.yaml --gossip.fragments 8``. The gossip callback is its own config group
-(``gossip:``); at the end of ``fit`` the final parameters are validated once more and a summary table is printed and
-written as ``summary.json`` next to the logs.
+``mosaic fit --config recipes/quickstart.yaml --gossip.fragments 8 --faults.availability 0.9``. The gossip callback
+is its own config group (``gossip:``), and so is the fault model (``faults:``, churn and stragglers; its defaults
+simulate no fault, so a recipe without faults leaves it out); at the end of ``fit`` the final parameters are
+validated once more and a summary table is printed and written as ``summary.json`` next to the logs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lightning_mosaic.callbacks.faults import MosaicFaults
 from lightning_mosaic.callbacks.gossip import MosaicGossip
 from lightning_mosaic.callbacks.summary import SUMMARY_FILE, MosaicSummary, format_summary
 from lightning_mosaic.data.base import NodeDataModule
@@ -41,7 +44,7 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
 
 
 class MosaicCLI(LightningCLI):
-    """LightningCLI with a ``gossip`` group and the end-of-fit summary."""
+    """LightningCLI with ``gossip`` and ``faults`` groups and the end-of-fit summary."""
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse the command line into ``self.config``, then check a local ``--ckpt_path`` file.
@@ -72,6 +75,7 @@ class MosaicCLI(LightningCLI):
             self.config[self.config["subcommand"]]["ckpt_path"] = self._held_ckpt_path
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(MosaicFaults, "faults")
         parser.add_lightning_class_args(MosaicGossip, "gossip")
         # Each process reads its own nodes' data: Lightning must not add a DistributedSampler (MosaicStrategy).
         parser.set_defaults({"trainer.use_distributed_sampler": False})
@@ -88,6 +92,8 @@ class MosaicCLI(LightningCLI):
         for callback in trainer.callbacks:
             if isinstance(callback, MosaicGossip) and isinstance(model, MosaicModule):
                 callback.attach(model)  # checks K, s and the topology against n and d (rebuilt per process later)
+            if isinstance(callback, MosaicFaults) and isinstance(model, MosaicModule):
+                callback.attach(model)  # reads the churn trace against n (rebuilt per process later)
         if trainer.world_size == 1:  # load and partition now, so that data errors come before the run folder
             data.prepare_data()
             data.setup("fit")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_mosaic import MosaicGossip, MosaicModule
+from lightning_mosaic import MosaicFaults, MosaicGossip, MosaicModule
 from lightning_mosaic.cli import MosaicCLI, main
 from lightning_mosaic.data.base import NodeDataModule
 
@@ -38,6 +38,8 @@ def test_every_recipe_parses_and_instantiates(recipe):
     assert cli.model.num_nodes == cli.datamodule.num_nodes  # linked
     gossip = [c for c in cli.trainer.callbacks if isinstance(c, MosaicGossip)]
     assert len(gossip) == 1 and gossip[0].peers >= 1
+    faults = [c for c in cli.trainer.callbacks if isinstance(c, MosaicFaults)]
+    assert len(faults) == 1 and not faults[0].active  # no recipe needs the faults group: no fault by default
 
 
 @pytest.mark.parametrize(
@@ -70,6 +72,34 @@ def test_override_reaches_the_callback():
     cli = instantiate(["--config", str(ROOT / "recipes" / "quickstart.yaml"), "--gossip.fragments", "1"])
     (gossip,) = [c for c in cli.trainer.callbacks if isinstance(c, MosaicGossip)]
     assert gossip.fragments == 1
+
+
+def test_fault_options_are_the_faults_group(capsys):
+    quickstart = ["--config", str(ROOT / "recipes" / "quickstart.yaml")]
+    cli = instantiate(quickstart + ["--faults.availability", "0.9", "--faults.straggler_prob", "0.1"])
+    (faults,) = [c for c in cli.trainer.callbacks if isinstance(c, MosaicFaults)]
+    assert (faults.availability, faults.churn_trace, faults.straggler_prob, faults.seed) == (0.9, None, 0.1, 0)
+    with pytest.raises(SystemExit):
+        instantiate(quickstart + ["--gossip.availability", "0.9"])  # not a gossip setting
+    assert "availability" in capsys.readouterr().err
+
+
+def test_a_run_with_faults_logs_offline_nodes_and_resumes(tmp_path, capsys):
+    base = ["fit", "--config", str(ROOT / "recipes" / "quickstart.yaml"), "--trainer.enable_progress_bar", "false"]
+    base += ["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.log_every_n_steps", "1"]
+    base += ["--faults.availability", "0.8", "--faults.straggler_prob", "0.1", "--faults.seed", "2"]
+    main(base + ["--trainer.max_steps", "6"])
+    header = (tmp_path / "quickstart" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    assert "gossip/offline_nodes" in header.split(",")
+    (ckpt,) = (tmp_path / "quickstart").glob("version_0/checkpoints/*.ckpt")
+    main(base + ["--trainer.max_steps", "8", "--ckpt_path", str(ckpt)])
+    assert json.loads((tmp_path / "quickstart" / "version_1" / "summary.json").read_text())["rounds"] == 8
+    with pytest.raises(SystemExit) as exit_info:  # other fault settings: refused, naming the difference
+        main(base + ["--trainer.max_steps", "8", "--ckpt_path", str(ckpt), "--faults.seed", "3"])
+    assert exit_info.value.code == 2
+    assert "other fault settings (MosaicFaults), so it cannot continue this one: seed=2 in the checkpoint, 3 here" in (
+        capsys.readouterr().err
+    )
 
 
 def test_quickstart_learns_and_writes_its_summary(tmp_path, capsys):
@@ -110,6 +140,8 @@ def test_quickstart_learns_and_writes_its_summary(tmp_path, capsys):
         (["--data.init_args.min_samples", "200"], "min_samples=200 is impossible"),
         (["--data.init_args.num_nodes", "1"], "num_nodes must be an integer >= 2, got 1"),
         (["--data.init_args.alpha", "0"], "alpha must be a float > 0"),
+        (["--faults.availability", "1.5"], "availability must be a probability in [0, 1], got 1.5"),
+        (["--faults.straggler_prob", "-1"], "straggler_prob must be a probability in [0, 1], got -1"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, override, message):
@@ -122,6 +154,19 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, override, me
     assert f"mosaic: error: {message}" in err
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # no run folder, no config, no checkpoint
+
+
+def test_a_bad_churn_trace_is_one_line_and_writes_nothing(tmp_path, capsys):
+    trace = tmp_path / "trace" / "trace.csv"
+    trace.parent.mkdir()
+    trace.write_text("node,first_round,last_round\n99,1,3\n")
+    argv = ["fit", "--config", str(ROOT / "recipes" / "quickstart.yaml"), "--faults.churn_trace", str(trace)]
+    argv += ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.default_root_dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert f"mosaic: error: {trace}:2: node must be in [0, 16), got 99" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trace"]  # no run folder, no config, no checkpoint
 
 
 def test_yaml_model_is_initialized_from_the_module_seed_not_the_global_rng():

@@ -6,7 +6,11 @@ import csv
 
 import pytest
 
-from lightning_mosaic.cli import main
+import lightning_mosaic.cli
+import lightning_mosaic.reproduction.grid as grid
+from lightning_mosaic import MosaicFaults, MosaicModule
+from lightning_mosaic.cli import MosaicCLI, main
+from lightning_mosaic.data.base import NodeDataModule
 
 
 def test_reproduce_runs_the_grid_writes_the_report_and_resumes(tmp_path, capsys):
@@ -42,3 +46,18 @@ def test_reproduce_refuses_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["reproduce", "--task", "digits", "--fragments", "0"])
     assert "must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_reproduce_passes_fault_options_and_seeds_them_per_run(tmp_path, monkeypatch):
+    """``-- --faults.availability 0.9`` reaches every run's MosaicFaults, whose seed is the run's seed."""
+    fits = []
+    monkeypatch.setattr(lightning_mosaic.cli, "main", fits.append)  # record each run's `mosaic fit` arguments
+    monkeypatch.setattr(grid, "write_report", lambda runs, out, *args: out / "report.md")
+    argv = ["--task", "digits", "--fragments", "2", "--seeds", "2", "--out", str(tmp_path)]
+    grid.run_grid([*argv, "--", "--faults.availability", "0.9"])
+    assert len(fits) == 2
+    for seed, fit in enumerate(fits):
+        options = dict(subclass_mode_model=True, subclass_mode_data=True, run=False)
+        cli = MosaicCLI(MosaicModule, NodeDataModule, args=fit[1:], **options)
+        (faults,) = [c for c in cli.trainer.callbacks if isinstance(c, MosaicFaults)]
+        assert (faults.availability, faults.seed) == (0.9, seed)

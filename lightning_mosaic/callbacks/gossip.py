@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,12 +12,18 @@ from torch import Tensor
 
 from lightning_mosaic._validation import check_int as _check_int
 from lightning_mosaic._validation import check_probability
+from lightning_mosaic.callbacks.faults import (
+    NO_FAULTS,
+    MosaicFaults,
+    checkpoint_fault_settings,
+    fault_differences,
+    faults_configured,
+)
 from lightning_mosaic.callbacks.target import GossipTarget, as_gossip_target
 from lightning_mosaic.distributed.diagnosis import unresponsive_ranks
 from lightning_mosaic.distributed.exchange import ShardedMixer
 from lightning_mosaic.distributed.sharding import node_bounds
 from lightning_mosaic.distributed.strategy import check_multiprocess_module
-from lightning_mosaic.gossip.faults import NodeFaults
 from lightning_mosaic.gossip.fragmentation import FRAGMENTATIONS
 from lightning_mosaic.gossip.metrics import bytes_sent_per_node, values_sent_per_node
 from lightning_mosaic.gossip.mixing import KERNELS
@@ -27,7 +32,6 @@ from lightning_mosaic.gossip.topology import TOPOLOGIES
 from lightning_mosaic.metrics import ConsensusDistance
 
 NONFINITE_POLICIES = ("raise", "isolate")
-FAULT_SETTINGS = ("availability", "churn_trace", "straggler_prob")
 
 
 class NonFiniteParametersError(FloatingPointError):
@@ -58,8 +62,14 @@ class MosaicGossip(Callback):
 
     Logged after every round (``on_step``): ``gossip/consensus_distance`` (after mixing,
     ``(1/n) sum_i ||x_i - x_bar||^2``, over the nodes that took part), ``gossip/values_sent_per_node``
-    (``s * d`` per round) and ``gossip/round``; with faults or isolation also ``gossip/offline_nodes`` and
+    (``s * d`` per round) and ``gossip/round``; with churn or isolation also ``gossip/offline_nodes`` and
     ``gossip/isolated_nodes``; in multi-process runs ``gossip/bytes_sent_per_rank``.
+
+    Churn and stragglers are their own callback, :class:`~lightning_mosaic.callbacks.MosaicFaults`: at ``setup`` the
+    gossip finds it among ``trainer.callbacks`` (at most one, anywhere in the list) and, with faults configured,
+    keeps the nodes it reports offline (:meth:`~lightning_mosaic.callbacks.MosaicFaults.offline`) out of each round,
+    as it keeps non-finite nodes out with ``on_nonfinite="isolate"``.
+    :attr:`faults` is that callback (``None`` without one).
 
     Args:
         fragments: K >= 1 (at most d; with ``fragmentation="layer"`` at most the number of parameter tensors).
@@ -69,14 +79,7 @@ class MosaicGossip(Callback):
         fragmentation: ``"random"`` (default), ``"contiguous"`` or ``"layer"``.
         every_n_steps: Local steps per round (>= 1, default 1).
         seed: Seed of the fragmentation and of the graph stream.
-        drop_prob: Probability in [0, 1] that each fragment message is lost (fault model, default 0).
-        availability: Probability in [0, 1] that a node is online in a round (churn; default 1). An offline node
-            neither trains in the local steps leading to the round, nor sends, nor receives.
-        churn_trace: Optional CSV file of offline intervals, header ``node,first_round,last_round`` (inclusive,
-            rounds from 1), applied on top of ``availability``.
-        straggler_prob: Probability in [0, 1] that a node skips a given local step (stragglers; default 0). Churn
-            and stragglers need a gossip target that can freeze nodes (``freeze_nodes``, e.g. a
-            :class:`~lightning_mosaic.MosaicModule`); see :class:`~lightning_mosaic.gossip.faults.NodeFaults`.
+        drop_prob: Probability in [0, 1] that each fragment message is lost (message loss, default 0).
         on_nonfinite: What to do when, after local training and before gossip, some nodes hold NaN or Inf
             parameters: ``"raise"`` (default) a :class:`NonFiniteParametersError` naming the nodes and the round,
             before anything is sent; ``"isolate"`` those nodes for the round (they neither send nor receive), log
@@ -90,9 +93,9 @@ class MosaicGossip(Callback):
 
     Raises:
         ValueError: At construction for an argument out of range (naming it); at ``setup`` if ``peers``,
-            ``topology`` or ``fragments`` do not fit the module's n and d.
-        TypeError: At ``setup`` if the module is not a gossip target and the run has one process, or faults are
-            configured for a target that cannot freeze nodes.
+            ``topology`` or ``fragments`` do not fit the module's n and d, or ``trainer.callbacks`` holds more than
+            one :class:`~lightning_mosaic.callbacks.MosaicFaults`.
+        TypeError: At ``setup`` if the module is not a gossip target and the run has one process.
     """
 
     def __init__(
@@ -105,9 +108,6 @@ class MosaicGossip(Callback):
         seed: int = 0,
         drop_prob: float = 0.0,
         on_nonfinite: str = "raise",
-        availability: float = 1.0,
-        churn_trace: str | None = None,
-        straggler_prob: float = 0.0,
         kernel: str = "auto",
     ) -> None:
         if kernel not in KERNELS:
@@ -117,10 +117,6 @@ class MosaicGossip(Callback):
         _check_int("every_n_steps", every_n_steps, 1)
         _check_int("seed", seed, 0)
         check_probability("drop_prob", drop_prob)
-        check_probability("availability", availability)
-        check_probability("straggler_prob", straggler_prob)
-        if churn_trace is not None and not Path(churn_trace).is_file():
-            raise FileNotFoundError(f"churn_trace {churn_trace} does not exist")
         if on_nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
         if topology not in TOPOLOGIES:
@@ -134,11 +130,8 @@ class MosaicGossip(Callback):
         self.every_n_steps = every_n_steps
         self.seed = seed
         self.drop_prob = float(drop_prob)
-        self.availability = float(availability)
-        self.churn_trace = None if churn_trace is None else str(churn_trace)
-        self.straggler_prob = float(straggler_prob)
         self.kernel = kernel
-        self.faults: NodeFaults | None = None
+        self.faults: MosaicFaults | None = None
         self.on_nonfinite = on_nonfinite
         self.protocol: FragmentGossip | None = None
         self._mixer: ShardedMixer | None = None
@@ -159,6 +152,14 @@ class MosaicGossip(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         world, rank = trainer.world_size, trainer.global_rank
+        found = [c for c in trainer.callbacks if isinstance(c, MosaicFaults)]  # type: ignore[attr-defined]
+        if len(found) > 1:
+            raise ValueError(
+                f"trainer.callbacks holds {len(found)} MosaicFaults callbacks; a run has one fault model, pass one"
+            )
+        self.faults = found[0] if found else None
+        if self.faults is not None:
+            self.faults.follow(self)
         if world > 1:
             check_multiprocess_module(trainer, pl_module)
             self._check_same_settings_on_every_rank(pl_module, world)
@@ -177,23 +178,15 @@ class MosaicGossip(Callback):
             rank: This process's global rank.
 
         Raises:
-            TypeError: If ``pl_module`` is not a gossip target and ``world_size < 2``, or faults are configured and
-                the target cannot freeze nodes.
+            TypeError: If ``pl_module`` is not a gossip target and ``world_size < 2``.
             ValueError: If ``peers``, ``topology`` or ``fragments`` do not fit the module's n and d.
         """
         if self.protocol is not None and (self._world_size, self._rank) == (world_size, rank):
             return self.protocol
         target = as_gossip_target(pl_module, world_size, rank)
         num_nodes, sizes = target.num_nodes, target.parameter_sizes
-        protocol_args = {k: v for k, v in self._config().items() if k not in ("every_n_steps", *FAULT_SETTINGS)}
+        protocol_args = {k: v for k, v in self._config().items() if k != "every_n_steps"}
         protocol = FragmentGossip(sizes, num_nodes, kernel=self.kernel, **protocol_args)
-        faults = NodeFaults(num_nodes, self.availability, self.churn_trace, self.straggler_prob, seed=self.seed)
-        if faults.active and not callable(getattr(target, "freeze_nodes", None)):
-            raise TypeError(
-                "availability, churn_trace and straggler_prob need a lightning_mosaic.MosaicModule (nodes that skip "
-                f"local steps), got {type(pl_module).__name__}"
-            )
-        self.faults = faults if faults.active else None
         if world_size > 1:
             bounds = node_bounds(num_nodes, world_size)
             self._mixer = ShardedMixer(bounds, rank, protocol.fragmentation, self.peers)
@@ -205,9 +198,11 @@ class MosaicGossip(Callback):
         return protocol
 
     def _check_same_settings_on_every_rank(self, pl_module: LightningModule, world_size: int) -> None:
-        """Gather every rank's settings and refuse any difference (before anything else can hang on it)."""
+        """Gather every rank's gossip and fault settings and refuse any difference (before anything else can hang on
+        it): one ``all_gather_object``."""
         target = as_gossip_target(pl_module, world_size, dist.get_rank())
         mine = {**self._config(), "num_nodes": target.num_nodes, "num_coordinates": sum(target.parameter_sizes)}
+        mine.update({f"faults.{key}": value for key, value in self._fault_settings().items()})
         hparams = getattr(pl_module, "hparams", {})
         for key in ("seed", "init"):
             if key in hparams:
@@ -227,20 +222,22 @@ class MosaicGossip(Callback):
                     "the gossip: " + "; ".join(diffs)
                 )
 
+    @property
+    def _faults_active(self) -> bool:
+        return self.faults is not None and self.faults.active
+
+    def _fault_settings(self) -> dict[str, Any]:
+        """The settings of this run's fault model (:data:`~lightning_mosaic.callbacks.faults.NO_FAULTS` without
+        one, or when it configures no fault)."""
+        if self.faults is None:
+            return dict(NO_FAULTS)
+        settings = self.faults.settings
+        return settings if faults_configured(settings) else dict(NO_FAULTS)
+
     def should_gossip(self, step: int) -> bool:
         """Whether a round runs after optimizer step ``step`` (``trainer.global_step``, from 1); override for
         another schedule. Default: every ``every_n_steps`` steps."""
         return step % self.every_n_steps == 0
-
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        if self.faults is None or self.protocol is None or self._target is None:
-            return
-        step = trainer.global_step + 1  # the local step this batch belongs to
-        round_ = self.protocol.rounds + 1  # the round it leads to
-        idle = self.faults.idle(step, round_)
-        first = self._target.first_node
-        rows = self._target.gossip_rows().shape[0]
-        self._target.freeze_nodes(idle[first : first + rows])  # type: ignore[attr-defined]
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -272,7 +269,7 @@ class MosaicGossip(Callback):
                     )
                 rank_zero_warn(message + "; they are isolated for this round (neither send nor receive)")
                 offline = bad
-            churned = None if self.faults is None else self.faults.offline(rounds_before + 1).to(bad.device)
+            churned = self.faults.offline(rounds_before + 1).to(bad.device) if self._faults_active else None
             if churned is not None and bool(churned.any()):
                 offline = churned if offline is None else offline | churned
             with torch.no_grad():
@@ -295,7 +292,7 @@ class MosaicGossip(Callback):
             metrics["gossip/bytes_sent_per_rank"] = float(stats.bytes_sent)
         if self.on_nonfinite == "isolate":
             metrics["gossip/isolated_nodes"] = float(bad.sum())
-        if self.faults is not None:
+        if churned is not None:
             metrics["gossip/offline_nodes"] = float(churned.sum())
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
 
@@ -360,30 +357,47 @@ class MosaicGossip(Callback):
             "every_n_steps": self.every_n_steps,
             "seed": self.seed,
             "drop_prob": self.drop_prob,
-            "availability": self.availability,
-            "churn_trace": self.churn_trace,
-            "straggler_prob": self.straggler_prob,
         }
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint whose gossip was configured differently (K, s, topology, fragmentation, seed, ...).
+        """Refuse a checkpoint whose gossip was configured differently (K, s, topology, fragmentation, seed, ...),
+        or, in a run without :class:`~lightning_mosaic.callbacks.MosaicFaults`, one written with faults.
+
+        A checkpoint whose gossip state also holds the fault settings (``availability``, ``churn_trace``,
+        ``straggler_prob`` under another :attr:`state_key`) is loaded when its gossip settings match and its fault
+        settings match this run's :class:`~lightning_mosaic.callbacks.MosaicFaults` (drawn with the gossip's seed),
+        or are the defaults in a run without one; it is refused otherwise.
 
         Raises:
             ValueError: Naming every setting that differs, with the checkpoint's and this run's values.
         """
+        if self.faults is None:
+            saved = checkpoint_fault_settings(checkpoint)
+            diffs = [d for d in fault_differences(saved, dict(NO_FAULTS)) if not d.startswith("seed=")]
+            if diffs:
+                settings = ", ".join(f"{k}={v!r}" for k, v in saved.items())
+                raise ValueError(
+                    "the checkpoint was written by a run with churn or stragglers, so it cannot continue this one "
+                    f"without them: {'; '.join(diffs)}; add lightning_mosaic.callbacks.MosaicFaults({settings}) to "
+                    "trainer.callbacks"
+                )
         states = checkpoint.get("callbacks", {})
         if self.state_key in states:
             return
+        ours = self._config()
         for key, state in states.items():
             if key.startswith(type(self).__qualname__) and isinstance(state, dict) and "config" in state:
-                saved, ours = state["config"], self._config()
+                saved = state["config"]
                 diffs = [
                     f"{k}={saved.get(k)!r} in the checkpoint, {v!r} here" for k, v in ours.items() if saved.get(k) != v
                 ]
-                raise ValueError(
-                    "the checkpoint was written by a run with other gossip settings, so it cannot continue this one: "
-                    + "; ".join(diffs)
-                )
+                if diffs:
+                    raise ValueError(
+                        "the checkpoint was written by a run with other gossip settings, so it cannot continue this "
+                        "one: " + "; ".join(diffs)
+                    )
+                self.load_state_dict(state)  # same gossip, fault settings checked above: only its key differs
+                return
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"latest_step": self._latest_step, "config": self._config()}

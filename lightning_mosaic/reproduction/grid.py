@@ -93,6 +93,7 @@ def run_grid(argv: list[str], fit: Callable[[list[str]], None]) -> Path:
                 print(f"mosaic reproduce: {name} done, skipped", flush=True)
                 continue
             command_line = ["fit", "--config", str(recipe), "--gossip.fragments", str(k), "--gossip.seed", str(seed)]
+            command_line += ["--faults.seed", str(seed)]  # churn and stragglers (-- --faults.availability ...)
             command_line += ["--seed_everything", str(seed), "--model.init_args.seed", str(seed)]
             command_line += ["--data.init_args.seed", str(seed), "--trainer.logger.init_args.save_dir", str(runs_dir)]
             command_line += ["--trainer.logger.init_args.name", name, "--trainer.logger.init_args.version", "0"]
