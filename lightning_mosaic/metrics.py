@@ -50,12 +50,13 @@ class NodeMean(Metric):
         self.add_state("total", default=torch.zeros(num_nodes, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros(num_nodes, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, values: Tensor, first_node: int = 0) -> None:
+    def update(self, values: Tensor, first_node: int = 0, mask: Tensor | None = None) -> None:
         """Add a batch for nodes ``first_node, ..., first_node + m - 1``.
 
         Args:
             values: ``(m, B)`` per-node, per-sample values (e.g. 1.0 where node i classified sample b correctly).
             first_node: Index of the node of row 0 (default 0, with m = n: all nodes).
+            mask: Optional ``(m, B)`` bool: only the values where it is True count (e.g. no padding tokens).
 
         Raises:
             ValueError: If ``values`` is not shaped ``(m, B)`` with ``first_node + m <= n``.
@@ -66,8 +67,12 @@ class NodeMean(Metric):
                 f"got {tuple(values.shape)} with first_node={first_node}"
             )
         rows = slice(first_node, first_node + values.shape[0])
-        self.total[rows] += values.detach().to(torch.float64).sum(dim=1)
-        self.count[rows] += values.shape[1]
+        if mask is None:
+            self.total[rows] += values.detach().to(torch.float64).sum(dim=1)
+            self.count[rows] += values.shape[1]
+            return
+        self.total[rows] += (values.detach().to(torch.float64) * mask).sum(dim=1)
+        self.count[rows] += mask.sum(dim=1).to(torch.float64)
 
     def compute(self) -> Tensor:
         """``(n,)`` float64 mean per node."""
@@ -109,9 +114,10 @@ class PerNodeMetric(nn.Module):
         ([0.5, 1.0], 0.5)
     """
 
-    def __init__(self, metric: Metric, num_nodes: int) -> None:
+    def __init__(self, metric: Metric, num_nodes: int, name: str = "metric") -> None:
         super().__init__()
         check_int("num_nodes", num_nodes, 1)
+        self.name = name
         self.copies = nn.ModuleList([own_copy(metric) for _ in range(num_nodes)])
         self.average = own_copy(metric)
 
@@ -134,12 +140,20 @@ class PerNodeMetric(nn.Module):
         per_node = torch.zeros(n, dtype=torch.float64, device=device)
         average = torch.zeros(2, dtype=torch.float64, device=device)
         for i in range(num_local):
-            per_node[first_node + i] = float(self.copies[i].compute())
+            per_node[first_node + i] = self._scalar(self.copies[i].compute())
         if self.average.update_count:
-            average[0], average[1] = float(self.average.compute()), 1.0
+            average[0], average[1] = self._scalar(self.average.compute()), 1.0
         if num_local < n:
             per_node, average = all_reduce_sum(per_node), all_reduce_sum(average)
         return per_node, average[0] / average[1].clamp_min(1)
+
+    def _scalar(self, value: Any) -> float:
+        if isinstance(value, Tensor) and value.numel() != 1:
+            raise ValueError(
+                f"metrics[{self.name!r}] computed a tensor of shape {tuple(value.shape)}; MosaicModule reports scalar "
+                "metrics per node (e.g. average='micro' or 'macro', not None)"
+            )
+        return float(value)
 
     def reset(self) -> None:
         """Reset every copy."""

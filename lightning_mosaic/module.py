@@ -15,6 +15,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 from torch.func import vmap
 from torch.optim import Optimizer
+from torch.utils.data import DataLoader
 from torchmetrics import Metric, MetricCollection
 
 from lightning_mosaic._validation import check_int
@@ -35,6 +36,9 @@ from lightning_mosaic.replicas import EXECUTIONS, ReplicaStack, default_executio
 
 DEFAULT_LR = 0.05
 """SGD learning rate used when no optimizer is configured (EL's CIFAR-10 setting in decentralizepy)."""
+
+IGNORE_INDEX = -100
+"""Class index the default loss and accuracy leave out (padding), as ``F.cross_entropy``'s ``ignore_index``."""
 
 Loss = Callable[[Any, Any], Tensor]
 
@@ -177,6 +181,11 @@ class MosaicModule(LightningModule):
                 )
         if loss is not None and not callable(loss):
             raise ValueError(f"loss must be a callable (output, target) -> scalar tensor, got {type(loss).__name__}")
+        if isinstance(loss, nn.Module) and any(True for _ in loss.parameters()):
+            raise ValueError(
+                f"loss {type(loss).__name__} has parameters: they would be one set shared by all nodes, trained on "
+                "the sum of their losses and never gossiped; make them part of the model (its forward) instead"
+            )
         self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler", "loss", "metrics"])
         self.num_nodes = num_nodes
         self.execution = execution
@@ -195,6 +204,8 @@ class MosaicModule(LightningModule):
                 "optimizer on all nodes' parameters and supports automatic optimization only"
             )
         self._nodes: LightningNodes | None = None
+        self._vmap_unusable = False
+        self._fixed_coordinates: Tensor | None = None
         self._frozen: Tensor | None = None
         self._average_state: dict[str, Tensor] | None = None
         self.user_metrics = dict(metrics.items()) if metrics is not None else {}
@@ -319,6 +330,24 @@ class MosaicModule(LightningModule):
     def on_test_start(self) -> None:
         self._template_to_device()
 
+    def on_train_start(self) -> None:
+        """Refuse a plain ``DataLoader(dataset, batch_size=B)``: its batches are not one mini-batch per node, even
+        when their shapes happen to look so (B == n).
+
+        Raises:
+            ValueError: If the training loader has a ``batch_size`` (per-node loaders are built on a batch sampler).
+        """
+        loaders: list[DataLoader] = []
+        apply_to_collection(self.trainer.train_dataloader, DataLoader, loaders.append)
+        for loader in loaders:
+            if loader.batch_size is not None:
+                raise ValueError(
+                    f"the training DataLoader draws plain batches of batch_size={loader.batch_size} samples, not one "
+                    "mini-batch per node from its own shard; build it with NodeDataModule.from_datasets(...), or "
+                    "DataLoader(dataset, batch_sampler=NodeBatchSampler(partition, B), "
+                    f"collate_fn=NodeBatchCollate({self.replicas.num_nodes}))"
+                )
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another shape: n nodes of d parameters each must match.
 
@@ -341,15 +370,41 @@ class MosaicModule(LightningModule):
     # -- computation ----------------------------------------------------------------------------------------------
 
     def resolved_execution(self) -> str:
-        """The execution path in use on the module's current device."""
-        if self.node_module is not None:
+        """The execution path in use on the module's current device (``"auto"`` falls back to ``"loop"`` for good
+        once the model fails under ``torch.func.vmap``)."""
+        if self.node_module is not None or self._vmap_unusable:
             return "loop"
         return default_execution(self.device, self.replicas.template) if self.execution == "auto" else self.execution
 
     def forward(self, *inputs: Any, shared_input: bool = False) -> Any:
         """All nodes' outputs: inputs ``(n, B, ...)`` -> outputs ``(n, B, ...)``; with ``shared_input``, inputs
-        ``(B, ...)`` fed to every node."""
-        return self.replicas(*inputs, execution=self.resolved_execution(), shared_input=shared_input)
+        ``(B, ...)`` fed to every node.
+
+        Raises:
+            ValueError: With ``execution="vmap"``, if the model cannot run under ``torch.func.vmap`` (an op without
+                a batching rule such as ``nn.LSTM``, data-dependent control flow, ``.item()``).
+        """
+        execution = self.resolved_execution()
+        if execution != "vmap":
+            return self.replicas(*inputs, execution=execution, shared_input=shared_input)
+        try:
+            return self.replicas(*inputs, execution="vmap", shared_input=shared_input)
+        except (RuntimeError, NotImplementedError, ValueError) as error:
+            text = str(error)
+            if "vmap" not in text and "Batching rule" not in text:
+                raise
+            reason = text.strip().splitlines()[0][:300]
+            if self.execution == "vmap":
+                raise ValueError(
+                    f"the model {type(self.replicas.template).__name__} cannot run under torch.func.vmap ({reason}); "
+                    "use execution='loop' (or 'auto')"
+                ) from error
+            rank_zero_warn(
+                f"the model {type(self.replicas.template).__name__} cannot run under torch.func.vmap ({reason}); "
+                "execution='auto' runs it per node (execution='loop') from now on"
+            )
+            self._vmap_unusable = True
+            return self.replicas(*inputs, execution="loop", shared_input=shared_input)
 
     def split_batch(self, batch: Any) -> tuple[tuple[Any, ...], Any]:
         """``(inputs, target)`` of a batch: a tuple or list ``(input_1, ..., input_k, target)`` gives
@@ -397,12 +452,28 @@ class MosaicModule(LightningModule):
                 f"outputs {_describe(outputs)} and targets {_describe(targets)}; pass loss=... taking one node's "
                 "(output, target)"
             )
-        flat = F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), reduction="none")
+        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+            raise ValueError(
+                f"the default loss (cross-entropy) takes class indices (an integer tensor), got {targets.dtype} "
+                "targets; for regression pass loss=nn.MSELoss() (and metrics=..., e.g. torchmetrics' MeanSquaredError)"
+            )
+        flat = F.cross_entropy(
+            outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), reduction="none", ignore_index=IGNORE_INDEX
+        )
         return flat.view(targets.shape)
 
     def per_sample_correct(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        """1.0 where the prediction is right: outputs ``(n, B, ..., C)``, targets ``(n, B, ...)`` -> ``(n, B, ...)``."""
+        """1.0 where the prediction is right: outputs ``(n, B, ..., C)``, targets ``(n, B, ...)`` -> ``(n, B, ...)``.
+        Targets equal to :data:`IGNORE_INDEX` (padding) are left out of the default loss and accuracy."""
         return (outputs.argmax(dim=-1) == targets).to(torch.float32)
+
+    @staticmethod
+    def _counted(targets: Any) -> Tensor | None:
+        """``(n, k)`` mask of the targets the default loss and accuracy count (``None``: all of them)."""
+        if not isinstance(targets, Tensor) or targets.is_floating_point():
+            return None
+        counted = (targets != IGNORE_INDEX).flatten(1)
+        return None if bool(counted.all()) else counted
 
     def node_losses(self, outputs: Any, targets: Any) -> Tensor:
         """``(m,)`` loss of every node: the mean of :meth:`per_sample_loss` per node by default, else ``loss``
@@ -413,7 +484,11 @@ class MosaicModule(LightningModule):
             ValueError: If the loss cannot take the output and target, or does not return one scalar per node.
         """
         if self.loss is None:
-            return self.per_sample_loss(outputs, targets).flatten(1).mean(dim=1)
+            per_sample = self.per_sample_loss(outputs, targets).flatten(1)
+            counted = self._counted(targets)
+            if counted is None:
+                return per_sample.mean(dim=1)
+            return (per_sample * counted).sum(dim=1) / counted.sum(dim=1).clamp_min(1)
         loss, m = self.loss, self.replicas.num_nodes
         try:
             try:
@@ -480,7 +555,7 @@ class MosaicModule(LightningModule):
         if self.loss is None:
             states.update({"node_acc": NodeMean(n), "avg_acc": NodeMean(1)})
         for name, metric in self.user_metrics.items():
-            states[f"user_{name}"] = PerNodeMetric(metric, n)
+            states[f"user_{name}"] = PerNodeMetric(metric, n, name=name)
         return states
 
     def update_eval_metrics(
@@ -491,16 +566,17 @@ class MosaicModule(LightningModule):
         ``(B, ...)``."""
         m = self.replicas.num_nodes
         targets = apply_to_collection(target, Tensor, lambda t: t.unsqueeze(0).expand(m, *t.shape))
+        counted = self._counted(targets) if self.loss is None else None
         if self.loss is None:
-            metrics["node_loss"].update(self.per_sample_loss(outputs, targets).flatten(1), first_node)
+            metrics["node_loss"].update(self.per_sample_loss(outputs, targets).flatten(1), first_node, counted)
         else:
             batch = _shapes(target)[0][0] if _shapes(target) else 1
             metrics["node_loss"].update(self.node_losses(outputs, targets).unsqueeze(1).expand(m, batch), first_node)
         if "node_acc" in metrics:
-            metrics["node_acc"].update(self.per_sample_correct(outputs, targets).flatten(1), first_node)
+            metrics["node_acc"].update(self.per_sample_correct(outputs, targets).flatten(1), first_node, counted)
             if avg_outputs is not None:
                 correct = self.per_sample_correct(avg_outputs.unsqueeze(0), target.unsqueeze(0))
-                metrics["avg_acc"].update(correct.flatten(1))
+                metrics["avg_acc"].update(correct.flatten(1), 0, None if counted is None else counted[:1])
         for name in self.user_metrics:
             metrics[f"user_{name}"].update(outputs, avg_outputs, target)
 
@@ -617,6 +693,43 @@ class MosaicModule(LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
+    def on_predict_epoch_start(self) -> None:
+        self._eval_epoch_start()
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Every node's and the averaged model's predictions on a shared batch.
+
+        A batch is what :meth:`split_batch` takes, or the inputs alone (a tensor, or a tuple or list of one).
+        With a wrapped LightningModule, its ``predict_step`` (or ``forward`` on the batch) runs per node.
+
+        Returns:
+            ``{"nodes": outputs (m, B, ...), "avg_model": outputs (B, ...)}`` (``"avg_model"`` ``None`` in the
+            processes not holding node 0); with a LightningModule, ``"nodes"`` is the list of its m outputs.
+        """
+        replicas, first = self.replicas, self.replicas.first_node
+        state = self._average_state if first == 0 else None
+        if self.node_module is not None:
+            if is_overridden("predict_step", self.node_module, parent=LightningModule):
+                call: Callable[..., Any] = _step("predict_step")
+                args: tuple[Any, ...] = (batch, batch_idx)
+            else:
+                call, args = (lambda module, b: module(b)), (batch,)
+            rows, buffers = replicas.flat.unbind(0), replicas.node_buffers()
+            nodes = [
+                replicas.call_node(i, call, *args, state=replicas.node_tensors(i, buffers, rows))
+                for i in range(replicas.num_nodes)
+            ]
+            return {
+                "nodes": nodes,
+                "avg_model": None if state is None else replicas.call_node(0, call, *args, state=state),
+            }
+        if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+            inputs, _ = self.split_batch(batch)
+        else:
+            inputs = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+        average = None if state is None else replicas.forward_average(*inputs, state=state)
+        return {"nodes": self(*inputs, shared_input=True), "avg_model": average}
+
     @staticmethod
     def _check_one_loader(dataloader_idx: int, stage: str) -> None:
         if dataloader_idx != 0:
@@ -676,29 +789,43 @@ class MosaicModule(LightningModule):
                     f"hyperparameters than group 0 ({diffs}); all nodes' parameters are one (n, d) tensor, so one "
                     "setting applies to every parameter"
                 )
+        optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        template = dict(self.node_module.named_parameters())  # type: ignore[union-attr]
+        fixed, offset = [], 0
+        for name, size in zip(self.replicas.names, self.replicas.sizes, strict=True):
+            if id(template[name]) not in optimized:
+                fixed.append(torch.arange(offset, offset + size))
+            offset += size
+        self._fixed_coordinates = torch.cat(fixed) if fixed else None
         optimizer.param_groups.clear()
         optimizer.state.clear()
         optimizer.add_param_group({**settings[0], "params": [self.replicas.flat]})
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         """Step the optimizer; nodes frozen with :meth:`freeze_nodes` for this step keep their parameters and
-        per-coordinate optimizer state as they were (they skip the local step)."""
-        frozen = self._frozen
-        if frozen is None or not bool(frozen.any()):
+        per-coordinate optimizer state as they were (they skip the local step), and so do the coordinates of
+        parameters a wrapped LightningModule's optimizer does not hold."""
+        frozen, fixed, flat = self._frozen, self._fixed_coordinates, self.replicas.flat
+        rows = None if frozen is None or not bool(frozen.any()) else frozen.to(flat.device).nonzero().flatten()
+        if rows is None and fixed is None:
             super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-            self._frozen = None
+            self._frozen = None  # after the step: the closure's hooks may read frozen_nodes
             return
-        rows = frozen.to(self.replicas.flat.device).nonzero().flatten()
-        flat = self.replicas.flat
         inner = getattr(optimizer, "optimizer", optimizer)
-        state = inner.state.get(flat, {})
-        saved = flat.data[rows].clone()
-        saved_state = {k: v[rows].clone() for k, v in state.items() if torch.is_tensor(v) and v.shape == flat.shape}
+        saved_columns = None if fixed is None else flat.data[:, fixed.to(flat.device)].clone()
+        saved_rows = saved_state = None
+        if rows is not None:
+            state = inner.state.get(flat, {})
+            saved_rows = flat.data[rows].clone()
+            saved_state = {k: v[rows].clone() for k, v in state.items() if torch.is_tensor(v) and v.shape == flat.shape}
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        flat.data[rows] = saved
-        state = inner.state.get(flat, {})
-        for key, value in saved_state.items():
-            state[key][rows] = value
+        if saved_columns is not None:
+            flat.data[:, fixed.to(flat.device)] = saved_columns
+        if rows is not None:
+            flat.data[rows] = saved_rows
+            state = inner.state.get(flat, {})
+            for key, value in saved_state.items():
+                state[key][rows] = value
         self._frozen = None
 
     def configure_gradient_clipping(

@@ -62,7 +62,6 @@ IGNORED_HOOKS = (
     "transfer_batch_to_device",
     "on_before_batch_transfer",
     "on_after_batch_transfer",
-    "predict_step",
     "train_dataloader",
     "val_dataloader",
     "test_dataloader",

@@ -35,7 +35,12 @@ def default_execution(device: torch.device, model: nn.Module) -> str:
     convolutions runs as a loop, anything else vectorized. On CUDA: vmap, one kernel sequence for all nodes instead of
     n: 7-10x faster than the loop for GN-LeNet at n = 64 and 256, B = 32, on an H200 (``benchmarks/gpu.py``,
     ``docs/benchmarks.md``).
+
+    Recurrent layers (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``) have no vmap batching rule: such a model runs as a loop on
+    every device.
     """
+    if any(isinstance(m, nn.RNNBase) for m in model.modules()):
+        return "loop"
     if device.type == "cpu" and any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
         return "loop"
     return "vmap"
@@ -77,15 +82,10 @@ class _CallOn(nn.Module):
         return fn(self.m, *args)
 
 
-def _build(model: nn.Module | Callable[[], nn.Module], seed: int) -> nn.Module:
+def _build(model: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """``model()`` under a seeded RNG (the caller's RNG state is left as it was)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if isinstance(model, nn.Module):
-            module = copy.deepcopy(model)
-            for sub in module.modules():
-                if hasattr(sub, "reset_parameters"):
-                    sub.reset_parameters()
-            return module
         module = model()
     if not isinstance(module, nn.Module):
         raise TypeError(f"model must be an nn.Module or a callable returning one, it returned {type(module)}")
@@ -96,8 +96,8 @@ class ReplicaStack(nn.Module):
     """n replicas of a model with parameters stored as one ``(n, d)`` ``nn.Parameter``.
 
     Args:
-        model: An ``nn.Module`` (used as the template; with ``init="same"`` its weights are copied to every node) or a
-            zero-argument callable returning a fresh module (called under a seeded RNG).
+        model: An ``nn.Module`` (used as the template; its weights are copied to every node, ``init="same"`` only)
+            or a zero-argument callable returning a fresh module (called under a seeded RNG).
         num_nodes: n >= 1.
         init: ``"same"`` (every node starts from the same weights, as in EL and Mosaic Learning) or
             ``"independent"`` (node i's weights come from its own seeded initialization).
@@ -117,8 +117,14 @@ class ReplicaStack(nn.Module):
     ``model()`` loaded with :meth:`node_state` ``(i)`` and put in eval mode.
 
     Raises:
-        ValueError: If ``num_nodes`` < 1, ``init`` is unknown, or the model has no trainable parameters.
+        ValueError: If ``num_nodes`` < 1, ``init`` is unknown, ``init="independent"`` is given a module instance
+            (pass its class or a factory), the model has no trainable parameters, or they have several dtypes or
+            devices.
         TypeError: If ``model`` is neither a module nor a callable returning one.
+
+    Buffers must be updated in place (as BatchNorm does): a buffer re-assigned in ``forward``
+    (``self.ema = ...``) is not kept, because ``torch.func.functional_call`` restores the module's tensors after
+    each call.
     """
 
     def __init__(
@@ -137,7 +143,13 @@ class ReplicaStack(nn.Module):
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if not isinstance(model, nn.Module) and not callable(model):
             raise TypeError(f"model must be an nn.Module or a callable returning one, got {type(model)}")
-        if isinstance(model, nn.Module) and init == "same":
+        if isinstance(model, nn.Module) and init == "independent":
+            raise ValueError(
+                f"init='independent' draws every node's weights from its own seeded call of the model's class or "
+                f"factory; got an instance of {type(model).__name__} (its own initialization would be lost): pass "
+                f"the class or a zero-argument factory, e.g. model={type(model).__name__}"
+            )
+        if isinstance(model, nn.Module):
             template = copy.deepcopy(model)
         else:
             template = _build(model, derive_seed(seed, INIT_STREAM))
@@ -184,7 +196,23 @@ class ReplicaStack(nn.Module):
         # The template only supplies the code: every parameter and buffer is passed to functional_call explicitly.
         if template_device not in ("meta", "keep"):
             raise ValueError(f"template_device must be 'meta' or 'keep', got {template_device!r}")
-        self._template = [template.to("meta") if template_device == "meta" else template]
+        # Tied parameters (one Parameter under several names, e.g. a decoder sharing the embedding) are one tensor
+        # of the flat row, under its first name; moving to the meta device makes a new Parameter per module, so the
+        # ties are made again there (functional_call keeps them: tie_weights=True).
+        first_names: dict[int, str] = {}
+        self.aliases: dict[str, str] = {}
+        """Other names of tied parameters -> the name they are stored under."""
+        for name, p in template.named_parameters(remove_duplicate=False):
+            if id(p) in first_names:
+                self.aliases[name] = first_names[id(p)]
+            else:
+                first_names[id(p)] = name
+        if template_device == "meta":
+            template = template.to("meta")
+            for alias, name in self.aliases.items():
+                owner, _, attribute = alias.rpartition(".")
+                setattr(template.get_submodule(owner) if owner else template, attribute, template.get_parameter(name))
+        self._template = [template]
         self._caller = [_CallOn(self._template[0])]
 
     @torch.no_grad()
@@ -262,6 +290,7 @@ class ReplicaStack(nn.Module):
         state = {name: t[node] for name, t in self.stacked_parameters().items()}
         state.update({name: t[node] for name, t in self.stacked_buffers().items()})
         state.update(self._shared())
+        state.update({alias: state[name] for alias, name in self.aliases.items() if name in state})
         return state
 
     def node_tensors(self, row: int, buffers: dict[str, Tensor] | None = None, rows: Any = None) -> dict[str, Tensor]:

@@ -576,5 +576,115 @@ def test_bad_models_and_batches_are_named(tmp_path):
         trainer(tmp_path, 1).fit(MosaicModule(TwoHalves, 2, loss=lambda o, y: per_sample(o[0], y)), train_loader)
     # a plain (B, ...) loader with B == n slips past no check
     plain = DataLoader(TensorDataset(xtr.unsqueeze(1), ytr), batch_size=2)
-    with pytest.raises(ValueError, match=r"one mini-batch per node, every tensor shaped \(n, B, \.\.\.\)"):
+    with pytest.raises(ValueError, match=r"plain batches of batch_size=2 samples, not one mini-batch per node"):
         trainer(tmp_path, 1).fit(MosaicModule(MLP, 2), plain)
+    # a loader of other shapes that has no batch size gets the shape check
+    unbatched = DataLoader(TensorDataset(xtr.unsqueeze(1), ytr), batch_size=None)
+    with pytest.raises(ValueError, match=r"one mini-batch per node, every tensor shaped \(n, B, \.\.\.\)"):
+        trainer(tmp_path, 1).fit(MosaicModule(MLP, 2), unbatched)
+
+
+# -- models and losses users bring ---------------------------------------------------------------------------------
+
+
+class TiedLanguageModel(nn.Module):
+    """Weight tying: the decoder is the embedding (one Parameter under two names)."""
+
+    def __init__(self, vocabulary: int = 11) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocabulary, 6)
+        self.decode = nn.Linear(6, vocabulary, bias=False)
+        self.decode.weight = self.embed.weight
+
+    def forward(self, tokens):
+        return self.decode(torch.tanh(self.embed(tokens)))
+
+
+@pytest.mark.parametrize("execution", ["vmap", "loop"])
+def test_tied_weights_train_as_one_tensor_and_export(execution):
+    module = MosaicModule(TiedLanguageModel, 2, execution=execution, init="independent")
+    assert module.replicas.sizes == [66]  # the tied matrix is stored once
+    tokens = torch.randint(0, 11, (2, 3, 5))
+    module.node_losses(module(tokens), tokens).sum().backward()
+    assert module.gossip_parameters.grad.abs().sum() > 0
+    model = TiedLanguageModel()
+    model.load_state_dict(module.node_state_dict(1))  # both names present
+    module.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(module(tokens[1:2].squeeze(0), shared_input=True)[1], model(tokens[1]))
+
+
+def test_recurrent_models_run_as_a_loop_and_auto_falls_back_from_vmap(tmp_path):
+    from lightning_mosaic.replicas import default_execution
+
+    assert default_execution(torch.device("cuda"), RowTagger()) == "loop"  # nn.GRU has no vmap batching rule
+
+    class DataDependent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(8, 10)
+
+        def forward(self, x):
+            x = x.flatten(1)
+            return self.layer(x if x.sum() > 0 else -x)  # data-dependent control flow: no vmap
+
+    x = torch.rand(2, 3, 8)
+    module = MosaicModule(DataDependent, 2)
+    with pytest.warns(UserWarning, match="cannot run under torch.func.vmap.*runs it per node"):
+        out = module(x)
+    assert out.shape == (2, 3, 10) and module.resolved_execution() == "loop"
+    with pytest.raises(ValueError, match=r"cannot run under torch.func.vmap .*use execution='loop'"):
+        MosaicModule(DataDependent, 2, execution="vmap")(x)
+
+
+def test_padding_targets_are_left_out_of_the_default_loss_and_accuracy():
+    module = MosaicModule(RowTagger, 2)
+    rows = torch.rand(2, 4, 8, 8)
+    tags = torch.randint(0, 10, (2, 4, 8))
+    padded = tags.clone()
+    padded[:, :, 4:] = -100
+    outputs = module(rows)
+    expected = [nn.functional.cross_entropy(outputs[i].flatten(0, 1), padded[i].flatten()) for i in range(2)]
+    torch.testing.assert_close(module.node_losses(outputs, padded), torch.stack(expected))
+    metrics = nn.ModuleDict(module.configure_eval_metrics())
+    module.update_eval_metrics(metrics, outputs, None, padded[0])
+    correct = (outputs.argmax(-1)[:, :, :4] == tags[0, :, :4]).float().flatten(1).mean(1)
+    torch.testing.assert_close(metrics["node_acc"].compute().float(), correct)
+
+
+def test_losses_metrics_and_inits_that_cannot_work_are_refused():
+    from torchmetrics.classification import MulticlassAccuracy
+
+    class Weighted(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.log_var = nn.Parameter(torch.zeros(()))
+
+        def forward(self, output, target):
+            return nn.functional.cross_entropy(output, target) * self.log_var.exp()
+
+    with pytest.raises(ValueError, match="loss Weighted has parameters"):
+        MosaicModule(MLP, 2, loss=Weighted())
+    with pytest.raises(ValueError, match=r"init='independent' .* got an instance of MLP .* model=MLP"):
+        MosaicModule(MLP(), 2, init="independent")
+    module = MosaicModule(lambda: nn.Linear(3, 1), 2)
+    with pytest.raises(ValueError, match="takes class indices .* got torch.float32 targets; for regression"):
+        module.node_losses(torch.randn(2, 4, 1), torch.randn(2, 4))
+    per_class = MosaicModule(MLP, 2, metrics={"pc": MulticlassAccuracy(10, average=None)})
+    metrics = nn.ModuleDict(per_class.configure_eval_metrics())
+    x, y = torch.rand(5, 1, 8, 8), torch.randint(0, 10, (5,))
+    per_class.update_eval_metrics(metrics, per_class(x, shared_input=True), None, y)
+    with pytest.raises(ValueError, match=r"metrics\['pc'\] computed a tensor of shape \(10,\)"):
+        per_class.compute_eval_metrics(metrics, "val")
+
+
+def test_predict_gives_every_node_and_the_averaged_model(tmp_path):
+    from torch.utils.data import DataLoader
+
+    module = MosaicModule(MLP, 3, init="independent")
+    images = torch.rand(10, 1, 8, 8)
+    (predictions,) = trainer(tmp_path, 1).predict(module, DataLoader(images, batch_size=10))
+    assert predictions["nodes"].shape == (3, 10, 10) and predictions["avg_model"].shape == (10, 10)
+    model = MLP()
+    model.load_state_dict(module.node_state_dict(2))
+    torch.testing.assert_close(predictions["nodes"][2], model.eval()(images), rtol=1e-5, atol=1e-6)

@@ -56,7 +56,7 @@ def test_boring_model_runs_as_nodes_with_its_optimizer_and_scheduler(tmp_path):
     n = 4
     train = node_loader(RandomDataset(32, 64), [range(i * 16, (i + 1) * 16) for i in range(n)], 4, num_batches=5)
     val = DataLoader(RandomDataset(32, 16), batch_size=8)
-    module = MosaicModule(BoringModel(), num_nodes=n, init="independent")
+    module = MosaicModule(BoringModel, num_nodes=n, init="independent")
     start = module.gossip_parameters.detach().clone()
     t = trainer(tmp_path, max_epochs=2, callbacks=[MosaicGossip(fragments=2, peers=1)])
     t.fit(module, train, val)
@@ -376,3 +376,27 @@ def test_unsupported_hooks_and_loaders_are_named(tmp_path):
     two = [DataLoader(TensorDataset(torch.randn(8, 4), torch.randn(8)), batch_size=4) for _ in range(2)]
     with pytest.raises(ValueError, match=r"one shared val set; got several val dataloaders \(dataloader_idx=1\)"):
         trainer(tmp_path).validate(MosaicModule(Counting(), 2), two)
+
+
+def test_parameters_outside_the_users_optimizer_stay_fixed(tmp_path):
+    """A linear probe: configure_optimizers holds only the head, so the (unfrozen) backbone must not move."""
+
+    class Probe(LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone, self.head = nn.Linear(4, 8), nn.Linear(8, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.mse_loss(self.head(torch.relu(self.backbone(x))).squeeze(-1), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.head.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+
+    probe = Probe()
+    module = MosaicModule(probe, num_nodes=2)
+    trainer(tmp_path, max_steps=5).fit(module, linear_data())
+    for node in range(2):
+        state = module.node_state_dict(node)
+        assert torch.equal(state["backbone.weight"], probe.backbone.weight.detach())
+        assert not torch.equal(state["head.weight"], probe.head.weight.detach())
