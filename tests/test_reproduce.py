@@ -6,7 +6,6 @@ import csv
 
 import pytest
 
-import lightning_mosaic.cli
 import lightning_mosaic.reproduction.grid as grid
 from lightning_mosaic import MosaicFaults, MosaicModule
 from lightning_mosaic.cli import MosaicCLI, main
@@ -51,10 +50,9 @@ def test_reproduce_refuses_bad_arguments(tmp_path, capsys):
 def test_reproduce_passes_fault_options_and_seeds_them_per_run(tmp_path, monkeypatch):
     """``-- --faults.availability 0.9`` reaches every run's MosaicFaults, whose seed is the run's seed."""
     fits = []
-    monkeypatch.setattr(lightning_mosaic.cli, "main", fits.append)  # record each run's `mosaic fit` arguments
     monkeypatch.setattr(grid, "write_report", lambda runs, out, *args: out / "report.md")
     argv = ["--task", "digits", "--fragments", "2", "--seeds", "2", "--out", str(tmp_path)]
-    grid.run_grid([*argv, "--", "--faults.availability", "0.9"])
+    grid.run_grid([*argv, "--", "--faults.availability", "0.9"], fit=fits.append)  # record each run's arguments
     assert len(fits) == 2
     for seed, fit in enumerate(fits):
         options = dict(subclass_mode_model=True, subclass_mode_data=True, run=False)
