@@ -257,7 +257,12 @@ def test_node_data_loader_resumes_inside_an_epoch():
     loader.load_state_dict({"epoch": 1, "batches": 3})
     assert [batch.tolist() for batch in loader] == reference[3:]
     assert [batch.tolist() for batch in loader] == reference  # the offset applies to one iteration only
-    loader.load_state_dict({"epoch": 1, "batches": 5})  # a finished epoch continues with the next one
+    # A finished epoch (a checkpoint at its end): Lightning restarts it, with nothing left, then starts the next one
+    # (passing set_epoch one more than in a run that was not interrupted).
+    loader.load_state_dict({"epoch": 1, "batches": 5})
+    loader.batch_sampler.set_epoch(2)
+    assert [b.tolist() for b in loader] == []
+    loader.batch_sampler.set_epoch(3)
     sampler_next = NodeBatchSampler([list(range(0, 20)), list(range(20, 40))], batch_size=2, seed=0, num_batches=5)
     sampler_next.set_epoch(2)
     assert [b.tolist() for b in loader] == [b.tolist() for b in NodeDataLoader(data, batch_sampler=sampler_next)]

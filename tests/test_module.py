@@ -311,6 +311,8 @@ def test_checkpoint_of_another_configuration_is_refused(tmp_path):
         (9, "max_steps", 1),  # fit stopped by max_steps mid-epoch: Lightning saves at its (cut short) epoch end
         (4, "every_n_train_steps", 2),  # 2 batches per optimizer step: step 4 is batch 2 of the second epoch
         (5, "every_n_train_steps", 4),  # epochs of 6 batches = steps of 4 + 2 batches: step 5 ends batch 4 of epoch 2
+        (6, "every_n_epochs", 1),  # ModelCheckpoint's default: at the end of an epoch, the fit going on
+        (12, "every_n_epochs", 1),
     ],
 )
 def test_mid_epoch_resume_is_bit_identical(tmp_path, stop, saved_by, accumulate):
@@ -326,7 +328,10 @@ def test_mid_epoch_resume_is_bit_identical(tmp_path, stop, saved_by, accumulate)
         callbacks = [MosaicGossip(fragments=4, peers=2, seed=3), Record()]
         if save_at:
             every = save_at if saved_by == "every_n_train_steps" else None
-            callbacks.append(ModelCheckpoint(dirpath=tmp_path / "mid", every_n_train_steps=every, save_top_k=-1))
+            epochs = 1 if saved_by == "every_n_epochs" else None
+            callbacks.append(
+                ModelCheckpoint(tmp_path / "mid", every_n_train_steps=every, every_n_epochs=epochs, save_top_k=-1)
+            )
         module = MosaicModule(MLP, 8, optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9))
         t = trainer(
             tmp_path,
@@ -340,7 +345,7 @@ def test_mid_epoch_resume_is_bit_identical(tmp_path, stop, saved_by, accumulate)
         return seen, module.gossip_parameters.detach().clone()
 
     full_batches, full = run(20)
-    run(stop, save_at=stop)
+    run(20 if saved_by == "every_n_epochs" else stop, save_at=stop)
     (ckpt,) = (tmp_path / "mid").glob(f"*step={stop}.ckpt")
     resumed_batches, resumed = run(20, ckpt_path=ckpt)
     trained = len(full_batches) - len(resumed_batches)

@@ -104,10 +104,12 @@ class NodeBatchSampler(Sampler[list[int]]):
         self.num_batches = num_batches
         self.epoch = 0
         self.start_batch = 0
-        # After a resume, the epoch of the loader state wins over the number Lightning passes next to set_epoch
-        # (they differ by one when the checkpoint was written at an epoch end that max_steps cut short); later
-        # epochs keep the same offset.
+        # After a resume, the epoch of the loader state wins over the numbers Lightning passes to set_epoch before
+        # the first iteration (it passes the completed epoch's and then the next one's number after a checkpoint at
+        # an epoch end, a number one short after one that max_steps cut short); later epochs keep the offset from
+        # the last number passed before that iteration.
         self._pinned_epoch: int | None = None
+        self._requested_epoch: int | None = None
         self._epoch_offset = 0
         # Lightning calls ``set_epoch`` on ``dataloader.batch_sampler.sampler``, not on the batch sampler.
         self.sampler = self
@@ -127,9 +129,9 @@ class NodeBatchSampler(Sampler[list[int]]):
             ValueError: ``epoch`` is negative or not an integer.
         """
         epoch = _check_int("epoch", epoch, 0)
-        if self._pinned_epoch is not None:
-            self._epoch_offset, self._pinned_epoch = self._pinned_epoch - epoch, None
-        self.epoch = epoch + self._epoch_offset
+        self._requested_epoch = epoch
+        if self._pinned_epoch is None:  # while pinned, the next iteration decides (see __iter__)
+            self.epoch = epoch + self._epoch_offset
 
     def resume(self, epoch: int, start_batch: int) -> None:
         """Make the next iteration start at batch ``start_batch`` of ``epoch``, whatever epoch number the trainer
@@ -137,6 +139,7 @@ class NodeBatchSampler(Sampler[list[int]]):
         self.epoch = _check_int("epoch", epoch, 0)
         self.start_batch = _check_int("start_batch", start_batch, 0)
         self._pinned_epoch = self.epoch
+        self._requested_epoch = None
 
     def __len__(self) -> int:
         if self.num_batches is not None:
@@ -178,6 +181,10 @@ class NodeBatchSampler(Sampler[list[int]]):
         return out
 
     def __iter__(self) -> Iterator[list[int]]:
+        if self._pinned_epoch is not None:  # the first iteration after a resume: the loader state's epoch
+            if self._requested_epoch is not None:
+                self._epoch_offset = self._pinned_epoch - self._requested_epoch
+            self.epoch, self._pinned_epoch = self._pinned_epoch, None
         num_batches = len(self)
         first = self.epoch * num_batches
         start, self.start_batch = self.start_batch, 0  # a resume offset applies to one iteration only
@@ -250,9 +257,9 @@ class NodeDataLoader(DataLoader):
         sampler = self.batch_sampler
         assert isinstance(sampler, NodeBatchSampler)
         epoch, batches = int(state["epoch"]), int(state["batches"])
-        if batches >= len(sampler):  # the epoch was complete: continue with the next one
-            epoch, batches = epoch + 1, 0
-        sampler.resume(epoch, batches)
+        # A complete epoch (a checkpoint written at its end) is resumed as such: Lightning restarts it with nothing
+        # left to train on, then starts the next one.
+        sampler.resume(epoch, min(batches, len(sampler)))
 
 
 _NOT_NODE_MAJOR = (
