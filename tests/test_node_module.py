@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.demos import LightningTransformer, WikiText2
 from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
 from torch import nn
@@ -24,7 +24,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from lightning_mosaic import MosaicGossip, MosaicModule
 from lightning_mosaic.callbacks import MosaicSummary
 from lightning_mosaic.callbacks.summary import format_summary
-from lightning_mosaic.data import NodeBatchCollate, NodeBatchSampler, dirichlet_partition
+from lightning_mosaic.data import NodeBatchCollate, NodeBatchSampler, NodeDataModule
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,12 +54,13 @@ def node_loader(dataset, partition, batch_size: int, num_batches: int | None = N
 
 def test_boring_model_runs_as_nodes_with_its_optimizer_and_scheduler(tmp_path):
     n = 4
-    train = node_loader(RandomDataset(32, 64), [range(i * 16, (i + 1) * 16) for i in range(n)], 4, num_batches=5)
-    val = DataLoader(RandomDataset(32, 16), batch_size=8)
+    data = NodeDataModule.from_datasets(  # unlabelled data: an IID split
+        RandomDataset(32, 64), RandomDataset(32, 16), num_nodes=n, batch_size=4, steps_per_epoch=5, eval_batch_size=8
+    )
     module = MosaicModule(BoringModel, num_nodes=n, init="independent")
     start = module.gossip_parameters.detach().clone()
     t = trainer(tmp_path, max_epochs=2, callbacks=[MosaicGossip(fragments=2, peers=1)])
-    t.fit(module, train, val)
+    t.fit(module, data)
     assert t.global_step == 10
     # BoringModel's own SGD(lr=0.1) with StepLR(step_size=1) per epoch: 0.1 -> 0.01 -> 0.001
     optimizer = t.optimizers[0]
@@ -95,24 +96,19 @@ def test_demo_transformer_trains_as_nodes_on_a_local_text_file(tmp_path):
     (tmp_path / "wikitext-2.txt").write_text(text)
     dataset = WikiText2(data_dir=tmp_path, block_size=16, download=False)
     n = 4
-    partition = np.array_split(np.arange(len(dataset)), n)
+    data = NodeDataModule.from_datasets(dataset, dataset, num_nodes=n, batch_size=4)  # (inputs, target) blocks
     model = LightningTransformer(vocab_size=dataset.vocab_size)
     model.model = type(model.model)(vocab_size=dataset.vocab_size, ninp=32, nhead=2, nhid=32, nlayers=1)
     module = MosaicModule(model, num_nodes=n)
 
     losses: list[float] = []
 
-    class Record(torch.nn.Module):
-        pass
-
-    from lightning.pytorch import Callback
-
     class Losses(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(trainer.callback_metrics["train/loss"]))
 
     t = trainer(tmp_path, max_steps=30, callbacks=[MosaicGossip(fragments=4, peers=2), Losses()])
-    t.fit(module, node_loader(dataset, partition, 4))
+    t.fit(module, data)
     assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3  # it learns
     dropout = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     assert dropout  # the demo Transformer has dropout: its eval mode matters
@@ -161,39 +157,38 @@ class ResNetClassifier(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)}
 
 
-def cifar_tensors(root: Path, split: str, count: int, seed: int) -> TensorDataset:
+def cifar_subset(root: Path, split: str, count: int, seed: int) -> Subset:
+    """A random subset of the real CIFAR-10 JPEGs as a torchvision ImageFolder (its labels are its ``targets``)."""
     folder = torchvision.datasets.ImageFolder(root / "cifar10" / split, transform=torchvision.transforms.ToTensor())
     chosen = np.random.default_rng(seed).choice(len(folder), size=count, replace=False)
-    images, labels = zip(*(folder[int(i)] for i in chosen))
-    return TensorDataset(torch.stack(images), torch.tensor(labels))
+    return Subset(folder, sorted(int(i) for i in chosen))
 
 
 @pytest.mark.slow
 def test_resnet18_with_torchmetrics_on_cifar10_as_nodes(cifar10_dir, tmp_path):
     n = 4
-    train = cifar_tensors(cifar10_dir, "train", 400, seed=0)
-    test = cifar_tensors(cifar10_dir, "test", 48, seed=1)
-    partition = dirichlet_partition(train.tensors[1].numpy(), n, alpha=0.5, seed=0)
+    train, test = cifar_subset(cifar10_dir, "train", 400, seed=0), cifar_subset(cifar10_dir, "test", 48, seed=1)
+    data = NodeDataModule.from_datasets(train, test, num_nodes=n, alpha=0.5, batch_size=4, eval_batch_size=16)
     model = ResNetClassifier()
     module = MosaicModule(model, num_nodes=n)
     summary = MosaicSummary()
     t = trainer(tmp_path, max_steps=4, callbacks=[MosaicGossip(fragments=4, peers=2), summary])
-    t.fit(module, node_loader(train, partition, 4))
+    t.fit(module, data)
     tracked = module.replicas.stacked_buffers()["net.bn1.num_batches_tracked"]
     assert tracked.tolist() == [4] * n  # per-node BatchNorm statistics, one update per local step
     metrics = t.callback_metrics
     assert {"train_loss", "train_loss/node_std", "train_acc", "train_acc/node_std"} <= set(metrics)
     buffers = {k: v.clone() for k, v in module.replicas.stacked_buffers().items()}
     evaluator = trainer(tmp_path)
-    first = evaluator.validate(module, DataLoader(test, batch_size=16), verbose=False)[0]
-    second = evaluator.validate(module, DataLoader(test, batch_size=16), verbose=False)[0]
+    first = evaluator.validate(module, data, verbose=False)[0]
+    second = evaluator.validate(module, data, verbose=False)[0]
     assert first == second  # deterministic evaluation (BatchNorm running statistics, no batch statistics)
     for name, value in module.replicas.stacked_buffers().items():
         assert torch.equal(value, buffers[name]), name
     for name in ("val_acc", "val_loss"):
         assert {name, f"{name}/node_std", f"{name}/avg_model"} <= set(first)
     # summary.json of the fit, rewritten by the validation that followed it: the node-level values are in it
-    t.validate(module, DataLoader(test, batch_size=16), verbose=False)
+    t.validate(module, data, verbose=False)
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["nodes"] == n and written["rounds"] == 4 and written["validated_step"] == 4
     for name in ("val_acc", "val_acc/node_std", "val_acc/avg_model"):
@@ -201,15 +196,15 @@ def test_resnet18_with_torchmetrics_on_cifar10_as_nodes(cifar10_dir, tmp_path):
     assert written["metrics"]["val_acc"] == pytest.approx(first["val_acc"])
     assert "val_acc (node mean)" in format_summary(written)
     # the node mean is the mean of the exported nodes' own accuracies
+    images = torch.stack([image for image, _ in test])
+    labels = torch.tensor([label for _, label in test])
     accuracies = []
     for node in range(n):
         alone = ResNetClassifier()
-        alone.load_state_dict(
-            {**alone.state_dict(), **{k: v for k, v in module.node_state_dict(node).items()}}, strict=True
-        )
+        alone.load_state_dict({**alone.state_dict(), **module.node_state_dict(node)}, strict=True)
         with torch.no_grad():
-            logits = alone.eval()(test.tensors[0])
-        accuracies.append(float(MulticlassAccuracy(num_classes=10)(logits, test.tensors[1])))
+            logits = alone.eval()(images)
+        accuracies.append(float(MulticlassAccuracy(num_classes=10)(logits, labels)))
     assert first["val_acc"] == pytest.approx(np.mean(accuracies), abs=1e-6)
     assert first["val_acc/node_std"] == pytest.approx(np.std(accuracies), abs=1e-6)
     # its configure_optimizers is honoured: momentum state per coordinate on the (n, d) rows
