@@ -111,7 +111,8 @@ class MosaicModule(LightningModule):
         lr_scheduler_interval: ``"step"`` (every optimizer step, i.e. local step; default) or ``"epoch"``.
         init: ``"same"`` (every node starts from the same weights, default) or ``"independent"``.
         execution: ``"auto"`` (per device and model, see :func:`~lightning_mosaic.replicas.default_execution`;
-            always ``"loop"`` for a LightningModule), ``"vmap"`` or ``"loop"``. Both paths compute the same numbers.
+            always ``"loop"`` for a LightningModule), ``"vmap"`` or ``"loop"``. Both paths compute the same
+            function, to float rounding; random layers (dropout) draw other masks on each.
         seed: Seed of the model initialization.
         loss: One node's loss ``(output, target) -> scalar tensor``; default: cross-entropy (see above).
         metrics: torchmetrics metrics by name (or a ``MetricCollection``), computed per node and for the averaged
@@ -408,7 +409,9 @@ class MosaicModule(LightningModule):
 
     def split_batch(self, batch: Any) -> tuple[tuple[Any, ...], Any]:
         """``(inputs, target)`` of a batch: a tuple or list ``(input_1, ..., input_k, target)`` gives
-        ``((input_1, ..., input_k), target)``. Override for other layouts (e.g. a dict batch).
+        ``((input_1, ..., input_k), target)``. Override for other layouts (e.g. a dict batch). Only tensors are split
+        per node: other fields of a training batch (e.g. a list of sample ids) reach every node whole, and a model's
+        outputs must be tensors (or tuples, lists, dicts of them, without ``None``).
 
         Raises:
             ValueError: If the batch is not a tuple or list of at least two entries.
