@@ -59,9 +59,12 @@ def test_boring_model_runs_as_nodes_with_its_optimizer_and_scheduler(tmp_path):
     )
     module = MosaicModule(BoringModel, num_nodes=n, init="independent")
     start = module.gossip_parameters.detach().clone()
-    t = trainer(tmp_path, max_epochs=2, callbacks=[MosaicGossip(fragments=2, peers=1)])
+    t = trainer(tmp_path, max_epochs=2, callbacks=[MosaicGossip(fragments=2, peers=1), MosaicSummary()])
     t.fit(module, data)
     assert t.global_step == 10
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert (written["nodes"], written["rounds"], written["parameters_per_node"]) == (n, 10, 66)
+    assert written["metrics"]["train/loss"] == pytest.approx(float(t.callback_metrics["train/loss"]))
     # BoringModel's own SGD(lr=0.1) with StepLR(step_size=1) per epoch: 0.1 -> 0.01 -> 0.001
     optimizer = t.optimizers[0]
     assert [p for group in optimizer.param_groups for p in group["params"]] == [module.gossip_parameters]
@@ -107,9 +110,11 @@ def test_demo_transformer_trains_as_nodes_on_a_local_text_file(tmp_path):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(trainer.callback_metrics["train/loss"]))
 
-    t = trainer(tmp_path, max_steps=30, callbacks=[MosaicGossip(fragments=4, peers=2), Losses()])
+    t = trainer(tmp_path, max_steps=30, callbacks=[MosaicGossip(fragments=4, peers=2), Losses(), MosaicSummary()])
     t.fit(module, data)
     assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3  # it learns
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["nodes"] == n and written["rounds"] == 30 and written["metrics"]["train/loss"] == losses[-1]
     dropout = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     assert dropout  # the demo Transformer has dropout: its eval mode matters
     batch = next(iter(DataLoader(dataset, batch_size=4)))
