@@ -321,6 +321,7 @@ class MosaicModule(LightningModule):
     def _template_to_device(self) -> None:
         if self.node_module is not None:
             self.node_module.to(self.device)
+            self._require_nodes().refresh()  # attributes the user set on the module since the last stage
 
     def on_fit_start(self) -> None:
         self._template_to_device()
@@ -329,6 +330,9 @@ class MosaicModule(LightningModule):
         self._template_to_device()
 
     def on_test_start(self) -> None:
+        self._template_to_device()
+
+    def on_predict_start(self) -> None:
         self._template_to_device()
 
     def on_train_start(self) -> None:
@@ -524,7 +528,11 @@ class MosaicModule(LightningModule):
         nodes, replicas = self._require_nodes(), self.replicas
         rows, buffers = replicas.flat.unbind(0), replicas.node_buffers()
         losses = []
+        frozen = self._frozen
         for i in range(replicas.num_nodes):
+            if frozen is not None and bool(frozen[i]):  # skips this local step: its step is not run at all
+                losses.append(rows[i].sum() * 0)
+                continue
             node_batch = select_node(batch, i)
             with nodes.node(i, "train", node_batch_size(node_batch)):
                 output = replicas.call_node(
@@ -532,8 +540,9 @@ class MosaicModule(LightningModule):
                 )
             losses.append(step_loss(output, f"{_name(self.node_module)}.training_step"))
         node_loss = torch.stack(losses)
-        if "train/loss" not in nodes.logged("train"):  # the user's own train/loss wins
-            self.log("train/loss", node_loss.detach().mean(), prog_bar=True)  # over this process's nodes, as above
+        trained = node_loss if frozen is None else node_loss[~frozen.to(node_loss.device)]
+        if "train/loss" not in nodes.logged("train") and trained.numel():  # the user's own train/loss wins
+            self.log("train/loss", trained.detach().mean(), prog_bar=True)  # over this process's trained nodes
         for name, (values, std, options) in nodes.step_values().items():
             kept = {k: options[k] for k in ("prog_bar", "logger", "on_step", "on_epoch") if k in options}
             self.log(name, values.mean(), **kept, batch_size=1)
@@ -748,9 +757,10 @@ class MosaicModule(LightningModule):
             config = self.node_module.configure_optimizers()
             optimizers = _optimizers_in(config)
             if len(optimizers) != 1:
+                several = "; several optimizers need manual optimization" if optimizers else ""
                 raise ValueError(
                     f"{_name(self.node_module)}.configure_optimizers must return one optimizer (optionally with LR "
-                    f"schedulers), got {len(optimizers)}; several optimizers need manual optimization"
+                    f"schedulers), got {len(optimizers)}{several}"
                 )
             self._rebind(optimizers[0])
             return config
@@ -816,11 +826,13 @@ class MosaicModule(LightningModule):
             return
         inner = getattr(optimizer, "optimizer", optimizer)
         saved_columns = None if fixed is None else flat.data[:, fixed.to(flat.device)].clone()
-        saved_rows = saved_state = None
+        saved_rows = saved_state = saved_buffers = None
         if rows is not None:
             state = inner.state.get(flat, {})
             saved_rows = flat.data[rows].clone()
             saved_state = {k: v[rows].clone() for k, v in state.items() if torch.is_tensor(v) and v.shape == flat.shape}
+            # the closure runs the forward pass: a frozen node's buffers (BatchNorm statistics) must not move either
+            saved_buffers = {k: t[rows].clone() for k, t in self.replicas.stacked_buffers().items()}
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         if saved_columns is not None:
             flat.data[:, fixed.to(flat.device)] = saved_columns
@@ -829,6 +841,8 @@ class MosaicModule(LightningModule):
             state = inner.state.get(flat, {})
             for key, value in saved_state.items():
                 state[key][rows] = value
+            for key, tensor in self.replicas.stacked_buffers().items():
+                tensor[rows] = saved_buffers[key]
         self._frozen = None
 
     def configure_gradient_clipping(
@@ -843,6 +857,8 @@ class MosaicModule(LightningModule):
         grad = self.replicas.flat.grad
         if grad is None:
             return
+        if self._fixed_coordinates is not None:  # not trained (outside the user's optimizer): not in the norm
+            grad[:, self._fixed_coordinates.to(grad.device)] = 0
         if gradient_clip_algorithm in (None, "norm"):
             norms = grad.norm(dim=1, keepdim=True)
             grad.mul_((gradient_clip_val / (norms + 1e-6)).clamp(max=1.0))

@@ -9,6 +9,7 @@ node and logged once, reduced over the nodes (names in :class:`LightningNodes`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import math
@@ -16,6 +17,7 @@ import numbers
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -62,6 +64,28 @@ IGNORED_HOOKS = (
     "transfer_batch_to_device",
     "on_before_batch_transfer",
     "on_after_batch_transfer",
+    "optimizer_step",
+    "optimizer_zero_grad",
+    "lr_scheduler_step",
+    "configure_gradient_clipping",
+    "backward",
+    "on_validation_start",
+    "on_validation_end",
+    "on_test_start",
+    "on_test_end",
+    "on_test_batch_start",
+    "on_test_batch_end",
+    "on_predict_start",
+    "on_predict_end",
+    "on_predict_epoch_start",
+    "on_predict_epoch_end",
+    "on_predict_batch_start",
+    "on_predict_batch_end",
+    "on_validation_model_eval",
+    "on_validation_model_train",
+    "on_test_model_eval",
+    "on_test_model_train",
+    "on_predict_model_eval",
     "train_dataloader",
     "val_dataloader",
     "test_dataloader",
@@ -133,6 +157,7 @@ class _Record:
         self.step_total: dict[Any, float] = {}
         self.step_weight: dict[Any, float] = {}
         self.metrics: dict[Any, Metric | MetricCollection] = {}
+        self.stepped = False  # logged from training_step (its node mean already went to Lightning every step)
 
     @property
     def sums(self) -> bool:
@@ -177,10 +202,10 @@ def _plain_state(module: nn.Module) -> dict[str, Any]:
 
 
 def _fresh(value: Any) -> Any:
-    """A node's own copy of an attribute: containers and tensors are copied, other objects are shared."""
+    """A node's own copy of an attribute: containers, arrays and tensors are copied, other objects are shared."""
     if isinstance(value, Tensor):
         return value.detach().clone()
-    if isinstance(value, (list, dict, set)):
+    if isinstance(value, (list, dict, set, collections.deque, np.ndarray)):
         return copy.deepcopy(value)
     return value
 
@@ -191,7 +216,8 @@ class LightningNodes:
 
     Per node, with that node's parameters, buffers, its own copy of every torchmetrics ``Metric`` (or
     ``MetricCollection``) attribute and of every plain attribute of the module (e.g. a list of step outputs, a kept
-    hidden state: lists, dicts, sets and tensors are copied per node, other objects are shared):
+    hidden state: lists, dicts, sets, deques, NumPy arrays and tensors are copied per node; other objects, and the
+    attributes of its submodules, are shared; none of them is saved in checkpoints):
     ``training_step`` (node batch ``batch[i]``), ``validation_step`` and ``test_step`` (the shared evaluation
     batch; the averaged model runs them too), and the epoch hooks of :data:`EPOCH_HOOKS`. The hooks of
     :data:`IGNORED_HOOKS` are not called; ``configure_optimizers`` is called once and its optimizer rebound to the
@@ -234,9 +260,20 @@ class LightningNodes:
         this object so that they follow its device."""
         initial = _plain_state(module)
         self._states: list[dict[str, Any]] = [{k: _fresh(v) for k, v in initial.items()} for _ in slots]
+        self._seen: dict[str, Any] = dict(initial)  # the template's attributes the node copies were made from
         self._slots = {slot: index for index, slot in enumerate(slots)}
         self._records: dict[str, dict[str, _Record]] = {stage: {} for stage in STEP_HOOKS}
         self._capturing: tuple[Any, int, str] | None = None
+
+    def refresh(self) -> None:
+        """Give every node a fresh copy of each attribute set on the user's module since the copies were made
+        (e.g. ``model.temperature = 100`` between ``fit`` and ``test``); the nodes keep their own values of the
+        others. MosaicModule calls it at the start of every fit, validation, test and prediction."""
+        for key, value in _plain_state(self.module).items():
+            if key not in self._seen or self._seen[key] is not value:
+                for state in self._states:
+                    state[key] = _fresh(value)
+                self._seen[key] = value
 
     # -- capture ------------------------------------------------------------------------------------------------
 
@@ -298,6 +335,7 @@ class LightningNodes:
             out[name] = (values, None if epoch else values.std(correction=0), record.options)
             record.step_total.clear()
             record.step_weight.clear()
+            record.stepped = True
         return out
 
     def epoch_values(self, stage: str, with_average: bool, device: torch.device) -> dict[str, Tensor]:
@@ -309,7 +347,9 @@ class LightningNodes:
         records = self._records[stage]
         for name in sorted(records):
             record = records[name]
-            epoch_number = not record.metrics and stage == "train"
+            # A number logged in training_step: Lightning reduced its node mean over the steps; only its std over
+            # the per-node epoch means is left (if logged on_epoch). Logged in an epoch hook: mean and std here.
+            epoch_number = not record.metrics and stage == "train" and record.stepped
             if epoch_number and not record.options.get("on_epoch", False):
                 continue
             per_node = torch.zeros(self.num_nodes, dtype=torch.float64, device=device)

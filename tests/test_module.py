@@ -693,3 +693,32 @@ def test_predict_gives_every_node_and_the_averaged_model(tmp_path):
     model = MLP()
     model.load_state_dict(module.node_state_dict(2))
     torch.testing.assert_close(predictions["nodes"][2], model.eval()(images), rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_nodes_keep_their_batchnorm_statistics(tmp_path):
+    from lightning_mosaic import MosaicFaults
+
+    class Watch(Callback):
+        def __init__(self) -> None:
+            self.before, self.frozen, self.after = [], [], []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.before.append(pl_module.replicas.stacked_buffers()["2.running_mean"].clone())
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            self.frozen.append(pl_module.frozen_nodes.clone())
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.after.append(pl_module.replicas.stacked_buffers()["2.running_mean"].clone())
+
+    def model() -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+
+    watch = Watch()
+    faults = MosaicFaults(straggler_prob=0.4, seed=0)
+    t = trainer(tmp_path, 6, [faults, MosaicGossip(peers=1), watch], limit_val_batches=0)  # buffers are not gossiped
+    t.fit(MosaicModule(model, 4), digits(4))
+    for before, frozen, after in zip(watch.before, watch.frozen, watch.after, strict=True):
+        changed = (before != after).any(dim=1)
+        assert torch.equal(changed, ~frozen)  # exactly the nodes that trained updated their statistics
+    assert any(f.any() for f in watch.frozen)

@@ -395,8 +395,58 @@ def test_parameters_outside_the_users_optimizer_stay_fixed(tmp_path):
 
     probe = Probe()
     module = MosaicModule(probe, num_nodes=2)
-    trainer(tmp_path, max_steps=5).fit(module, linear_data())
+    data = linear_data()
+    trainer(tmp_path, max_steps=5, gradient_clip_val=0.05).fit(module, data)
+    frozen = Probe()
+    frozen.load_state_dict(probe.state_dict())
+    frozen.backbone.requires_grad_(False)  # the same probe, the backbone frozen the other way
+    reference = MosaicModule(frozen, num_nodes=2)
+    trainer(tmp_path, max_steps=5, gradient_clip_val=0.05).fit(reference, data)
     for node in range(2):
-        state = module.node_state_dict(node)
+        state, expected = module.node_state_dict(node), reference.node_state_dict(node)
         assert torch.equal(state["backbone.weight"], probe.backbone.weight.detach())
         assert not torch.equal(state["head.weight"], probe.head.weight.detach())
+        # the clipped norm leaves the untrained backbone out, as when it is frozen
+        torch.testing.assert_close(state["head.weight"], expected["head.weight"], rtol=1e-6, atol=1e-7)
+
+
+def test_epoch_end_logs_attribute_changes_and_frozen_nodes(tmp_path):
+    from lightning_mosaic import MosaicFaults
+
+    class EpochEnd(Linear):
+        def __init__(self) -> None:
+            super().__init__()
+            self.outputs, self.scale, self.steps = [], 1.0, 0
+
+        def training_step(self, batch, batch_idx):
+            self.outputs.append(batch[1].sum())
+            self.steps += 1
+            return nn.functional.mse_loss(self.layer(batch[0]).squeeze(-1) * self.scale, batch[1])
+
+        def on_train_epoch_end(self):
+            self.log("ysum", torch.stack(self.outputs).sum())  # Lightning's documented epoch-end pattern
+            self.log("nouts", float(len(self.outputs)), on_epoch=True)
+            self.outputs.clear()
+
+        def test_step(self, batch, batch_idx):
+            self.log("scale_used", self.scale)
+
+    data = TensorDataset(torch.randn(32, 4), torch.cat([torch.zeros(16), torch.ones(16)]))
+    module = MosaicModule(EpochEnd(), num_nodes=2)
+    t = trainer(tmp_path, max_epochs=1)
+    t.fit(module, node_loader(data, [range(16), range(16, 32)], 4, num_batches=4))
+    metrics = t.callback_metrics
+    assert float(metrics["ysum"]) == pytest.approx(8.0) and float(metrics["ysum/node_std"]) == pytest.approx(8.0)
+    assert float(metrics["nouts"]) == 4 and float(metrics["nouts/node_std"]) == 0
+    module.node_module.scale = 100.0  # set on the user's module between fit and test: every node sees it
+    (tested,) = trainer(tmp_path).test(module, DataLoader(TensorDataset(torch.randn(4, 4), torch.randn(4))))
+    assert tested["scale_used"] == 100.0
+    # Stragglers skip their local step entirely: their step counter stays behind
+    straggling = MosaicModule(EpochEnd(), num_nodes=2)
+    faults = MosaicFaults(straggler_prob=0.5, seed=0)
+    trainer(tmp_path, max_steps=8, callbacks=[faults, MosaicGossip(peers=1)]).fit(
+        straggling, node_loader(data, [range(16), range(16, 32)], 4, num_batches=8)
+    )
+    skipped = [int(sum(bool(faults.faults.idle(step, step)[i]) for step in range(1, 9))) for i in range(2)]
+    assert [state["steps"] for state in straggling._nodes._states[:2]] == [8 - k for k in skipped]
+    assert any(skipped)
