@@ -5,7 +5,8 @@ Pure ``torch.distributed`` code (no Lightning). Every rank draws the same round 
 every rank knows, without any extra message, which rows of which fragment every other rank needs: rank q needs
 fragment k of node j when a node held by q receives it. One ``all_to_all_single`` per round moves exactly those
 pieces, in one contiguous buffer per destination (fragment-major, then node order), and each rank then aggregates
-``(own + sum received) / (count + 1)`` for its nodes with ``index_add_``.
+``(own + sum received) / (count + 1)`` for its nodes with the one implementation of that rule,
+:func:`~lightning_mosaic.gossip.mixing.average_received_`.
 
 Volume: a node's fragment travels at most once to each other rank, however many of that rank's nodes receive it,
 and never to its own rank, so the values a rank sends per round are at most ``m * s * d`` (m nodes on the rank; the
@@ -22,6 +23,7 @@ from torch import Tensor
 
 from lightning_mosaic.distributed.sharding import node_owner
 from lightning_mosaic.gossip.fragmentation import Fragmentation
+from lightning_mosaic.gossip.mixing import average_received_
 from lightning_mosaic.gossip.protocol import RoundGraphs
 
 
@@ -178,12 +180,8 @@ class ShardedMixer:
         for k, idx in enumerate(indices):
             of_k = fragment == k
             rows, sources = receiver[of_k].to(device), sender[of_k].to(device)
-            total = pieces[k].clone()
-            total.index_add_(0, rows, full[k][sources])
-            counts = torch.ones(m, dtype=local.dtype, device=device).index_add_(
-                0, rows, torch.ones(rows.numel(), dtype=local.dtype, device=device)
-            )
-            local.index_copy_(1, idx, total / counts[:, None])
+            mixed = average_received_(pieces[k], [(full[k][sources], rows)], torch.empty_like(pieces[k]))
+            local.index_copy_(1, idx, mixed)
         if own_offline is not None:
             local[own_offline] = kept
         values = int(send.numel())

@@ -7,6 +7,7 @@ and ``"mosaic_spawn"`` (``torch.multiprocessing`` spawn).
 
 from __future__ import annotations
 
+import atexit
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -118,6 +119,14 @@ class MosaicStrategy(DDPStrategy):
         return range(bounds[self.global_rank], bounds[self.global_rank + 1])
 
     # -- no DistributedDataParallel, no hidden synchronization --------------------------------------------------
+
+    def setup_distributed(self) -> None:
+        """Start the process group as ``DDPStrategy`` does, and destroy it when the process exits: a gloo group
+        left to the interpreter's teardown can abort the process ("terminate called without an active exception",
+        exit status -6) after a successful run."""
+        super().setup_distributed()
+        atexit.unregister(_destroy_process_group)  # registered once, however many trainers a process builds
+        atexit.register(_destroy_process_group)
 
     def configure_ddp(self) -> None:
         """Keep the bare ``LightningModule``: no ``DistributedDataParallel`` wrapper, so no gradient all-reduce."""
@@ -259,6 +268,11 @@ def check_single_process_checkpoint(checkpoint: dict[str, Any]) -> None:
             f"the checkpoint holds the nodes of {ranks['world_size']} process(es), this run has 1; resume with "
             "Trainer(strategy='mosaic') and the same number of processes"
         )
+
+
+def _destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def uses_mosaic_strategy(trainer: Trainer) -> bool:

@@ -81,6 +81,45 @@ def _check_receivers(params: Tensor, receivers: Tensor, delivered: Tensor | None
 
 
 @torch.no_grad()
+def average_received_(
+    own: Tensor,
+    messages: list[tuple[Tensor, Tensor]],
+    out: Tensor,
+    *,
+    spare: bool = False,
+    accumulator: Tensor | None = None,
+) -> Tensor:
+    """The aggregation rule of Epidemic and Mosaic Learning: the one implementation every torch kernel runs.
+
+    Row r of ``out`` becomes ``(own[r] + sum of the messages addressed to r) / (1 + their number)`` (de Vos et al.,
+    NeurIPS 2023, Eq. 2; per fragment in Mosaic Learning). Messages are added in the order given (pair by pair, row
+    by row), so the sums are reproducible. The fused CPU backend (:mod:`lightning_mosaic.gossip.fused`) computes the
+    same sums in the same order; the dense kernel (:func:`mix_`) is the test oracle.
+
+    Args:
+        own: ``(R, q)`` the receivers' own values before the round (read once, before any message is added).
+        messages: ``(values (M_j, q), destination (M_j,) int64)`` pairs: message i of a pair goes to row
+            ``destination[i]`` in ``[0, R)``, or to ``R`` (a lost message, counted nowhere) with ``spare``.
+        out: Where the result goes, ``(R, q)`` or any ``(..., q)`` view of R rows (e.g. ``(n, K_g, q)`` columns
+            of the parameters, which cannot be viewed as ``(R, q)``).
+        spare: Whether a destination may be ``R``.
+        accumulator: Optional ``(R + spare, q)`` scratch rows of ``own``'s dtype and device, reused across rounds;
+            default: allocated here.
+
+    Returns:
+        ``out``.
+    """
+    rows, width = own.shape[0], own.shape[0] + int(spare)
+    acc = own.new_empty(width, own.shape[1]) if accumulator is None else accumulator
+    acc[:rows].copy_(own)
+    acc[rows:].zero_()
+    counts = torch.ones(width, dtype=own.dtype, device=own.device)
+    for values, destination in messages:
+        acc.index_add_(0, destination, values)
+        counts.index_add_(0, destination, torch.ones(destination.numel(), dtype=own.dtype, device=own.device))
+    return torch.div(acc[:rows].view(out.shape), counts[:rows].view(*out.shape[:-1], 1), out=out)
+
+
 def mix_received_(
     params: Tensor,
     receivers: Tensor,
@@ -163,16 +202,12 @@ def mix_received_(
         dst = receivers.index_select(0, frags).permute(2, 1, 0) * kg + torch.arange(kg, device=params.device)
         if delivered is not None:
             dst = torch.where(delivered.index_select(0, frags).permute(2, 1, 0), dst, rows)
-        dst = dst.reshape(dst.shape[0], rows)
-        acc[:rows].copy_(source)
-        acc[rows].zero_()
-        for slot in dst:
-            acc.index_add_(0, slot, source)
-        counts = torch.bincount(dst.reshape(-1), minlength=rows + 1)[:rows].add_(1).to(params.dtype)
-        if isinstance(cols, slice):  # divide straight into the parameters
-            torch.div(acc[:rows].view(n, kg, q), counts.view(n, kg, 1), out=params[:, cols].view(n, kg, q))
+        slots = [(source, slot) for slot in dst.reshape(dst.shape[0], rows)]
+        if isinstance(cols, slice):  # the result goes straight into the parameters
+            average_received_(source, slots, params[:, cols].view(n, kg, q), spare=True, accumulator=acc)
         else:
-            params.index_copy_(1, cols, acc[:rows].div_(counts[:, None]).view(n, kg * q))
+            mixed = average_received_(source, slots, acc[:rows], spare=True, accumulator=acc)
+            params.index_copy_(1, cols, mixed.view(n, kg * q))
     return params
 
 
