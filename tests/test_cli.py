@@ -93,7 +93,9 @@ def test_a_run_with_faults_logs_offline_nodes_and_resumes(tmp_path, capsys):
     assert "gossip/offline_nodes" in header.split(",")
     (ckpt,) = (tmp_path / "quickstart").glob("version_0/checkpoints/*.ckpt")
     main(base + ["--trainer.max_steps", "8", "--ckpt_path", str(ckpt)])
-    assert json.loads((tmp_path / "quickstart" / "version_1" / "summary.json").read_text())["rounds"] == 8
+    summary = json.loads((tmp_path / "quickstart" / "version_1" / "summary.json").read_text())
+    assert summary["rounds"] == 8
+    assert summary["faults"] == {"availability": 0.8, "churn_trace": None, "straggler_prob": 0.1, "seed": 2}
     with pytest.raises(SystemExit) as exit_info:  # other fault settings: refused, naming the difference
         main(base + ["--trainer.max_steps", "8", "--ckpt_path", str(ckpt), "--faults.seed", "3"])
     assert exit_info.value.code == 2

@@ -11,6 +11,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from lightning_mosaic.callbacks.faults import MosaicFaults
 from lightning_mosaic.callbacks.gossip import MosaicGossip
 from lightning_mosaic.callbacks.target import GossipTarget, ModuleParameters
 
@@ -162,9 +163,11 @@ def run_summary(
 
     Returns:
         A JSON-serializable dict with the rows of :data:`_ROWS` (gossip fields are ``None`` without
-        :class:`~lightning_mosaic.callbacks.MosaicGossip`) and ``metrics``, every metric as a float.
+        :class:`~lightning_mosaic.callbacks.MosaicGossip`), ``faults`` (the settings of an active
+        :class:`~lightning_mosaic.callbacks.MosaicFaults`, else ``None``) and ``metrics``, every metric as a float.
     """
     gossip = next((c for c in trainer.callbacks if isinstance(c, MosaicGossip)), None)  # type: ignore[attr-defined]
+    faults = next((c for c in trainer.callbacks if isinstance(c, MosaicFaults)), None)  # type: ignore[attr-defined]
     rounds = gossip.rounds if gossip is not None else 0
     communication = (
         gossip.communication() if gossip is not None else {"values_sent_per_node": 0, "bytes_sent_per_node": 0}
@@ -181,6 +184,7 @@ def run_summary(
         "topology": gossip.topology if gossip else None,
         "fragmentation": gossip.fragmentation if gossip else None,
         "every_n_steps": gossip.every_n_steps if gossip else None,
+        "faults": faults.settings if faults is not None and faults.active else None,
         "rounds": rounds,
         "steps": trainer.global_step,
         "node_acc_mean": _metric(metrics, "val/node_acc_mean"),
