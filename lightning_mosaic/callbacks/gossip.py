@@ -86,10 +86,10 @@ class MosaicGossip(Callback):
             ``gossip/isolated_nodes`` and warn. A non-finite value never reaches another node.
         kernel: How a single process mixes (:class:`~lightning_mosaic.gossip.FragmentGossip`): ``"auto"``
             (default; the index kernel, :func:`~lightning_mosaic.gossip.default_kernel`), ``"index"`` or
-            ``"dense"`` (``(K, n, n)`` matrices; the default for n < 32 and K <= 16 before 2026-11-30, so
-            ``kernel="dense"`` reproduces results from before then bit for bit). The kernels draw the same graphs
-            and agree to float rounding; the setting is not part of :attr:`state_key`. Multi-process runs mix with
-            :class:`~lightning_mosaic.distributed.ShardedMixer` whatever it says.
+            ``"dense"`` (``(K, n, n)`` matrices; CHANGELOG.md says which documented results it reproduces bit for
+            bit). The kernels draw the same graphs and agree to float rounding; the setting is not part of
+            :attr:`state_key`. Multi-process runs mix with :class:`~lightning_mosaic.distributed.ShardedMixer`
+            whatever it says.
 
     Raises:
         ValueError: At construction for an argument out of range (naming it); at ``setup`` if ``peers``,

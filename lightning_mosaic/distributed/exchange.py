@@ -95,7 +95,7 @@ class ShardedMixer:
         Args:
             local: ``(m, d)`` rows of nodes ``[bounds[rank], bounds[rank + 1])``; overwritten with
                 ``x_i[P_k] <- (x_i[P_k] + sum of the fragments k node i received) / (received + 1)``, from the
-                pre-round values (DESIGN.md step 4; the same update as :func:`~lightning_mosaic.gossip.mix_`).
+                pre-round values (the same update as :func:`~lightning_mosaic.gossip.mix_`).
             graphs: The round's receiver lists (``(K, n, s)``, from
                 :meth:`~lightning_mosaic.gossip.FragmentGossip.next_graphs`), the same on every rank; no ``n x n``
                 tensor is built.

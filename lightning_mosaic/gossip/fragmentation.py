@@ -113,7 +113,7 @@ def make_fragmentation(
     """Partition the flat parameter vector of a model into ``num_fragments`` fragments.
 
     The flat vector is the concatenation of all trainable tensors in ``named_parameters()`` order, so
-    ``d = sum(tensor_sizes)``. The three schemes (DESIGN.md, "One round, precisely", step 2):
+    ``d = sum(tensor_sizes)``. The three schemes:
 
     * ``"random"`` (default): coordinates assigned to fragments by a seeded random permutation; fragment sizes differ
       by at most 1 (Mosaic Learning, arXiv 2602.04352).

@@ -270,7 +270,7 @@ def mix_received_fused_(
     Same contract and bit-identical result as the torch index kernel
     (:func:`~lightning_mosaic.gossip.mixing.mix_received_`, which validates the arguments and calls this one):
     ``x_j[P_k] <- (x_j[P_k] + sum of the copies of fragment k node j received) / (m_jk + 1)`` from the pre-round
-    values (DESIGN.md step 4; EL, de Vos et al. 2023, Eq. 2). Work ``O(s n d)``; memory traffic about one read and
+    values (EL, de Vos et al. 2023, Eq. 2). Work ``O(s n d)``; memory traffic about one read and
     one write of the matrix (``"tiles"``) or three (``"sorted"``); extra memory one ``(n, tile)`` block per thread,
     the ``(n, d)`` workspace of ``"sorted"``, and ``O(K n s + d)`` indices. Runs on ``torch.get_num_threads()``
     threads (at most numba's).

@@ -36,7 +36,7 @@ def mix_(params: Tensor, matrices: Tensor, fragmentation: Fragmentation) -> Tens
 
     Every fragment is aggregated from the pre-round values (the fragments are disjoint and each product is computed
     before it is written back), so the result does not depend on the order in which messages arrive
-    (DESIGN.md step 4; Mosaic Learning, arXiv 2602.04352, Algorithm 1). Extra memory: one fragment, ``(n, d_k)``.
+    (Mosaic Learning, arXiv 2602.04352, Algorithm 1). Extra memory: one fragment, ``(n, d_k)``.
 
     Args:
         params: ``(n, d)`` parameter matrix, one row per node; overwritten.
@@ -132,7 +132,7 @@ def mix_received_(
 
     Computes exactly what :func:`mix_` computes with the matrices of the same graphs (up to float rounding):
     ``x_j[P_k] <- (x_j[P_k] + sum of the copies of fragment k node j received) / (m_jk + 1)`` from the pre-round
-    values (DESIGN.md step 4; EL, de Vos et al. 2023, Eq. 2).
+    values (EL, de Vos et al. 2023, Eq. 2).
 
     Two implementations give bit-identical results (same sums in the same order, same division). ``"fused"``
     (:mod:`lightning_mosaic.gossip.fused`, numba, CPU float32/float64): one cache-blocked pass over the matrix.
@@ -245,10 +245,8 @@ def default_kernel(num_nodes: int, num_fragments: int) -> str:
     fragmentation, s = 3), kernel time / copy floor: the index kernel with its fused CPU backend is faster than the
     dense one (one ``(n, n) @ (n, d_k)`` product per fragment) at every (n, d, K) of the grid but one, n = 16, K = 1,
     where both take 1.6-1.8x; e.g. 4.8x against 10.6x at n = 16, d = 9e4, K = 8 and 1.2x against 9.0x at n = 256,
-    d = 1e6, K = 1. Until 2026-11-30 the rule kept the dense kernel for n < 32 and K <= 16 (then faster than the
-    torch scatter-add); results documented before that date were computed with it: pass ``kernel="dense"``
-    (``--gossip.kernel dense``) to reproduce them bit for bit. The two kernels draw the same graphs and agree to
-    float rounding.
+    d = 1e6, K = 1. ``kernel="dense"`` (``--gossip.kernel dense``) reproduces the results CHANGELOG.md names bit for
+    bit. The two kernels draw the same graphs and agree to float rounding.
     """
     del num_nodes, num_fragments  # one kernel for every size, kept in the signature for the rule's callers
     return "index"

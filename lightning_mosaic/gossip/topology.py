@@ -303,7 +303,7 @@ def mixing_matrices_from_adjacency(adjacency: Tensor) -> Tensor:
     """Turn received-copies counts into aggregation weights.
 
     Node j averages its own fragment with the m_jk copies it received, all with equal weight
-    (DESIGN.md step 4; EL, de Vos et al. 2023, Eq. 2):
+    (EL, de Vos et al. 2023, Eq. 2):
     ``W_k = (I + A_k) / (1 + A_k 1)`` row-wise. A node that received nothing keeps its fragment (row = e_j).
 
     Args:
