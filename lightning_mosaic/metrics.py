@@ -11,15 +11,15 @@ import copy
 from typing import Any
 
 import torch
-from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
 from lightning_mosaic._validation import check_int
 from lightning_mosaic.distributed.sharding import ShardedConsensusDistance as ConsensusDistance
 from lightning_mosaic.distributed.sharding import all_reduce_sum
+from lightning_mosaic.replicas import node_batch_size, select_node
 
-__all__ = ["ConsensusDistance", "NodeMean", "PerNodeMetric", "own_copy"]
+__all__ = ["ConsensusDistance", "NodeMean", "PerNodeMetric", "metric_scalar", "own_copy"]
 
 
 class NodeMean(Metric):
@@ -79,6 +79,24 @@ class NodeMean(Metric):
         return self.total / self.count.clamp_min(1)
 
 
+def metric_scalar(value: Any, what: str) -> float:
+    """A metric's computed value as a float: nodes are compared and averaged on one number each.
+
+    Args:
+        value: What ``Metric.compute()`` returned: a one-element tensor or a number.
+        what: How the error names the metric (e.g. ``"metrics['f1']"``).
+
+    Raises:
+        ValueError: If ``value`` is a tensor of more than one element (e.g. a per-class metric).
+    """
+    if isinstance(value, Tensor) and value.numel() != 1:
+        raise ValueError(
+            f"{what} computed a tensor of shape {tuple(value.shape)}; MosaicModule reports scalar metrics per node "
+            "(e.g. average='micro' or 'macro', not None)"
+        )
+    return float(value)
+
+
 def own_copy(metric: Metric | MetricCollection) -> Metric | MetricCollection:
     """A fresh copy of a user's metric for one node that never synchronizes across processes by itself (each
     process holds other nodes; the caller assembles all n)."""
@@ -111,7 +129,7 @@ class PerNodeMetric(nn.Module):
         >>> metric.update(torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([1.0, 1.0]), torch.tensor([1.0, 2.0]))
         >>> per_node, average = metric.compute_nodes(0, 2)
         >>> per_node.tolist(), float(average)
-        ([0.5, 1.0], 0.5)
+        ([0.0, 1.5], 0.5)
     """
 
     def __init__(self, metric: Metric, num_nodes: int, name: str = "metric") -> None:
@@ -124,10 +142,8 @@ class PerNodeMetric(nn.Module):
     def update(self, outputs: Any, avg_outputs: Any | None, target: Any) -> None:
         """Add one batch: ``outputs`` ``(m, B, ...)`` of this process's m nodes (row i updates copy i),
         ``avg_outputs`` ``(B, ...)`` of the averaged model or ``None``, ``target`` ``(B, ...)``."""
-        rows: list[int] = []
-        apply_to_collection(outputs, Tensor, lambda t: rows.append(t.shape[0]))
-        for i in range(rows[0]):
-            self.copies[i].update(apply_to_collection(outputs, Tensor, lambda t, i=i: t[i]), target)
+        for i in range(node_batch_size(outputs)):
+            self.copies[i].update(select_node(outputs, i), target)
         if avg_outputs is not None:
             self.average.update(avg_outputs, target)
 
@@ -140,20 +156,12 @@ class PerNodeMetric(nn.Module):
         per_node = torch.zeros(n, dtype=torch.float64, device=device)
         average = torch.zeros(2, dtype=torch.float64, device=device)
         for i in range(num_local):
-            per_node[first_node + i] = self._scalar(self.copies[i].compute())
+            per_node[first_node + i] = metric_scalar(self.copies[i].compute(), f"metrics[{self.name!r}]")
         if self.average.update_count:
-            average[0], average[1] = self._scalar(self.average.compute()), 1.0
+            average[0], average[1] = metric_scalar(self.average.compute(), f"metrics[{self.name!r}]"), 1.0
         if num_local < n:
             per_node, average = all_reduce_sum(per_node), all_reduce_sum(average)
         return per_node, average[0] / average[1].clamp_min(1)
-
-    def _scalar(self, value: Any) -> float:
-        if isinstance(value, Tensor) and value.numel() != 1:
-            raise ValueError(
-                f"metrics[{self.name!r}] computed a tensor of shape {tuple(value.shape)}; MosaicModule reports scalar "
-                "metrics per node (e.g. average='micro' or 'macro', not None)"
-            )
-        return float(value)
 
     def reset(self) -> None:
         """Reset every copy."""

@@ -29,10 +29,16 @@ from lightning_mosaic.node_module import (
     LightningNodes,
     ignored_hooks,
     is_lightning_module,
-    node_batch_size,
     step_loss,
 )
-from lightning_mosaic.replicas import EXECUTIONS, ReplicaStack, default_execution, select_node
+from lightning_mosaic.replicas import (
+    EXECUTIONS,
+    ReplicaStack,
+    default_execution,
+    node_batch_size,
+    select_node,
+    tensor_shapes,
+)
 
 DEFAULT_LR = 0.05
 """SGD learning rate used when no optimizer is configured (EL's CIFAR-10 setting in decentralizepy)."""
@@ -43,16 +49,12 @@ IGNORE_INDEX = -100
 Loss = Callable[[Any, Any], Tensor]
 
 
-def _shapes(collection: Any) -> list[tuple[int, ...]]:
-    shapes: list[tuple[int, ...]] = []
-    apply_to_collection(collection, Tensor, lambda t: shapes.append(tuple(t.shape)))
-    return shapes
-
-
 def _describe(collection: Any) -> str:
     if isinstance(collection, Tensor):
         return f"a tensor of shape {tuple(collection.shape)}"
-    return f"{type(collection).__name__} of tensors shaped {', '.join(str(s) for s in _shapes(collection)) or '-'}"
+    return (
+        f"{type(collection).__name__} of tensors shaped {', '.join(str(s) for s in tensor_shapes(collection)) or '-'}"
+    )
 
 
 class MosaicModule(LightningModule):
@@ -206,6 +208,7 @@ class MosaicModule(LightningModule):
             )
         self._nodes: LightningNodes | None = None
         self._vmap_unusable = False
+        self._auto_execution: dict[str, str] = {}
         self._fixed_coordinates: Tensor | None = None
         self._frozen: Tensor | None = None
         self._average_state: dict[str, Tensor] | None = None
@@ -379,7 +382,12 @@ class MosaicModule(LightningModule):
         once the model fails under ``torch.func.vmap``)."""
         if self.node_module is not None or self._vmap_unusable:
             return "loop"
-        return default_execution(self.device, self.replicas.template) if self.execution == "auto" else self.execution
+        if self.execution != "auto":
+            return self.execution
+        device = self.device.type  # default_execution walks the model's modules: once per device type, not per step
+        if device not in self._auto_execution:
+            self._auto_execution[device] = default_execution(self.device, self.replicas.template)
+        return self._auto_execution[device]
 
     def forward(self, *inputs: Any, shared_input: bool = False) -> Any:
         """All nodes' outputs: inputs ``(n, B, ...)`` -> outputs ``(n, B, ...)``; with ``shared_input``, inputs
@@ -433,7 +441,7 @@ class MosaicModule(LightningModule):
     def _check_node_batch(self, batch: Any) -> None:
         """Every tensor of a training batch must be ``(m, B, ...)``, with the same m = this process's nodes and B."""
         m = self.replicas.num_nodes
-        shapes = _shapes(batch)
+        shapes = tensor_shapes(batch)
         heads = {shape[:2] for shape in shapes if len(shape) >= 2}
         if not shapes or len(heads) != 1 or any(len(s) < 2 for s in shapes) or next(iter(heads))[0] != m:
             where = (
@@ -536,7 +544,7 @@ class MosaicModule(LightningModule):
             node_batch = select_node(batch, i)
             with nodes.node(i, "train", node_batch_size(node_batch)):
                 output = replicas.call_node(
-                    i, _training_step, node_batch, batch_idx, state=replicas.node_tensors(i, buffers, rows)
+                    i, _step("training_step"), node_batch, batch_idx, state=replicas.node_tensors(i, buffers, rows)
                 )
             losses.append(step_loss(output, f"{_name(self.node_module)}.training_step"))
         node_loss = torch.stack(losses)
@@ -582,7 +590,7 @@ class MosaicModule(LightningModule):
         if self.loss is None:
             metrics["node_loss"].update(self.per_sample_loss(outputs, targets).flatten(1), first_node, counted)
         else:
-            batch = _shapes(target)[0][0] if _shapes(target) else 1
+            batch = node_batch_size(target)
             metrics["node_loss"].update(self.node_losses(outputs, targets).unsqueeze(1).expand(m, batch), first_node)
         if "node_acc" in metrics:
             metrics["node_acc"].update(self.per_sample_correct(outputs, targets).flatten(1), first_node, counted)
@@ -866,10 +874,6 @@ class MosaicModule(LightningModule):
             grad.clamp_(-gradient_clip_val, gradient_clip_val)
         else:
             raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {gradient_clip_algorithm!r}")
-
-
-def _training_step(module: LightningModule, batch: Any, batch_idx: int) -> Any:
-    return module.training_step(batch, batch_idx)
 
 
 def _step(hook: str) -> Callable[..., Any]:

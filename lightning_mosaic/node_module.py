@@ -21,12 +21,11 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
 from lightning_mosaic.distributed.sharding import all_reduce_sum
-from lightning_mosaic.metrics import own_copy
+from lightning_mosaic.metrics import metric_scalar, own_copy
 
 NODE_STD_SUFFIX = "/node_std"
 """Appended to a name the user logs: the population std over nodes of the per-node values."""
@@ -139,13 +138,6 @@ def _as_float(value: Any, name: str) -> float:
     raise ValueError(f"self.log({name!r}, ...) got {type(value).__name__}; log a number, a tensor or a Metric")
 
 
-def node_batch_size(batch: Any) -> int:
-    """B of a batch: the first dimension of its first tensor (1 without tensors)."""
-    sizes: list[int] = []
-    apply_to_collection(batch, Tensor, lambda t: sizes.append(t.shape[0]) if t.dim() else None)
-    return sizes[0] if sizes else 1
-
-
 class _Record:
     """One logged name of one stage: per-slot weighted sums over the epoch and over the current step, or metric
     objects, and the user's options."""
@@ -184,12 +176,7 @@ class _Record:
             computed = self.metrics[slot].compute()
             if isinstance(computed, Mapping):
                 return None
-            if isinstance(computed, Tensor) and computed.numel() != 1:
-                raise ValueError(
-                    f"the metric logged as {name!r} computed a tensor of shape {tuple(computed.shape)}; MosaicModule "
-                    "reduces scalar metrics over nodes (e.g. average='micro' or 'macro', not None)"
-                )
-            return _as_float(computed, name)
+            return metric_scalar(computed, f"the metric logged as {name!r}")
         if slot not in self.total:
             return None
         return self.total[slot] if self.sums else self.total[slot] / max(self.weight[slot], 1e-300)
@@ -328,9 +315,8 @@ class LightningNodes:
             if not record.step_total:
                 continue
             slots = sorted(record.step_total, key=str)
-            values = torch.tensor([record.step_total[s] / max(record.step_weight[s], 1e-300) for s in slots])
-            if record.sums:
-                values = torch.tensor([record.step_total[s] for s in slots])
+            divisors = [1.0 if record.sums else max(record.step_weight[s], 1e-300) for s in slots]
+            values = torch.tensor([record.step_total[s] / divisor for s, divisor in zip(slots, divisors)])
             epoch = bool(record.options.get("on_epoch", False))
             out[name] = (values, None if epoch else values.std(correction=0), record.options)
             record.step_total.clear()

@@ -66,6 +66,23 @@ def stack_outputs(outputs: list[Any]) -> Any:
     raise TypeError(f"a node's model output must be a tensor or a tuple, list or dict of tensors, got {type(first)}")
 
 
+def tensor_shapes(collection: Any) -> list[tuple[int, ...]]:
+    """The shapes of the tensors in a (nested tuple, list or dict) collection, in traversal order.
+
+    Example:
+        >>> tensor_shapes((torch.zeros(2, 3), {"y": torch.zeros(2)}, "id"))
+        [(2, 3), (2,)]
+    """
+    shapes: list[tuple[int, ...]] = []
+    apply_to_collection(collection, Tensor, lambda t: shapes.append(tuple(t.shape)))
+    return shapes
+
+
+def node_batch_size(batch: Any) -> int:
+    """B of a batch: the first dimension of its first tensor that has one (1 without such a tensor)."""
+    return next((shape[0] for shape in tensor_shapes(batch) if shape), 1)
+
+
 def select_node(collection: Any, node: int) -> Any:
     """Row ``node`` of every tensor in a (nested tuple, list or dict) collection of ``(n, ...)`` tensors."""
     return apply_to_collection(collection, Tensor, lambda t: t[node])
@@ -332,8 +349,7 @@ class ReplicaStack(nn.Module):
         """
         n = self.num_nodes
         if not shared_input:
-            shapes: list[tuple[int, ...]] = []
-            apply_to_collection(inputs, Tensor, lambda t: shapes.append(tuple(t.shape)))
+            shapes = tensor_shapes(inputs)
             if not shapes or any(len(shape) < 1 or shape[0] != n for shape in shapes):
                 raise ValueError(
                     f"batch must be shaped (n, B, ...) with n = num_nodes = {n}, got shape(s) "

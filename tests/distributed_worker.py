@@ -67,21 +67,26 @@ class DigitsClassifier(pl.LightningModule):
         return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)]
 
 
-def lightning_module_run(world: int, out: Path) -> dict[str, float]:
-    """8 steps of 4 nodes of :class:`DigitsClassifier` over ``world`` processes, then one validation; saves this
-    rank's node rows (``rows{rank}.pt``) and returns the validation metrics (equal on every rank)."""
-    trainer = pl.Trainer(
+def quiet_trainer(world: int, timeout: float = 60.0, **kwargs) -> pl.Trainer:
+    """A Trainer on ``world`` CPU processes (MosaicStrategy when several), without logger, bars or summaries."""
+    options = dict(
         accelerator="cpu",
         devices=world,
-        strategy=MosaicStrategy(timeout=60) if world > 1 else "auto",
+        strategy=MosaicStrategy(timeout=timeout) if world > 1 else "auto",
         use_distributed_sampler=False,
-        max_steps=8,
-        limit_val_batches=0,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[MosaicGossip(fragments=2, peers=1, seed=0)],
+    )
+    return pl.Trainer(**{**options, **kwargs})
+
+
+def lightning_module_run(world: int, out: Path) -> dict[str, float]:
+    """8 steps of 4 nodes of :class:`DigitsClassifier` over ``world`` processes, then one validation; saves this
+    rank's node rows (``rows{rank}.pt``) and returns the validation metrics (equal on every rank)."""
+    trainer = quiet_trainer(
+        world, max_steps=8, limit_val_batches=0, callbacks=[MosaicGossip(fragments=2, peers=1, seed=0)]
     )
     # Each process builds the user's model with its own weights: every node must start from rank 0's (seed 0, as
     # in the single-process run), which MosaicModule broadcasts.
@@ -89,15 +94,7 @@ def lightning_module_run(world: int, out: Path) -> dict[str, float]:
     module = MosaicModule(DigitsClassifier(), num_nodes=4, seed=0)
     data = DigitsDataModule(num_nodes=4, batch_size=8, seed=0, steps_per_epoch=4)
     trainer.fit(module, datamodule=data)
-    evaluator = pl.Trainer(
-        accelerator="cpu",
-        devices=world,
-        strategy=MosaicStrategy(timeout=60) if world > 1 else "auto",
-        use_distributed_sampler=False,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    evaluator = quiet_trainer(world)
     (metrics,) = evaluator.validate(module, datamodule=data, verbose=False)
     torch.save(module.gossip_parameters.detach().clone(), out / f"rows{trainer.global_rank}.pt")
     return {k: float(v) for k, v in metrics.items()}
@@ -119,17 +116,12 @@ def main() -> None:
         torch.save(metrics, args.lightning_module / f"metrics{rank}.pt")
         return
     fragments = args.fragments_on_rank_1 if rank == 1 and args.fragments_on_rank_1 else args.fragments
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=world,
-        strategy=MosaicStrategy(timeout=args.timeout),
+    trainer = quiet_trainer(
+        world,
+        args.timeout,
         use_distributed_sampler=args.use_distributed_sampler,
         max_steps=12,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[MosaicGossip(fragments=fragments, peers=1, seed=0), Fault(args.fault, args.fault_step)],
     )
     module = MosaicModule(MLP(), num_nodes=4, seed=0)
