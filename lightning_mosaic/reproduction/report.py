@@ -57,7 +57,7 @@ METRIC_KINDS = {
     "consensus_distance": "scientific",
 }
 
-#: Confidence level of the intervals in the report and the plots (Student t over seeds).
+#: Confidence level of the intervals of the report's final metrics (Student t over seeds).
 CONFIDENCE = 0.95
 
 #: Line styles and markers of the curves, one pair per K (in increasing K), so that coinciding curves stay visible.
@@ -409,10 +409,11 @@ def plot_curves(
     The line style and marker of the i-th K (increasing) are ``LINE_STYLES[i]`` and ``MARKERS[i]`` (cycled past
     8); lines get thinner and the hollow markers smaller with i, and the markers (at most about 12 per line) are
     staggered between Ks, so that curves lying on top of each other stay visible as separate curves: a wide line
-    under a narrower one, markers nested in each other. A shaded band shows each curve's interval.
+    under a narrower one, markers nested in each other. A shaded band of ± ``spread`` is drawn around each curve.
 
     Args:
-        curves: ``{K: (rounds, means, half-widths or None)}``, the arrays of equal length.
+        curves: ``{K: (rounds, means, spread or None)}``, the arrays of equal length (``spread``: the band's
+            half-height, e.g. the std over seeds; ``None``: no band).
         ylabel: The y-axis label.
         title: The figure title.
         log_scale: Log y axis (consensus distance).
@@ -429,7 +430,7 @@ def plot_curves(
     figure, axes = plt.subplots(figsize=(6, 4))
     ordered = sorted(curves)
     for index, k in enumerate(ordered):
-        steps, means, halves = curves[k]
+        steps, means, spread = curves[k]
         if not len(steps):
             continue
         step = max(1, len(steps) // 12)
@@ -445,9 +446,9 @@ def plot_curves(
             markevery=((index * step) // len(ordered), step),
             linewidth=max(0.8, 2.8 - 0.6 * index),
         )
-        if halves is not None:
-            mean, half = np.asarray(means, dtype=np.float64), np.asarray(halves, dtype=np.float64)
-            axes.fill_between(steps, mean - half, mean + half, alpha=0.15, color=line.get_color())
+        if spread is not None:
+            mean, band = np.asarray(means, dtype=np.float64), np.asarray(spread, dtype=np.float64)
+            axes.fill_between(steps, mean - band, mean + band, alpha=0.15, color=line.get_color())
     axes.set_xlabel("round")
     axes.set_ylabel(ylabel)
     if log_scale:
@@ -465,8 +466,7 @@ def write_report(runs: Mapping[tuple[int, int], Path], directory: Path, task: st
     of the 95% Student-t interval over seeds, nothing after ``±`` with one seed) and their difference to EL (K = 1;
     mean ± half-width over seeds of the per-seed differences, the same seed giving the same partition and
     initialization for every K), every number written by :func:`format_metric`. ``curves.csv``: every plotted
-    number (``metric,fragments,round,mean,std,ci95,seeds``; ``ci95`` the half-width, empty with one seed). PNGs:
-    :func:`plot_curves`, a band of the same interval.
+    number (``metric,fragments,round,mean,std,seeds``). PNGs: :func:`plot_curves`, mean ± std over seeds.
 
     Args:
         runs: ``{(K, seed): run directory}``; each holds ``metrics.csv``, ``summary.json`` and ``config.yaml``.
@@ -514,20 +514,16 @@ def write_report(runs: Mapping[tuple[int, int], Path], directory: Path, task: st
     setup = describe_setup(runs, task, validated)
 
     directory.mkdir(parents=True, exist_ok=True)
-    rows = ["metric,fragments,round,mean,std,ci95,seeds"]
-    interval = f"mean and {CONFIDENCE:.0%} CI over {len(seeds)} seeds" if len(seeds) > 1 else "one seed"
+    rows = ["metric,fragments,round,mean,std,seeds"]
     for name, label in curve_names.items():
         curves = {}
         for k in fragments:
             steps = sorted(step for step, values in per_k[k][name].items() if len(values) == len(seeds))
-            stats = [(*aggregate(per_k[k][name][s]), half_width(per_k[k][name][s])) for s in steps]
-            rows += [
-                f"{name},{k},{s},{m:.6g},{sd:.6g},{'' if h is None else f'{h:.6g}'},{len(seeds)}"
-                for s, (m, sd, h) in zip(steps, stats)
-            ]
-            halves = None if len(seeds) < 2 else [h for _, _, h in stats]
-            curves[k] = (steps, [m for m, _, _ in stats], halves)
-        figure = plot_curves(curves, label, f"{label} ({interval})", name == "gossip/consensus_distance")
+            stats = [aggregate(per_k[k][name][s]) for s in steps]
+            rows += [f"{name},{k},{s},{m:.6g},{sd:.6g},{len(seeds)}" for s, (m, sd) in zip(steps, stats)]
+            curves[k] = (steps, [m for m, _ in stats], [sd for _, sd in stats] if len(seeds) > 1 else None)
+        title_k = f"{label} (mean ± std over {len(seeds)} seed(s))"
+        figure = plot_curves(curves, label, title_k, name == "gossip/consensus_distance")
         png = directory / (name.split("/")[1] + ".png")
         tmp = png.with_name(png.stem + ".tmp.png")
         figure.savefig(tmp, dpi=100)
@@ -552,8 +548,9 @@ def write_report(runs: Mapping[tuple[int, int], Path], directory: Path, task: st
         "scientific": "consensus distance (1/n) sum_i ‖x_i − x̄‖² with 3 significant digits",
     }
     kinds = dict.fromkeys(metric_kind(key) for key in keys)
-    lines += ["Written as: " + "; ".join(written[kind] for kind in kinds) + ". `− EL`: the per-seed difference to"]
-    lines += ["K = 1 (the same seed gives every K the same partition and initialization), in the same format.", ""]
+    lines += ["Written as: " + "; ".join(written[kind] for kind in kinds) + "."]
+    lines += ["`− EL`: the per-seed difference to K = 1 (the same seed gives every K the same partition and"]
+    lines += ["initialization), in the same format.", ""]
     lines += [header, "|" + "---|" * (1 + len(keys) + len(compared))]
     for k in fragments:
         cells = []
