@@ -3,20 +3,47 @@
 from __future__ import annotations
 
 import csv
+import json
+import re
+import shutil
 
 import pytest
+import yaml
 
 import lightning_mosaic.reproduction.grid as grid
 from lightning_mosaic import MosaicFaults, MosaicModule
 from lightning_mosaic.cli import MosaicCLI, main
+from lightning_mosaic.data import DigitsDataModule
 from lightning_mosaic.data.base import NodeDataModule
+from lightning_mosaic.models import MLP
+from lightning_mosaic.reproduction.report import format_metric, plot_curves, write_report
+
+RUNS = [(k, seed) for k in (1, 4) for seed in (0, 1)]
 
 
-def test_reproduce_runs_the_grid_writes_the_report_and_resumes(tmp_path, capsys):
-    out = tmp_path / "report"
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    """One real grid (K in {1, 4}, 2 seeds, 10 rounds, validation every 5) shared by the tests of this module."""
+    out = tmp_path_factory.mktemp("reproduce") / "report"
     argv = ["reproduce", "--task", "digits", "--fragments", "1", "4", "--seeds", "2", "--rounds", "10"]
     argv += ["--out", str(out), "--", "--data.init_args.steps_per_epoch", "5"]
     main(argv)
+    return out, argv
+
+
+def _run_dir(out, k, seed):
+    return out / "runs" / f"K{k}-seed{seed}" / "version_0"
+
+
+def _table(report: str, heading: str) -> list[list[str]]:
+    """The cells of the first Markdown table after ``heading`` (header and rule rows left out)."""
+    section = report.split(heading, 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in row.strip("|").split(" | ")] for row in rows[2:]]
+
+
+def test_reproduce_runs_the_grid_writes_the_report_and_resumes(grid_run, capsys):
+    out, argv = grid_run
     report = (out / "report.md").read_text()
     assert "| 1 (EL) |" in report and "| 4 |" in report and "node_acc_mean − EL" in report
     for name in ("node_acc_mean", "avg_model_acc", "consensus_distance", "node_acc_std"):
@@ -59,3 +86,122 @@ def test_reproduce_passes_fault_options_and_seeds_them_per_run(tmp_path, monkeyp
         cli = MosaicCLI(MosaicModule, NodeDataModule, args=fit[1:], **options)
         (faults,) = [c for c in cli.trainer.callbacks if isinstance(c, MosaicFaults)]
         assert (faults.availability, faults.seed) == (0.9, seed)
+
+
+def test_report_states_the_setup_read_from_every_run(grid_run):
+    """n, s, alpha, rounds, batch size, lr, test-set size (...) in report.md are the values every run recorded."""
+    out, _ = grid_run
+    report = (out / "report.md").read_text()
+    setup = dict(_table(report, "## Setup"))
+    configs = [yaml.safe_load((_run_dir(out, k, s) / "config.yaml").read_text()) for k, s in RUNS]
+    summaries = [json.loads((_run_dir(out, k, s) / "summary.json").read_text()) for k, s in RUNS]
+    config, summary = configs[0], summaries[0]
+    data, optimizer = config["data"]["init_args"], config["model"]["init_args"]["optimizer"]
+    # the runs agree on everything but K and the seeds, so one value per setting
+    for key in ("num_nodes", "alpha", "batch_size", "test_subset"):
+        assert {c["data"]["init_args"][key] for c in configs} == {data[key]}
+    assert {c["gossip"]["peers"] for c in configs} == {config["gossip"]["peers"]}
+    assert setup["nodes (n)"] == str(data["num_nodes"]) == "16"
+    assert setup["peers (s)"] == str(config["gossip"]["peers"]) == "3"
+    assert setup["Dirichlet alpha"] == str(data["alpha"]) == "0.1"
+    assert setup["rounds"] == str(config["trainer"]["max_steps"]) == str(summary["rounds"]) == "10"
+    assert setup["batch size"] == f"{data['batch_size']} examples per node per local step"
+    assert setup["learning rate"] == f"{optimizer['init_args']['lr']}, constant (no LR scheduler)"
+    assert setup["optimizer"].startswith(optimizer["class_path"] + " (momentum 0.0")
+    assert setup["fragments (K)"].startswith("1, 4 ") and setup["seeds"].startswith("0, 1; ")
+    assert setup["topology"].startswith("el-local, random fragmentation")
+    # the test set, counted by MosaicSummary in the last validation, is the datamodule's whole test split
+    datamodule = DigitsDataModule(num_nodes=16, alpha=0.1, seed=0)
+    datamodule.setup("fit")
+    test_size = len(datamodule.test_dataset)
+    assert {s["eval_examples"] for s in summaries} == {test_size} and test_size > 300
+    assert setup["test set"].startswith(f"{test_size} examples per evaluation")
+    d = sum(p.numel() for p in MLP(in_features=64, num_classes=10, hidden=[64]).parameters())
+    assert setup["model"].startswith("lightning_mosaic.models.MLP(in_features=64, num_classes=10, hidden=[64])")
+    assert setup["model"].endswith(f"d = {d:,} parameters per node") and d == summary["parameters_per_node"]
+    assert setup["data"] == "lightning_mosaic.data.DigitsDataModule, no data folder (not an argument)"
+    assert setup["validation"].startswith("every 5 rounds (rounds 5, 10); trainer.check_val_every_n_epoch 1")
+    assert setup["final metrics"] == "from the validation after local step 10 (of 10)"
+    assert setup["fault model"].startswith("none ")
+    assert "differs between runs" not in report
+    assert "besides K and the seeds:\nnone (" in report
+
+
+def test_report_writes_every_number_in_one_format(grid_run):
+    """Every cell of the final-metrics table has its metric kind's one format, and the values are the runs'."""
+    out, _ = grid_run
+    rows = _table((out / "report.md").read_text(), "## Final metrics")
+    assert [row[0] for row in rows] == ["1 (EL)", "4"]
+    percent = r"\d{1,3}\.\d{2}% ± \d{1,3}\.\d{2}%"
+    scientific = r"\d\.\d{2}e[+-]\d{2} ± \d\.\d{2}e[+-]\d{2}"
+    formats = [percent, percent, percent, scientific, r"[+-]" + percent, r"[+-]" + percent]
+    for row in rows:
+        assert len(row) == 1 + len(formats)
+        for cell, pattern in zip(row[1:], formats):
+            assert re.fullmatch(pattern, cell) or (row[0] == "1 (EL)" and pattern.startswith("[") and cell == "—"), cell
+    summaries = {(k, s): json.loads((_run_dir(out, k, s) / "summary.json").read_text()) for k, s in RUNS}
+    for row, k in zip(rows, (1, 4)):
+        mean = sum(summaries[(k, s)]["node_acc_mean"] for s in (0, 1)) / 2
+        assert row[1].startswith(f"{100 * mean:.2f}% ± ")
+    assert format_metric(0.951234, "error", 0.01) == "0.9512 ± 0.0100"
+    assert format_metric(None, "error") == "—" and format_metric(-0.0123, "accuracy", signed=True) == "-1.23%"
+
+
+def test_report_names_the_values_that_differ_between_runs(grid_run, tmp_path):
+    """A run with another batch size and lr is named in those setup rows and in the list of differences."""
+    out, _ = grid_run
+    runs = {}
+    for k, seed in RUNS:
+        runs[(k, seed)] = tmp_path / "runs" / f"K{k}-seed{seed}"
+        shutil.copytree(_run_dir(out, k, seed), runs[(k, seed)], ignore=shutil.ignore_patterns("checkpoints"))
+    config_file, summary_file = runs[(4, 1)] / "config.yaml", runs[(4, 1)] / "summary.json"
+    config, summary = yaml.safe_load(config_file.read_text()), json.loads(summary_file.read_text())
+    config["data"]["init_args"]["batch_size"] = 32
+    config["model"]["init_args"]["optimizer"]["init_args"]["lr"] = summary["optimizer"]["lr"] = 0.2
+    config_file.write_text(yaml.safe_dump(config))
+    summary_file.write_text(json.dumps(summary))
+    report = write_report(runs, tmp_path / "out", "classification", "title", "command").read_text()
+    setup = dict(_table(report, "## Setup"))
+    others = "(K1-seed0, K1-seed1, K4-seed0)"
+    assert setup["batch size"] == (
+        f"differs between runs: 16 examples per node per local step {others}; "
+        "32 examples per node per local step (K4-seed1)"
+    )
+    assert setup["learning rate"] == (
+        f"differs between runs: 0.1, constant (no LR scheduler) {others}; 0.2, constant (no LR scheduler) (K4-seed1)"
+    )
+    assert f"- `data.init_args.batch_size`: differs between runs: 16 {others}; 32 (K4-seed1)" in report
+    assert f"- `model.init_args.optimizer.init_args.lr`: differs between runs: 0.1 {others}; 0.2 (K4-seed1)" in report
+    assert setup["nodes (n)"] == "16" and "none (their" not in report  # the rest: still one value
+
+    (runs[(1, 0)] / "config.yaml").unlink()
+    with pytest.raises(FileNotFoundError, match=r"run K1-seed0 has no config.yaml in .*K1-seed0"):
+        write_report(runs, tmp_path / "out2", "classification", "title", "command")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_plot_curves_keeps_coinciding_curves_apart():
+    """Three identical curves are drawn as three lines with their own line style, marker and width, and a legend."""
+    rounds = list(range(5, 305, 5))
+    means = [1 - 1 / r for r in rounds]
+    figure = plot_curves({k: (rounds, means, [0.01] * len(rounds)) for k in (1, 4, 16)}, "accuracy", "title")
+    (axes,) = figure.axes
+    lines = axes.get_lines()
+    assert [line.get_label() for line in lines] == ["EL (K = 1)", "Mosaic K = 4", "Mosaic K = 16"]
+    assert all(list(line.get_ydata()) == means for line in lines)  # they do coincide
+    assert len({line.get_linestyle() for line in lines}) == 3
+    assert len({line.get_marker() for line in lines}) == 3 and all(line.get_marker() != "None" for line in lines)
+    assert len({line.get_linewidth() for line in lines}) == 3
+    assert all(line.get_markerfacecolor() == "none" for line in lines)  # hollow: nested markers stay visible
+    assert len({line.get_color() for line in lines}) == 3
+    assert [text.get_text() for text in axes.get_legend().get_texts()] == [
+        "EL (K = 1)",
+        "Mosaic K = 4",
+        "Mosaic K = 16",
+    ]
+    # a grid of 8 values of K: still a marker of its own per K
+    figure = plot_curves({k: (rounds, means, None) for k in range(1, 9)}, "accuracy", "title")
+    assert len({line.get_marker() for line in figure.axes[0].get_lines()}) == 8
+    import matplotlib.pyplot as plt  # after plot_curves chose its backend
+
+    plt.close("all")

@@ -14,6 +14,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning_mosaic.callbacks.faults import MosaicFaults
 from lightning_mosaic.callbacks.gossip import MosaicGossip
 from lightning_mosaic.callbacks.target import GossipTarget, ModuleParameters
+from lightning_mosaic.replicas import node_batch_size
 
 SUMMARY_FILE = "summary.json"
 
@@ -33,7 +34,10 @@ class MosaicSummary(Callback):
       distance, communication, seconds);
     - ``metrics``: every metric Lightning holds (``trainer.callback_metrics``), e.g. a wrapped LightningModule's
       ``val_acc``, ``val_acc/node_std``, ``val_acc/avg_model``;
-    - ``validated_step``: the ``global_step`` of that validation (-1: none), next to ``steps``.
+    - ``validated_step``: the ``global_step`` of that validation (-1: none), next to ``steps``;
+    - ``eval_examples``: the examples that validation evaluated on this process (the sum over its batches of the
+      first dimension of each batch's first tensor; every node's model and the averaged model see all of them),
+      ``None`` before any validation.
 
     Args:
         write: Write ``summary.json`` (default True).
@@ -43,6 +47,7 @@ class MosaicSummary(Callback):
         train_seconds: Seconds measured in training batches.
         batches: Training batches measured.
         validated_step: ``global_step`` of the last completed validation, -1 before any.
+        eval_examples: Examples in the last completed validation, ``None`` before any.
         summary: The last summary built (a dict), ``None`` before the end of the first fit.
     """
 
@@ -53,6 +58,8 @@ class MosaicSummary(Callback):
         self.batches = 0
         self.fit_seconds = 0.0
         self.validated_step = -1
+        self.eval_examples: int | None = None
+        self._eval_count = 0
         self.summary: dict[str, Any] | None = None
         self._start: float | None = None
         self._fit_start: float | None = None
@@ -71,10 +78,25 @@ class MosaicSummary(Callback):
             self.batches += 1
             self._start = None
 
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._eval_count = 0
+
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._eval_count += node_batch_size(batch)
+
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
         self.validated_step = trainer.global_step
+        self.eval_examples = self._eval_count
         if self.summary is not None and trainer.state.fn == "validate":  # after fit: the summary follows it
             self.finish(trainer, pl_module)
 
@@ -88,6 +110,7 @@ class MosaicSummary(Callback):
         """Build the summary from the trainer's current metrics, write it and print it (as configured)."""
         self.summary = run_summary(trainer, pl_module, trainer.callback_metrics, self.fit_seconds, self.train_seconds)
         self.summary["validated_step"] = self.validated_step
+        self.summary["eval_examples"] = self.eval_examples
         directory = self.directory(trainer)  # on every rank: trainer.log_dir is a collective in multi-process runs
         if trainer.is_global_zero:
             if self.write:
@@ -164,7 +187,9 @@ def run_summary(
     Returns:
         A JSON-serializable dict with the rows of :data:`_ROWS` (gossip fields are ``None`` without
         :class:`~lightning_mosaic.callbacks.MosaicGossip`), ``faults`` (the settings of an active
-        :class:`~lightning_mosaic.callbacks.MosaicFaults`, else ``None``) and ``metrics``, every metric as a float.
+        :class:`~lightning_mosaic.callbacks.MosaicFaults`, else ``None``), ``optimizer`` (the first optimizer's
+        ``class`` and its constructor settings, ``torch.optim.Optimizer.defaults``, e.g. ``lr``; ``None`` without
+        one) and ``metrics``, every metric as a float.
     """
     gossip = next((c for c in trainer.callbacks if isinstance(c, MosaicGossip)), None)  # type: ignore[attr-defined]
     faults = next((c for c in trainer.callbacks if isinstance(c, MosaicFaults)), None)  # type: ignore[attr-defined]
@@ -187,6 +212,7 @@ def run_summary(
         "faults": faults.settings if faults is not None and faults.active else None,
         "rounds": rounds,
         "steps": trainer.global_step,
+        "optimizer": _optimizer_settings(trainer),
         "node_acc_mean": _metric(metrics, "val/node_acc_mean"),
         "node_acc_std": _metric(metrics, "val/node_acc_std"),
         "avg_model_acc": _metric(metrics, "val/avg_model_acc"),
@@ -201,6 +227,22 @@ def run_summary(
         "train_seconds_per_round": None if train_seconds is None else train_seconds / max(rounds, 1),
         "metrics": {name: _metric(metrics, name) for name in sorted(metrics) if _scalar(metrics[name])},
     }
+
+
+def _optimizer_settings(trainer: Trainer) -> dict[str, Any] | None:
+    """``{"class": module.QualifiedName, **defaults}`` of the trainer's first optimizer (JSON values only)."""
+    if not trainer.optimizers:
+        return None
+    optimizer = trainer.optimizers[0]
+    settings: dict[str, Any] = {"class": f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"}
+    for key, value in optimizer.defaults.items():
+        if value is None or isinstance(value, (bool, int, float, str)):
+            settings[key] = value
+        elif isinstance(value, (tuple, list)) and all(isinstance(v, (int, float)) for v in value):
+            settings[key] = list(value)
+        elif hasattr(value, "numel") and value.numel() == 1:  # a tensor learning rate
+            settings[key] = float(value)
+    return settings
 
 
 def _scalar(value: Any) -> bool:
