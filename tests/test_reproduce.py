@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import sys
+import warnings
 
 import pytest
 
@@ -12,11 +14,16 @@ from lightning_mosaic.cli import MosaicCLI, main
 from lightning_mosaic.data.base import NodeDataModule
 
 
-def test_reproduce_runs_the_grid_writes_the_report_and_resumes(tmp_path, capsys):
+def test_reproduce_runs_the_grid_writes_the_report_and_resumes(tmp_path, capsys, monkeypatch):
     out = tmp_path / "report"
     argv = ["reproduce", "--task", "digits", "--fragments", "1", "4", "--seeds", "2", "--rounds", "10"]
     argv += ["--out", str(out), "--", "--data.init_args.steps_per_epoch", "5"]
-    main(argv)
+    monkeypatch.setattr(sys, "argv", ["mosaic", *argv])  # as the console script runs it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main()
+    # each fit parses its own command line: LightningCLI has no reason to warn about args and sys.argv both given
+    assert not [w for w in caught if "args parameter is intended" in str(w.message)]
     report = (out / "report.md").read_text()
     assert "| 1 (EL) |" in report and "| 4 |" in report and "node_acc_mean − EL" in report
     for name in ("node_acc_mean", "avg_model_acc", "consensus_distance", "node_acc_std"):
