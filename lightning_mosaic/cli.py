@@ -1,26 +1,354 @@
 """The ``mosaic`` command: LightningCLI for MosaicModule + a node datamodule + the MosaicGossip and MosaicFaults
-callbacks.
+callbacks, and the dispatch to the other subcommands (:data:`SUBCOMMANDS`).
 
 ``mosaic fit --config recipes/quickstart.yaml --gossip.fragments 8 --faults.availability 0.9``. The gossip callback
 is its own config group (``gossip:``), and so is the fault model (``faults:``, churn and stragglers; its defaults
 simulate no fault, so a recipe without faults leaves it out); at the end of ``fit`` the final parameters are
 validated once more and a summary table is printed and written as ``summary.json`` next to the logs.
+
+What the terminal shows is kept short here: a parser error is one line with a did-you-mean and a hint
+(:class:`MosaicArgumentParser`), help is plain text with the long lists of known subclasses cut to this package's
+(:class:`MosaicHelpFormatter`), and Lightning's adverts are not shown (:func:`quiet_lightning`).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import contextvars
+import difflib
+import importlib
+import logging
 import os
+import re
 import sys
+import textwrap
+import warnings
 import zipfile
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NoReturn, TextIO
 
+from jsonargparse import ArgumentParser, DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+import lightning_mosaic.models  # noqa: F401  (the built-in models, listed among --model.help's known subclasses)
 from lightning_mosaic.callbacks.faults import MosaicFaults
 from lightning_mosaic.callbacks.gossip import MosaicGossip
 from lightning_mosaic.callbacks.summary import SUMMARY_FILE, MosaicSummary, format_summary
 from lightning_mosaic.data.base import NodeDataModule
 from lightning_mosaic.module import MosaicModule
+
+PROG = "mosaic"
+
+SUBCOMMANDS: dict[str, tuple[str, str | None]] = {
+    "fit": ("train the nodes with fragment gossip, then print and write a summary (--config RECIPE.yaml)", None),
+    "validate": ("evaluate every node and the averaged model on the validation data", None),
+    "test": ("evaluate every node and the averaged model on the test data", None),
+    "predict": ("run the model's predict_step on the predict data", None),
+    "reproduce": ("run a recipe per K and seed (resumable), write a report", "lightning_mosaic.reproduction.grid:main"),
+    "analyze": ("spectra and consensus of the gossip per K, plots of them", "lightning_mosaic.analysis.cli:main"),
+    # Register another subcommand with one line: "name": ("one-line help", "package.module:function"),
+    # where function(argv) takes the arguments after the name (imported only when that subcommand runs).
+}
+"""``mosaic`` subcommand -> (one-line help for ``mosaic --help``, entry point). The four without an entry point are
+Lightning's, run by :class:`MosaicCLI`."""
+
+# Lightning's adverts, logged with rank_zero_info by its logger and callback connectors at every Trainer start (the
+# exact messages of lightning 2.6; another wording is shown again, which is the safe side).
+LIGHTNING_ADVERTS = frozenset(
+    {
+        "💡 Tip: For seamless cloud logging and experiment tracking, try installing "
+        "[litlogger](https://pypi.org/project/litlogger/) to enable LitLogger, which logs metrics and artifacts "
+        "automatically to the Lightning Experiments platform.",
+        "💡 Tip: For seamless cloud uploads and versioning, try installing "
+        "[litmodels](https://pypi.org/project/litmodels/) to enable LitModelCheckpoint, which syncs automatically "
+        "with the Lightning model registry.",
+    }
+)
+_RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+# torch deprecated `isinstance(treespec, LeafSpec)`; Lightning's own pytree copy still builds LeafSpec() (a
+# FutureWarning attributed to that module, nothing a user can change).
+_LEAFSPEC_MESSAGE = re.escape("`isinstance(treespec, LeafSpec)` is deprecated")
+_LEAFSPEC_MODULE = r"lightning\.pytorch\.utilities\._pytree"
+
+
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in LIGHTNING_ADVERTS
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Within the block, Lightning's two "Tip" adverts and its ``LeafSpec`` deprecation warning are not shown.
+
+    Each is filtered where it is emitted and matched exactly: a :class:`logging.Filter` on Lightning's rank-zero
+    loggers drops the two messages of :data:`LIGHTNING_ADVERTS` (every other message of those loggers passes), and a
+    warnings filter ignores the ``FutureWarning`` with the LeafSpec message from ``lightning.pytorch.utilities._pytree``
+    only. Both are removed on exit (the warnings filters restored as they were).
+    """
+    drop = _DropAdverts()
+    loggers = [logging.getLogger(name) for name in _RANK_ZERO_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=_LEAFSPEC_MESSAGE, category=FutureWarning, module=_LEAFSPEC_MODULE
+            )
+            yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)
+
+
+# Sphinx roles (:class:`~a.B`, :func:`f`, :ref:`text <target>`), links (`text <url>`_) and literals (``x``).
+_ROLE = re.compile(r":[a-z]+(?::[a-z]+)?:`(~?)([^`<]*?)\s*(?:<([^`>]*)>)?`")
+_LINK = re.compile(r"`([^`<]+?)\s*<([^`>]+)>`__?")
+_LITERAL = re.compile(r"``(.+?)``", re.S)
+_DEFAULT_ROLE = re.compile(r"(?<![`\w])`([^`\s][^`]*?)`(?![`\w])")
+_KNOWN_SUBCLASSES = re.compile(r", known subclasses: (.*)\)$", re.S)
+#: A list of known subclasses longer than this is cut to the classes of this package.
+MAX_KNOWN_SUBCLASSES = 32
+
+
+def plain_text(text: str) -> str:
+    """``text`` with Sphinx markup rendered plainly for a terminal.
+
+    ``:class:`~x.Y``` becomes ``Y``, ``:func:`x.f``` becomes ``x.f``, ``:ref:`text <target>``` becomes ``text``,
+    ```text <url>`_`` becomes ``text (url)``, and a ````literal```` or ```text``` loses its backticks.
+
+    >>> plain_text("a :class:`~torch.nn.Module` or :func:`torch.func.vmap`, default ``'auto'``, `N` steps")
+    "a Module or torch.func.vmap, default 'auto', N steps"
+    """
+
+    def role(match: re.Match) -> str:
+        shown = match.group(2) or match.group(3) or ""
+        return shown.rsplit(".", 1)[-1] if match.group(1) else shown
+
+    text = _ROLE.sub(role, text)
+    text = _LINK.sub(r"\1 (\2)", text)
+    return _DEFAULT_ROLE.sub(r"\1", _LITERAL.sub(r"\1", text))
+
+
+def short_subclass_list(help_text: str, limit: int = MAX_KNOWN_SUBCLASSES) -> str:
+    """``help_text`` with a ``known subclasses: ...`` list of more than ``limit`` classes cut to this package's.
+
+    The cut list ends with how many were left out and that any importable class path is accepted.
+
+    >>> short_subclass_list("x (type: Module, known subclasses: torch.nn.Linear, lightning_mosaic.models.MLP)", 1)
+    'x (type: Module, known subclasses: lightning_mosaic.models.MLP, and 1 more: any importable class path works)'
+    """
+    match = _KNOWN_SUBCLASSES.search(help_text)
+    if match is None:
+        return help_text
+    paths = [path.strip() for path in match.group(1).split(",")]
+    if len(paths) <= limit:
+        return help_text
+    own = [path for path in paths if path.split(".")[0] == "lightning_mosaic"]
+    rest = f"and {len(paths) - len(own)} more: any importable class path works"
+    listed = ", ".join([*own, rest]) if own else rest
+    return help_text[: match.start()] + f", known subclasses: {listed})"
+
+
+class MosaicHelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help formatter with plain text (:func:`plain_text`) and short subclass lists
+    (:func:`short_subclass_list`).
+
+    It overrides the three ``argparse.HelpFormatter`` methods through which every argument's help, description and
+    section title passes before it is wrapped; argparse has no public hook for them.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return short_subclass_list(plain_text(super()._get_help_string(action)))
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(plain_text(text))
+
+    def start_section(self, heading: str | None) -> None:
+        super().start_section(plain_text(heading) if heading else heading)
+
+
+#: The config file being parsed (for parser errors inside it).
+_CONFIG_PATH: contextvars.ContextVar[str | None] = contextvars.ContextVar("mosaic_config_path", default=None)
+
+
+class MosaicArgumentParser(LightningArgumentParser):
+    """The parser of ``mosaic``: :class:`MosaicHelpFormatter` help, and errors as one line plus a hint.
+
+    An error of an outer parser (``exit_on_error``) is printed as ``mosaic: error: <what>`` (with ``did you mean
+    ...?`` for an unknown option or key, from the parser's real option names) and ``see: mosaic fit --help`` (or the
+    ``--model.help CLASS`` that lists the options in question), then the process exits with status 2; the full
+    usage is printed by ``--help`` only. ``MOSAIC_TRACEBACK=1`` (or jsonargparse's ``JSONARGPARSE_DEBUG``) gives
+    jsonargparse's own report instead.
+    """
+
+    def __init__(self, *args: Any, formatter_class: type[argparse.HelpFormatter] = MosaicHelpFormatter, **kwargs: Any):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    def parse_path(self, path: Any, *args: Any, **kwargs: Any) -> Any:
+        """jsonargparse's ``parse_path``, remembering ``path`` so that an error inside that file names it."""
+        token = _CONFIG_PATH.set(str(path))
+        try:
+            return super().parse_path(path, *args, **kwargs)
+        finally:
+            _CONFIG_PATH.reset(token)
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        """Print ``message`` as one line plus a hint and exit with status 2 (see the class docstring).
+
+        Raises:
+            SystemExit: 2, unless this parser does not exit on errors (jsonargparse's inner parsers), whose
+                ``ArgumentError`` reaches the outer parser.
+        """
+        debug = os.environ.get("MOSAIC_TRACEBACK") == "1" or os.environ.get("JSONARGPARSE_DEBUG")
+        if not self.exit_on_error or debug:
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        line, hint = explain_parser_error(message, parser, _CONFIG_PATH.get())
+        sys.stderr.write(f"{PROG}: error: {line}\nsee: {hint}\n")
+        self.exit(2)
+
+
+_KEY = re.compile(r'Parser key "([^"]+)":\s*(.*)', re.S)
+_CLASS_PROBLEM = re.compile(r"Problem with given class_path '([^']+)':\s*(.*)", re.S)
+_NOT_ACCEPTED = re.compile(r"Option '([^']+)' is not accepted")
+_NOT_ACCEPTED_BY = re.compile(r"Subcommand '([^']+)' does not accept option '([^']+)'")
+_EXPECTED = re.compile(r"Expected an? (.+?)\. Got value: (.*)", re.S)
+_UNRECOGNIZED = re.compile(r"unrecognized arguments: (.*)", re.S)
+
+
+def _alternatives(text: str) -> list[str]:
+    """The ``- `` items of jsonargparse's report on a union (each item one alternative that failed), if any."""
+    lines = text.splitlines()
+    if not text.startswith("- ") and not any(line.strip() == "Errors:" for line in lines):
+        return []
+    if not text.startswith("- "):  # "Does not validate against any of the Union subtypes ... Errors: - ... - ..."
+        at = next(i for i, line in enumerate(lines) if line.strip() == "Errors:")
+        indent = len(lines[at]) - len(lines[at].lstrip())
+        body = []
+        for line in lines[at + 1 :]:
+            if line.strip() and len(line) - len(line.lstrip()) <= indent:
+                break
+            body.append(line)
+        text = textwrap.dedent("\n".join(body)).strip()
+        lines = text.splitlines()
+    items: list[list[str]] = []
+    for line in lines:
+        if line.startswith("- "):
+            items.append([line[2:]])
+        elif items:
+            items[-1].append(line)
+    return [textwrap.dedent("\n".join([item[0], textwrap.dedent("\n".join(item[1:]))])).strip() for item in items]
+
+
+def _option_names(parser: ArgumentParser) -> list[str]:
+    """Every key the parser accepts (``gossip.fragments``, ``trainer.max_steps``, ...)."""
+    try:
+        return list(parser.get_defaults().keys())
+    except Exception:  # a parser whose defaults do not validate: no suggestions rather than a second error
+        return []
+
+
+def _class_option_names(class_path: str) -> list[str]:
+    """The init arguments of the class at ``class_path`` as jsonargparse reads them (``**kwargs`` followed)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(getattr(importlib.import_module(module), name))
+    except Exception:  # not importable or not a class: no suggestions
+        return []
+    return _option_names(parser)
+
+
+def _did_you_mean(word: str, candidates: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(word, candidates, n=1)
+    return f"; did you mean {prefix}{close[0]}?" if close else ""
+
+
+def _plain_type(text: str) -> str:
+    text = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", text)
+    literal = re.fullmatch(r"typing\.Literal\[(.*)\]", text)
+    return f"one of {literal.group(1)}" if literal else text
+
+
+def explain_parser_error(message: str, parser: ArgumentParser, config_file: str | None = None) -> tuple[str, str]:
+    """One line for a jsonargparse error ``message`` of ``parser``, and a hint where to find the options.
+
+    Follows jsonargparse's nested report (``Parser key "k":``, the alternatives of a union, ``Problem with given
+    class_path 'C':``) down to the reason, naming the full key (``model.init_args.seed``). An unknown option
+    (``--gossip.fragmnets``), an unknown key (``gossip.pears`` in a YAML file) or an unknown init argument of a
+    class gets ``did you mean ...?`` from the names ``parser`` (or the class) really accepts. ``config_file``, the
+    file being parsed when the error came, is named in the line.
+
+    Returns:
+        ``(line, hint)``, e.g. ``("unrecognized arguments: --gossip.fragmnets 4; did you mean --gossip.fragments?",
+        "mosaic fit --help")``.
+    """
+    prog = parser.prog.replace(" [options]", "")
+    hint = f"{prog} --help"
+    line, hint = _explain(message, parser, prog, hint)
+    if config_file and line.startswith("not valid YAML"):
+        line = f"{config_file}: {line}"
+    elif config_file and config_file not in line:
+        line += f" (reading {config_file})"
+    return line, hint
+
+
+def _explain(message: str, parser: ArgumentParser, prog: str, hint: str) -> tuple[str, str]:
+    from_command_line = "NestedArg" in message
+    unrecognized = _UNRECOGNIZED.fullmatch(message.strip())
+    if unrecognized:
+        line = f"unrecognized arguments: {unrecognized.group(1).strip()}"
+        names = _option_names(parser)
+        unknown = [word[2:].split("=", 1)[0] for word in unrecognized.group(1).split() if word.startswith("--")]
+        return line + (_did_you_mean(unknown[0], names, "--") if unknown else ""), hint
+    key_error = _NOT_ACCEPTED_BY.search(message)
+    if key_error:
+        key = key_error.group(2)
+        return f"{key}: not an option of {prog}" + _did_you_mean(key, _option_names(parser)), hint
+    if message.startswith("Problems parsing config: "):  # the YAML (or JSON) loader's report, "in <unicode string>"
+        report = message.removeprefix("Problems parsing config: ").replace('in "<unicode string>", ', "")
+        return "not valid YAML: " + ", ".join(line.strip() for line in report.splitlines() if line.strip()), hint
+    keys: list[str] = []
+    class_path = None
+    text = textwrap.dedent(message).strip()
+    while True:
+        key = _KEY.fullmatch(text)
+        problem = _CLASS_PROBLEM.fullmatch(text)
+        alternatives = _alternatives(text)
+        if key:
+            keys.append(key.group(1))
+            text = textwrap.dedent(key.group(2)).strip()
+        elif problem:
+            class_path = problem.group(1)
+            text = textwrap.dedent(problem.group(2)).strip()
+            keys.append("init_args")
+        elif alternatives:
+            useful = [item for item in alternatives if not item.startswith("Expected a <class 'NoneType'>")]
+            classes = [item for item in useful if item.startswith("Problem with given class_path")]
+            text = (classes or useful or alternatives)[0]
+        else:
+            break
+    if keys[-1:] == ["init_args"] and not (_KEY.match(text) or _NOT_ACCEPTED.fullmatch(text)):
+        keys.pop()  # the class itself is the problem (e.g. not importable), not one of its arguments
+    full_key = ".".join(keys)
+    if class_path is not None and "init_args" in keys:  # one of the class's arguments: the help lists them
+        hint = f"{prog} --{full_key.rsplit('.init_args', 1)[0]}.help {class_path}"
+    not_accepted = _NOT_ACCEPTED.fullmatch(text)
+    expected = _EXPECTED.fullmatch(text)
+    if not_accepted:
+        option = not_accepted.group(1)
+        where = f"{full_key}.{option}"
+        names = _class_option_names(class_path) if class_path else []
+        line = f"{where}: not an option of {class_path}" if class_path else f"{where}: not an option"
+        return line + _did_you_mean(option, names, ("--" if from_command_line else "") + full_key + "."), hint
+    if expected:
+        detail = f"expected {_plain_type(expected.group(1))}, got {expected.group(2).strip()!r}"
+    else:
+        detail = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    if class_path is not None and "init_args" not in keys and class_path not in detail:
+        detail = f"{class_path}: {detail}"  # the class itself is the problem
+    return (f"{full_key}: {detail}" if full_key else detail), hint
 
 
 def check_checkpoint_file(path: str | os.PathLike) -> None:
@@ -44,7 +372,14 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
 
 
 class MosaicCLI(LightningCLI):
-    """LightningCLI with ``gossip`` and ``faults`` groups and the end-of-fit summary."""
+    """LightningCLI with ``gossip`` and ``faults`` groups and the end-of-fit summary.
+
+    Its parser is :class:`MosaicArgumentParser` unless ``parser_class`` says otherwise; every other argument is
+    LightningCLI's.
+    """
+
+    def __init__(self, *args: Any, parser_class: type[LightningArgumentParser] = MosaicArgumentParser, **kwargs: Any):
+        super().__init__(*args, parser_class=parser_class, **kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse the command line into ``self.config``, then check a local ``--ckpt_path`` file.
@@ -128,40 +463,107 @@ def _concise(error: BaseException) -> str:
     return "; ".join(reasons) or text
 
 
-def main(args: Any = None) -> None:
-    """Entry point of the ``mosaic`` console script.
-
-    A configuration error raised by the library (``ValueError``, ``TypeError``, ``FileNotFoundError``) is printed
-    as one line, ``mosaic: error: ...``, with exit status 2; set ``MOSAIC_TRACEBACK=1`` for the full traceback.
-    ``mosaic reproduce ...`` runs a grid of experiments and writes a report (:mod:`lightning_mosaic.reproduction`);
-    ``mosaic analyze ...`` is dispatched to :func:`lightning_mosaic.analysis.cli.main` (no Lightning involved).
-    """
-    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
-    if argv and argv[0] == "analyze":
-        from lightning_mosaic.analysis.cli import main as analyze
-
-        analyze(argv[1:])
-        return
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Turn a configuration error raised by the library into ``mosaic: error: ...`` and exit status 2."""
     try:
-        if argv and argv[0] == "reproduce":
-            from lightning_mosaic.reproduction.grid import run_grid
-
-            run_grid(argv[1:], fit=main)
-            return
-        MosaicCLI(
-            MosaicModule,
-            NodeDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            args=args,
-        )
+        yield
     except (ValueError, TypeError, FileNotFoundError) as error:
         if os.environ.get("MOSAIC_TRACEBACK") == "1":
             raise
         print(f"mosaic: error: {_concise(error)}", file=sys.stderr)
         print("(set MOSAIC_TRACEBACK=1 for the full traceback)", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _run_cli(args: Any) -> None:
+    MosaicCLI(
+        MosaicModule,
+        NodeDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": PROG},
+        args=args,
+    )
+
+
+def run_lightning(argv: list[str]) -> None:
+    """Run one Lightning subcommand of ``mosaic`` (``fit``, ``validate``, ``test``, ``predict``) from ``argv``.
+
+    ``argv`` stands for the process's command line during the run (``sys.argv`` is ``[sys.argv[0], *argv]`` and is
+    restored afterwards): for a caller that has consumed its own command line, such as ``mosaic reproduce`` running
+    each fit of its grid. LightningCLI then parses it as the command line, so it has no reason to warn that
+    ``args`` and command-line arguments were both given (which :func:`main` called with a list from a script that
+    has its own arguments still does). Errors as in :func:`main`.
+
+    Raises:
+        ValueError: If ``argv`` does not start with one of the Lightning subcommands.
+        SystemExit: 2 for a configuration error (printed as one line), 0 after ``--help``.
+    """
+    if not argv or argv[0] not in MosaicCLI.subcommands():
+        raise ValueError(
+            f"run_lightning needs argv starting with one of {sorted(MosaicCLI.subcommands())}, got {argv[:1]}"
+        )
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else PROG, *argv]
+    try:
+        with quiet_lightning(), _one_line_errors():
+            _run_cli(None)
+    finally:
+        sys.argv = saved
+
+
+def _print_overview(file: TextIO) -> None:
+    width = max(len(name) for name in SUBCOMMANDS) + 2
+    lines = [
+        f"usage: {PROG} SUBCOMMAND [options]",
+        "",
+        "Mosaic Learning (K fragments gossiped to their own random peers; K = 1 is Epidemic Learning) on Lightning.",
+        "",
+        "subcommands:",
+        *(f"  {name:<{width}}{summary}" for name, (summary, _) in SUBCOMMANDS.items()),
+        "",
+        f"{PROG} SUBCOMMAND --help lists the options of one, e.g. {PROG} fit --help.",
+    ]
+    print("\n".join(lines), file=file)
+
+
+def main(args: Any = None) -> None:
+    """Entry point of the ``mosaic`` console script: dispatches to the subcommands of :data:`SUBCOMMANDS`.
+
+    ``mosaic fit ...`` (``validate``, ``test``, ``predict``) runs :class:`MosaicCLI`; the other subcommands run the
+    function their entry names with the arguments after the subcommand; ``mosaic``, ``mosaic -h`` and
+    ``mosaic --help`` list the subcommands. A configuration error (a parser error, or a ``ValueError``,
+    ``TypeError`` or ``FileNotFoundError`` raised by the library) is printed as one line, ``mosaic: error: ...``,
+    plus at most a hint line, with exit status 2, before anything is written; ``MOSAIC_TRACEBACK=1`` shows the full
+    traceback (the full jsonargparse report for a parser error). Lightning's two "Tip" adverts and its ``LeafSpec``
+    deprecation warning are not shown (:func:`quiet_lightning`).
+
+    Args:
+        args: The arguments after ``mosaic`` (``sys.argv[1:]`` when ``None``); a ``dict`` is a configuration for
+            :class:`MosaicCLI`.
+
+    Raises:
+        SystemExit: 2 for bad input (an unknown subcommand, a configuration error), 0 after a help.
+    """
+    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
+    if argv is not None and (not argv or argv[0] in ("-h", "--help")):
+        _print_overview(sys.stdout if argv else sys.stderr)
+        raise SystemExit(0 if argv else 2)
+    name = argv[0] if argv else None
+    with quiet_lightning(), _one_line_errors():
+        if argv is None or name.startswith("-") or name in MosaicCLI.subcommands():  # top-level options: LightningCLI
+            _run_cli(args)
+            return
+        if name not in SUBCOMMANDS:
+            close = difflib.get_close_matches(name, list(SUBCOMMANDS), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            print(f"{PROG}: error: unknown subcommand {name!r}{hint}", file=sys.stderr)
+            print(f"see: {PROG} --help", file=sys.stderr)
+            raise SystemExit(2)
+        module, _, function = SUBCOMMANDS[name][1].partition(":")
+        getattr(importlib.import_module(module), function)(argv[1:])
 
 
 if __name__ == "__main__":

@@ -224,7 +224,7 @@ def test_data_help_lists_the_base_arguments_forwarded_by_kwargs(datamodule, own,
     out = capsys.readouterr().out
     for name in BASE_DATA_ARGS + own:
         assert f"--data.{name} " in out, name
-    assert "Per-node training mini-batch size" in out and "Number of nodes ``n >= 2``. (required" in out
-    assert "DataLoader worker processes, ``>= 0``" in out  # the base's docs, not a re-listed copy
+    assert "Per-node training mini-batch size" in out and "Number of nodes n >= 2. (required" in out
+    assert "DataLoader worker processes, >= 0" in out  # the base's docs (as plain text), not a re-listed copy
     assert ("--data.min_samples" in out) == (datamodule != "MovieLensDataModule")
     assert "--data.args" not in out and "--data.kwargs" not in out

@@ -9,7 +9,9 @@ seeds into ``OUT/report.md``, ``OUT/curves.csv`` and one PNG per curve.
     mosaic reproduce --task cifar10 --fragments 1 4 16 --nodes 16 --alpha 0.1 --rounds 600 --seeds 3 \\
         --data-dir /path/to/cifar10 -- --trainer.accelerator gpu
 
-Arguments after ``--`` are passed to every ``mosaic fit`` unchanged.
+Arguments after ``--`` are passed to every ``mosaic fit`` unchanged. Each fit runs in this process through
+:func:`lightning_mosaic.cli.run_lightning` (this module imports the CLI, never the reverse: ``mosaic`` knows this one
+only by its entry point in :data:`lightning_mosaic.cli.SUBCOMMANDS`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from lightning_mosaic.cli import run_lightning
 from lightning_mosaic.reproduction.report import write_report
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
@@ -60,12 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_grid(argv: list[str], fit: Callable[[list[str]], None]) -> Path:
+def main(argv: list[str]) -> None:
+    """Entry point of ``mosaic reproduce`` (``argv``: the arguments after ``reproduce``); see :func:`run_grid`."""
+    run_grid(argv)
+
+
+def run_grid(argv: list[str], fit: Callable[[list[str]], None] = run_lightning) -> Path:
     """Parse ``argv`` (without ``reproduce``), run every missing run, write the report; return ``report.md``.
 
     Args:
         argv: The ``mosaic reproduce`` arguments; after ``--``, arguments forwarded to every run.
-        fit: Runs one ``mosaic fit`` from its argument list (``lightning_mosaic.cli.main``, which passes itself).
+        fit: Runs one ``mosaic fit`` from its argument list (``["fit", "--config", ...]``); by default
+            :func:`~lightning_mosaic.cli.run_lightning`, which runs it as this process's command line.
 
     Raises:
         SystemExit: 2 for bad arguments (argparse), or the exit status of a failed run.
