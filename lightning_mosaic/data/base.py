@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Hashable
 from typing import Any, ClassVar
@@ -19,6 +20,7 @@ from lightning_mosaic.data.datasets import (
     datasets_of_datamodule,
     encode_labels,
 )
+from lightning_mosaic.data.gather import batched, collate
 from lightning_mosaic.data.partition import _check_int, _resolve_alpha, dirichlet_partition
 from lightning_mosaic.data.sampler import NodeBatchCollate, NodeBatchSampler, NodeDataLoader
 from lightning_mosaic.distributed.strategy import local_nodes
@@ -387,7 +389,7 @@ class NodeDataModule(pl.LightningDataModule):
             self.partition, self.batch_size, seed=self.seed, num_batches=self.steps_per_epoch, nodes=nodes
         )
         return NodeDataLoader(
-            self.train_dataset,
+            batched(self.train_dataset),
             batch_sampler=sampler,
             collate_fn=NodeBatchCollate(len(nodes), self.collate_fn),
             steps=self._optimizer_steps,
@@ -409,10 +411,10 @@ class NodeDataModule(pl.LightningDataModule):
     def _eval_loader(self, dataset: Dataset | None = None) -> DataLoader:
         self._require_setup("val_dataloader()")
         return DataLoader(
-            self.test_dataset if dataset is None else dataset,
+            batched(self.test_dataset if dataset is None else dataset),
             batch_size=self.eval_batch_size,
             shuffle=False,
-            collate_fn=self.collate_fn,
+            collate_fn=functools.partial(collate, collate_fn=self.collate_fn),
             **self._loader_kwargs(),
         )
 
