@@ -384,3 +384,15 @@ def test_batched_gives_plain_tensor_datasets_the_gathered_fetch_and_leaves_other
     assert batched(own) is own and batched(other) is other
     untouched = Subset(other, [1, 2])
     assert batched(untouched) is untouched
+    # the data modules' loaders apply it (with the default collate; a user's collate reads samples one by one anyway)
+    from lightning_mosaic.data import NodeDataModule
+
+    dm = NodeDataModule.from_datasets(plain, plain, num_nodes=2, batch_size=3)
+    dm.setup()
+    assert isinstance(dm.train_dataloader().dataset, TensorRowsDataset)
+    assert isinstance(dm.val_dataloader().dataset, TensorRowsDataset)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (2, 3, 3) and torch.equal(x, plain.tensors[0][y])
+    own_collate = NodeDataModule.from_datasets(plain, plain, num_nodes=2, batch_size=3, collate_fn=_pad_collate)
+    own_collate.setup()
+    assert own_collate.train_dataloader().dataset is plain
