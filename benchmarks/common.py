@@ -104,10 +104,14 @@ def write_json_atomic(path: str | Path, payload: Any) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def fit_rounds(module: Any, data: Any, rounds: int, fragments: int, peers: int) -> list[float]:
+def fit_rounds(
+    module: Any, data: Any, rounds: int, fragments: int, peers: int, losses: list[float] | None = None
+) -> list[float]:
     """``Trainer.fit`` ``module`` on ``data`` (a DataModule or a train DataLoader) for ``rounds`` rounds with
     ``MosaicGossip(fragments, peers)`` on the CPU, without logger, checkpoints, progress bar or validation; returns the
-    ``time.perf_counter()`` at the end of every round (after the gossip)."""
+    ``time.perf_counter()`` at the end of every round (after the gossip). ``losses``, if given, receives every round's
+    training loss (what ``training_step`` returned: for ``MosaicModule``, the sum over nodes of each node's mean loss
+    on its batch), read after the round's time."""
     from lightning.pytorch import Callback, Trainer
 
     from lightning_mosaic import MosaicGossip
@@ -117,6 +121,8 @@ def fit_rounds(module: Any, data: Any, rounds: int, fragments: int, peers: int) 
     class RoundEnds(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             ends.append(time.perf_counter())
+            if losses is not None:
+                losses.append(float(outputs["loss"] if isinstance(outputs, dict) else outputs))
 
     trainer = Trainer(
         max_steps=rounds,

@@ -30,7 +30,8 @@ the nodes: with n = 943 every node holds exactly one user's ratings), at n = 16,
 ratings (a few MB), so ``rss_after_data_mib`` is mostly the libraries. ``consensus_workspace_per_node_mib``: the
 float64 copy of a node's row that the logged consensus distance is computed in (8 d bytes; on the last round, which
 is logged). ``batch_fetch_s``: median time to fetch one training batch (n B ratings) from the data module's loader,
-measured after the rounds; part of every round's time.
+measured after the rounds; part of every round's time. ``node_losses``: every round's training loss, the mean over
+nodes of each node's MSE on its batch (``loss_first``, ``loss_last``: the first and last), to show that the rows train.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _seconds_since_exec() -> float | None:
 _PYTHON_START_S = _seconds_since_exec()
 MF_SIZES = (16, 256, 943)
 """Matrix-factorization sizes of the suite: 943 = one node per MovieLens 100K user."""
-MF_MIN_ROUNDS = 5
+MF_MIN_ROUNDS = 10
 """Rounds per matrix-factorization size in the suite (its rounds are short; the first is start-up)."""
 MF_LR = 0.5
 """SGD learning rate of the matrix-factorization rows (stable with one user per node; the recipe's 8 is not)."""
@@ -262,7 +263,8 @@ def mf_worker(data_dir: str, nodes: int, batch: int, rounds: int, fragments: int
         return MatrixFactorization(users, items, factors=20, bias=True, global_mean=3.5)
 
     module = RatingModule(model, nodes, optimizer=lambda p: torch.optim.SGD(p, lr=MF_LR))
-    ends = fit_rounds(module, data, rounds, fragments, peers)
+    losses: list[float] = []
+    ends = fit_rounds(module, data, rounds, fragments, peers, losses=losses)
     d = module.replicas.num_coordinates
     peak = peak_rss_bytes()
     after_rounds = [b - a for a, b in zip(ends, ends[1:])]
@@ -294,6 +296,9 @@ def mf_worker(data_dir: str, nodes: int, batch: int, rounds: int, fragments: int
         "startup_s": ends[0] - _PROCESS_START,
         "rounds_per_s": len(after_rounds) / sum(after_rounds) if after_rounds else None,
         "seconds_per_round": sum(after_rounds) / len(after_rounds) if after_rounds else None,
+        "node_losses": [loss / nodes for loss in losses],
+        "loss_first": losses[0] / nodes,
+        "loss_last": losses[-1] / nodes,
         "batch_fetch_s": sorted(fetches)[len(fetches) // 2],
         "rss_after_data_mib": rss_data / 2**20,
         "peak_rss_during_data_load_mib": load_peak / 2**20,
@@ -340,7 +345,8 @@ def run_mf(
         r = rows[-1]
         if "error" not in r:
             print(
-                f"  scale mf n={n} B={batch}: {r['rounds_per_s']:.3f} rounds/s (fetch {r['batch_fetch_s']:.2f} s), "
+                f"  scale mf n={n} B={batch}: {r['rounds_per_s']:.3f} rounds/s (fetch {r['batch_fetch_s']:.3f} s), "
+                f"node loss {r['loss_first']:.3f} -> {r['loss_last']:.3f} in {r['rounds']} rounds, "
                 f"start-up {r['startup_s']:.1f} s, peak {r['peak_rss_mib']:.0f} MiB, {r['per_node_mib']:.3f} MiB/node "
                 f"(ideal {r['ideal_per_node_mib']:.3f})",
                 flush=True,

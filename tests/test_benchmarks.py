@@ -74,3 +74,6 @@ def test_scale_section_trains_matrix_factorization(smoke):
         assert _positive(mf[key]), key
     assert math.isfinite(mf["per_node_mib"]) and mf["per_node_mib"] * mf["n"] > -1  # see above
     assert mf["ideal_per_node_mib"] == 2 * 4 * mf["d"] / 2**20
+    # it trains: one finite node loss per round (first and last reported); the tiny run is too short to ask for a drop
+    assert len(mf["node_losses"]) == mf["rounds"] and all(_positive(loss) for loss in mf["node_losses"])
+    assert (mf["loss_first"], mf["loss_last"]) == (mf["node_losses"][0], mf["node_losses"][-1])

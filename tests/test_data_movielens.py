@@ -325,3 +325,51 @@ def test_impossible_user_split_names_min_users_and_users():
     assert "min_samples" not in str(info.value)
     with pytest.raises(ValueError, match=r"could not give every node at least min_users=1 users with alpha=0\.01"):
         assign_users_to_nodes(20, 16, 0.01, seed=0)
+
+
+def test_one_node_per_user_batches_are_gathered_and_equal_the_per_sample_path(movielens100k_dir: Path):
+    """n = 943 on the real 100K (every node one user): the gathered batches are the per-sample path's, bit for bit,
+    over several rounds (users with 16 training ratings wrap into new passes), two epochs and after a mid-epoch
+    resume."""
+    from torch.utils.data import Dataset
+
+    from lightning_mosaic.data import GatheredSamples, NodeBatchCollate, NodeBatchSampler, NodeDataLoader
+
+    class PerSample(Dataset):  # dataset[i] one by one, then default_collate: the fetch before GatheredSamples
+        def __init__(self, dataset):
+            self.dataset = dataset
+
+        def __len__(self):
+            return len(self.dataset)
+
+        def __getitem__(self, index):
+            return self.dataset[index]
+
+    dm = MovieLensDataModule(movielens100k_dir, 943, "iid", 8, variant="100k", seed=0, steps_per_epoch=3)
+    dm.setup("fit")
+    assert sorted(dm.node_of_user.tolist()) == list(range(943))  # one user per node
+    new = dm.train_dataloader()
+    assert isinstance(new.dataset.__getitems__([0, 1]), GatheredSamples)
+    old = NodeDataLoader(
+        PerSample(dm.train_dataset),
+        batch_sampler=NodeBatchSampler(dm.partition, 8, seed=0, num_batches=3),
+        collate_fn=NodeBatchCollate(943),
+    )
+
+    def same(a, b):
+        return len(a) == len(b) and all(u.dtype == v.dtype and torch.equal(u, v) for u, v in zip(a, b, strict=True))
+
+    reference = []
+    for epoch in range(2):
+        new.batch_sampler.set_epoch(epoch)
+        old.batch_sampler.set_epoch(epoch)
+        reference = list(old)
+        batches = list(new)
+        assert len(batches) == 3 and all(same(a, b) for a, b in zip(batches, reference, strict=True))
+    x, y = batches[0]
+    assert x.shape == (943, 8, 2) and x.dtype == torch.int64 and y.shape == (943, 8) and y.dtype == torch.float32
+    user_of_node = torch.from_numpy(np.argsort(dm.node_of_user))
+    assert torch.equal(x[:, :, 0], user_of_node[:, None].expand(943, 8))  # every node's batch: its one user's ratings
+    resumed = dm.train_dataloader()
+    resumed.load_state_dict({"epoch": 1, "batches": 2})
+    assert [same(a, b) for a, b in zip(resumed, reference[2:], strict=True)] == [True]

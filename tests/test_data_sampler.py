@@ -268,3 +268,131 @@ def test_node_data_loader_resumes_inside_an_epoch():
     assert [b.tolist() for b in loader] == [b.tolist() for b in NodeDataLoader(data, batch_sampler=sampler_next)]
     with pytest.raises(TypeError, match="NodeBatchSampler"):
         NodeDataLoader(data, batch_size=2)
+
+
+class _PerSample(Dataset):
+    """The per-sample fetch path: ``dataset[i]`` one by one (no ``__getitems__``), then ``default_collate``."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.dataset[index]
+
+
+def _tensor_datasets():
+    from lightning_mosaic.data.images import InMemoryImageDataset
+    from lightning_mosaic.data.movielens import RatingsDataset
+
+    g = torch.Generator().manual_seed(0)
+    pairs = torch.stack([torch.arange(60) % 7, torch.arange(60) % 11], dim=1)
+    images = torch.randint(0, 256, (60, 3, 4, 4), dtype=torch.uint8, generator=g)
+    return {
+        "TensorDataset": TensorDataset(torch.randn(60, 3, generator=g), torch.arange(60) % 4, torch.randn(60, 2, 2)),
+        "RatingsDataset": RatingsDataset(pairs, torch.randint(1, 6, (60,), generator=g).float()),
+        "InMemoryImageDataset": InMemoryImageDataset(images, torch.arange(60) % 10),
+    }
+
+
+def _assert_same_batch(new, old):
+    assert type(new) is type(old) and len(new) == len(old)
+    for a, b in zip(new, old, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["TensorDataset", "RatingsDataset", "InMemoryImageDataset"])
+def test_gathered_node_batches_equal_the_per_sample_path_bit_for_bit_and_after_a_resume(name):
+    from lightning_mosaic.data import NodeDataLoader
+    from lightning_mosaic.data.gather import GatheredSamples, batched
+
+    dataset = _tensor_datasets()[name]
+    # uneven shards, one smaller than the batch (it wraps into its next pass within a batch)
+    partition = [np.arange(0, 4), np.arange(4, 30), np.arange(30, 60)]
+
+    def loaders():
+        sampler = lambda: NodeBatchSampler(partition, 6, seed=3, num_batches=4)  # noqa: E731
+        new = NodeDataLoader(batched(dataset), batch_sampler=sampler(), collate_fn=NodeBatchCollate(3))
+        old = NodeDataLoader(_PerSample(dataset), batch_sampler=sampler(), collate_fn=NodeBatchCollate(3))
+        return new, old
+
+    new, old = loaders()
+    assert isinstance(new.dataset.__getitems__([0, 5]), GatheredSamples)  # the batched fetch is the one used
+    for epoch in range(3):
+        new.batch_sampler.set_epoch(epoch)
+        old.batch_sampler.set_epoch(epoch)
+        old_batches = list(old)
+        for a, b in zip(new, old_batches, strict=True):
+            _assert_same_batch(a, b)
+    resumed, _ = loaders()
+    resumed.load_state_dict({"epoch": 2, "batches": 1})
+    resumed_batches = list(resumed)
+    assert len(resumed_batches) == 3
+    for a, b in zip(resumed_batches, old_batches[1:], strict=True):
+        _assert_same_batch(a, b)
+    resumed.batch_sampler.set_epoch(3)  # and the next epoch after it
+    old.batch_sampler.set_epoch(3)
+    for a, b in zip(resumed, old, strict=True):
+        _assert_same_batch(a, b)
+
+
+def test_node_collate_takes_a_gathered_batch_as_it_is_and_other_collate_fns_read_its_samples():
+    from lightning_mosaic.data import TensorRowsDataset
+
+    dataset = TensorRowsDataset(torch.arange(24.0).reshape(12, 2), torch.arange(12))
+    gathered = dataset.__getitems__([3, 1, 4, 1, 5, 9])
+    assert len(gathered) == 6
+    x, y = NodeBatchCollate(2)(gathered)
+    assert x.shape == (2, 3, 2) and y.shape == (2, 3)
+    assert x.data_ptr() == gathered.collated[0].data_ptr()  # reshaped views of the gathered rows, no copy
+    per_sample = [dataset[i] for i in [3, 1, 4, 1, 5, 9]]
+    _assert_same_batch(NodeBatchCollate(2)(per_sample), [x, y])
+    # another collate function reads the samples one by one: the very samples dataset[i] gives
+    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(gathered, per_sample, strict=True))
+    pairs = NodeBatchCollate(2, lambda batch: {"x": torch.stack([s[0] for s in batch])})(gathered)
+    assert torch.equal(pairs["x"], x)
+    # in a worker process the collate runs there: the same batches come back
+    sampler = NodeBatchSampler([np.arange(6), np.arange(6, 12)], 4, seed=0, num_batches=3)
+    workers = DataLoader(dataset, batch_sampler=sampler, collate_fn=NodeBatchCollate(2), num_workers=1)
+    plain = DataLoader(_PerSample(dataset), batch_sampler=sampler, collate_fn=NodeBatchCollate(2))
+    for a, b in zip(workers, plain, strict=True):
+        _assert_same_batch(a, b)
+
+
+def test_batched_gives_plain_tensor_datasets_the_gathered_fetch_and_leaves_others():
+    from torch.utils.data import Subset
+
+    from lightning_mosaic.data import TensorRowsDataset
+    from lightning_mosaic.data.gather import GatheredSamples, batched
+
+    plain = TensorDataset(torch.randn(10, 3), torch.arange(10))
+    rows = batched(plain)
+    assert isinstance(rows, TensorRowsDataset) and all(a is b for a, b in zip(rows.tensors, plain.tensors))
+    assert len(rows) == 10 and all(torch.equal(a, b) for a, b in zip(rows[7], plain[7], strict=True))
+    subset = batched(Subset(plain, [9, 2, 5]))
+    assert isinstance(subset, Subset) and isinstance(subset.dataset, TensorRowsDataset)
+    gathered = subset.__getitems__([0, 2])
+    assert isinstance(gathered, GatheredSamples) and torch.equal(gathered.collated[1], torch.tensor([9, 5]))
+
+    class OwnItems(TensorDataset):  # a subclass may define other items: left alone
+        def __getitem__(self, index):
+            return self.tensors[0][index] * 2
+
+    own, other = OwnItems(torch.ones(3)), _IndexDataset()
+    assert batched(own) is own and batched(other) is other
+    untouched = Subset(other, [1, 2])
+    assert batched(untouched) is untouched
+    # the data modules' loaders apply it (with the default collate; a user's collate reads samples one by one anyway)
+    from lightning_mosaic.data import NodeDataModule
+
+    dm = NodeDataModule.from_datasets(plain, plain, num_nodes=2, batch_size=3)
+    dm.setup()
+    assert isinstance(dm.train_dataloader().dataset, TensorRowsDataset)
+    assert isinstance(dm.val_dataloader().dataset, TensorRowsDataset)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (2, 3, 3) and torch.equal(x, plain.tensors[0][y])
+    own_collate = NodeDataModule.from_datasets(plain, plain, num_nodes=2, batch_size=3, collate_fn=_pad_collate)
+    own_collate.setup()
+    assert own_collate.train_dataloader().dataset is plain

@@ -7,6 +7,7 @@ from lightning_mosaic.data.base import NodeDataModule
 from lightning_mosaic.data.cifar10 import CIFAR10DataModule
 from lightning_mosaic.data.cifar100 import CIFAR100DataModule
 from lightning_mosaic.data.digits import DigitsDataModule
+from lightning_mosaic.data.gather import GatheredSamples, TensorRowsDataset
 from lightning_mosaic.data.movielens import MovieLensDataModule
 from lightning_mosaic.data.partition import dirichlet_partition
 from lightning_mosaic.data.sampler import NodeBatchCollate, NodeBatchSampler, NodeDataLoader
@@ -18,6 +19,8 @@ __all__ = [
     "NodeDataLoader",
     "NodeBatchCollate",
     "NodeShardSampler",
+    "GatheredSamples",
+    "TensorRowsDataset",
     "NodeDataModule",
     "DigitsDataModule",
     "CIFAR10DataModule",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Hashable
 from typing import Any, ClassVar
@@ -19,6 +20,7 @@ from lightning_mosaic.data.datasets import (
     datasets_of_datamodule,
     encode_labels,
 )
+from lightning_mosaic.data.gather import batched, collate
 from lightning_mosaic.data.partition import _check_int, _resolve_alpha, dirichlet_partition
 from lightning_mosaic.data.sampler import NodeBatchCollate, NodeBatchSampler, NodeDataLoader
 from lightning_mosaic.distributed.strategy import local_nodes
@@ -33,7 +35,10 @@ class NodeDataModule(pl.LightningDataModule):
     :class:`~lightning_mosaic.data.NodeBatchCollate`: ``x`` has shape ``(n, B, ...)`` and ``y`` shape
     ``(n, B)`` (int64), one mini-batch per node drawn from that node's own shard. Validation and test batches
     come from the same global test set for every node: ``x`` of shape ``(B_eval, ...)`` and ``y`` of shape
-    ``(B_eval,)``.
+    ``(B_eval,)``. Datasets holding their samples as tensors hand every batch over already collated
+    (:class:`~lightning_mosaic.data.GatheredSamples`; a plain ``TensorDataset`` too, through
+    :func:`~lightning_mosaic.data.gather.batched`): the same batches as collating sample by sample, without the
+    per-sample objects.
 
     Your own data: :meth:`from_datasets` splits any map-style ``Dataset`` over the nodes and keeps its sample
     format (dicts, tuples of several tensors, ...: every tensor comes out ``(n, B, ...)``); :meth:`from_datamodule`
@@ -380,14 +385,16 @@ class NodeDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Per-node training batches ``(x: (n, B, ...), y: (n, B) int64)``, ``len = steps_per_epoch``.
 
-        In a multi-process run, only this process's nodes: ``(m, B, ...)`` (see :class:`NodeBatchSampler`)."""
+        In a multi-process run, only this process's nodes: ``(m, B, ...)`` (see :class:`NodeBatchSampler`). A plain
+        ``TensorDataset`` (or a ``Subset`` of one) is read through :func:`~lightning_mosaic.data.gather.batched`
+        (same items, each batch gathered with one index operation per tensor) unless ``collate_fn`` is set."""
         self._require_setup("train_dataloader()")
         nodes = self._local_nodes()
         sampler = NodeBatchSampler(
             self.partition, self.batch_size, seed=self.seed, num_batches=self.steps_per_epoch, nodes=nodes
         )
         return NodeDataLoader(
-            self.train_dataset,
+            self._batched(self.train_dataset),
             batch_sampler=sampler,
             collate_fn=NodeBatchCollate(len(nodes), self.collate_fn),
             steps=self._optimizer_steps,
@@ -406,13 +413,18 @@ class NodeDataModule(pl.LightningDataModule):
             return 0, 1
         return trainer.global_step, trainer.accumulate_grad_batches
 
+    def _batched(self, dataset: Dataset) -> Dataset:
+        """``dataset`` with the gathered fetch of :func:`~lightning_mosaic.data.gather.batched` where that gives the
+        collated batch, i.e. with the default collate (a user's collate reads the samples one by one anyway)."""
+        return batched(dataset) if self.collate_fn is None else dataset
+
     def _eval_loader(self, dataset: Dataset | None = None) -> DataLoader:
         self._require_setup("val_dataloader()")
         return DataLoader(
-            self.test_dataset if dataset is None else dataset,
+            self._batched(self.test_dataset if dataset is None else dataset),
             batch_size=self.eval_batch_size,
             shuffle=False,
-            collate_fn=self.collate_fn,
+            collate_fn=functools.partial(collate, collate_fn=self.collate_fn),
             **self._loader_kwargs(),
         )
 

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lightning_mosaic.data.gather import GatheredSamples
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "InMemoryImageDataset",
@@ -74,11 +76,15 @@ class InMemoryImageDataset(Dataset):
             x = self.transform(x)
         return self._normalize(x), int(self.labels[index])
 
-    def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, int]]:
+    def __getitems__(self, indices: list[int]) -> GatheredSamples:
         """Batched fetch used by ``DataLoader``: one gather and one normalization for the whole batch.
 
         A transform with a ``batched = True`` attribute (like :class:`RandomCropFlip`) is applied to the whole
         ``(B, C, H, W)`` batch at once; any other transform is applied image by image.
+
+        Returns:
+            The ``B`` samples ``(x, y)`` as :class:`~lightning_mosaic.data.GatheredSamples`, collated ``[x (B, C, H,
+            W) float32, y (B,) int64]``.
         """
         index = torch.as_tensor(indices, dtype=torch.int64)
         x = self.images.index_select(0, index)
@@ -87,7 +93,8 @@ class InMemoryImageDataset(Dataset):
                 x = self.transform(x)
             else:
                 x = torch.stack([self.transform(img) for img in x])
-        return list(zip(self._normalize(x).unbind(0), self.labels[index].tolist(), strict=True))
+        x, y = self._normalize(x), self.labels.index_select(0, index)
+        return GatheredSamples([x, y], len(index), lambda: list(zip(x.unbind(0), y.tolist(), strict=True)))
 
 
 class RandomCropFlip:

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, Subset
 
 from lightning_mosaic._validation import check_int
 from lightning_mosaic.data.base import NodeDataModule
+from lightning_mosaic.data.gather import TensorRowsDataset
 from lightning_mosaic.data.movielens_files import (
     VARIANTS,
     MovieLensVariant,
@@ -35,10 +36,12 @@ Variant = Literal["auto", "100k", "1m", "latest-small"]
 NodeSplit = Literal["users", "genre"]
 
 
-class RatingsDataset(Dataset):
+class RatingsDataset(TensorRowsDataset):
     """(user, item) pairs and their ratings, held in memory.
 
     Items are ``(x, y)``: ``x`` int64 ``(2,)`` = (user index, item index), ``y`` float32 scalar rating in stars.
+    A batch is fetched with one gather per tensor (:class:`~lightning_mosaic.data.TensorRowsDataset`): collated,
+    ``x`` is ``(B, 2)`` and ``y`` ``(B,)``.
 
     Args:
         pairs: int64 ``(N, 2)``.
@@ -53,19 +56,17 @@ class RatingsDataset(Dataset):
             raise ValueError(f"pairs must be int64 of shape (N, 2); got {pairs.dtype} {tuple(pairs.shape)}")
         if ratings.shape != (pairs.shape[0],) or not ratings.is_floating_point():
             raise ValueError(f"ratings must be float of shape ({pairs.shape[0]},); got {tuple(ratings.shape)}")
-        self.pairs = pairs
-        self.ratings = ratings
+        super().__init__(pairs, ratings)
 
-    def __len__(self) -> int:
-        return self.pairs.shape[0]
+    @property
+    def pairs(self) -> Tensor:
+        """(user index, item index) of every rating, int64 ``(N, 2)``."""
+        return self.tensors[0]
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.pairs[index], self.ratings[index]
-
-    def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, Tensor]]:
-        """Batched fetch used by ``DataLoader``: one gather for the whole batch."""
-        index = torch.as_tensor(indices, dtype=torch.int64)
-        return list(zip(self.pairs.index_select(0, index).unbind(0), self.ratings.index_select(0, index).unbind(0)))
+    @property
+    def ratings(self) -> Tensor:
+        """Every rating in stars, float ``(N,)``."""
+        return self.tensors[1]
 
 
 def _ratings_of(dataset: Dataset) -> Tensor:

@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler, default_collate
+from torch.utils.data import DataLoader, Sampler
 
 from lightning_mosaic._validation import check_int as _check_int
+from lightning_mosaic.data.gather import collate
 from lightning_mosaic.seeding import SAMPLER_STREAM, derive_seed
 
 __all__ = ["NodeBatchSampler", "NodeBatchCollate", "NodeDataLoader"]
@@ -278,6 +279,11 @@ class NodeBatchCollate:
     strings ``default_collate`` makes of string fields) are passed through unchanged, still flat. A plain class, so
     it pickles for ``num_workers > 0`` (if ``collate_fn`` does).
 
+    A batch a dataset's ``__getitems__`` returned as :class:`~lightning_mosaic.data.GatheredSamples` (datasets
+    holding their samples as tensors: :class:`~lightning_mosaic.data.TensorRowsDataset`, ``RatingsDataset``,
+    ``InMemoryImageDataset``) is already collated: with ``default_collate`` its tensors are only reshaped (views, no
+    copy), the same batch as collating the samples one by one.
+
     Only the batch size can be checked: a batch of ``n * B`` samples that were not drawn node-major (e.g. a plain
     shuffled ``DataLoader(batch_size=n * B)``) cannot be told apart and would silently mix the nodes' data.
 
@@ -337,8 +343,7 @@ class NodeBatchCollate:
                 f"NodeBatchCollate(num_nodes={self.num_nodes}) got a batch of {samples} samples, not num_nodes * B "
                 f"node-major samples (B per node); {_NOT_NODE_MAJOR}"
             )
-        collated = (default_collate if self.collate_fn is None else self.collate_fn)(batch)
-        return self._reshape(collated, samples, "the collated batch")
+        return self._reshape(collate(batch, self.collate_fn), samples, "the collated batch")
 
     def __repr__(self) -> str:
         extra = "" if self.collate_fn is None else f", collate_fn={self.collate_fn!r}"
