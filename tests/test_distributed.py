@@ -195,9 +195,10 @@ def _parameters(run: Path, step: int) -> torch.Tensor:
     return torch.cat([s["state_dict"]["replicas.flat"] for s in states])
 
 
-def _logged_consensus(run: Path) -> dict[int, float]:
+def _logged(run: Path, name: str) -> dict[int, float]:
+    """``name``'s value at every logged training step of the run's ``metrics.csv`` (rank 0's logger)."""
     rows = csv.DictReader((run / "metrics.csv").open())
-    return {int(r["step"]): float(r["gossip/consensus_distance"]) for r in rows if r.get("gossip/round")}
+    return {int(r["step"]): float(r[name]) for r in rows if r.get("gossip/round")}
 
 
 SUMMARY_KEYS = ("node_acc_mean", "node_acc_std", "avg_model_acc", "val_loss", "consensus_distance", "rounds")
@@ -221,11 +222,13 @@ def test_sharded_run_equals_single_process_run(tmp_path, world, single_process_r
     run = _run_dir(tmp_path / "runs")
     for step in (20, steps):
         torch.testing.assert_close(_parameters(run, step), _parameters(single_process_run, step), rtol=1e-5, atol=1e-6)
-    # the per-round consensus distance logged by rank 0 is over all n nodes: the single-process values
-    logged, expected_log = _logged_consensus(run), _logged_consensus(single_process_run)
-    assert logged and all(step in expected_log for step in logged)
-    for step, value in logged.items():
-        assert value == pytest.approx(expected_log[step], rel=1e-5), step
+    # what rank 0 logs is over all n nodes: the single-process values, the training loss included (with 3
+    # processes the blocks hold 5, 5 and 6 nodes, so a mean of the processes' means would differ)
+    for name in ("gossip/consensus_distance", "train/loss"):
+        logged, expected_log = _logged(run, name), _logged(single_process_run, name)
+        assert len(logged) == steps // 10 and all(step in expected_log for step in logged), name
+        for step, value in logged.items():
+            assert value == pytest.approx(expected_log[step], rel=1e-5), (name, step)
     if world == 2:
         summary = json.loads((run / "summary.json").read_text())
         expected = json.loads((single_process_run / "summary.json").read_text())
@@ -336,6 +339,8 @@ def test_a_lightning_module_as_nodes_over_two_processes_equals_one_process(tmp_p
     rows = torch.cat([torch.load(sharded / f"rows{rank}.pt") for rank in range(2)])
     torch.testing.assert_close(rows, torch.load(single / "rows0.pt"), rtol=1e-5, atol=1e-6)
     assert {"val_acc", "val_acc/node_std", "val_acc/avg_model", "val_loss/node_std"} <= set(expected)
+    # the last training step's values are over all 4 nodes too (not over the 2 of a process)
+    assert {"fit/train/loss", "fit/train_loss", "fit/train_loss/node_std"} <= set(expected)
     for rank in range(2):
         metrics = torch.load(sharded / f"metrics{rank}.pt")
         assert set(metrics) == set(expected)
