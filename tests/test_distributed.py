@@ -63,6 +63,35 @@ def test_the_strategy_says_which_nodes_a_process_holds():
         local_nodes(ddp, 7)
 
 
+def test_the_trainer_is_checked_before_any_process_starts():
+    from types import SimpleNamespace
+
+    from lightning.fabric.plugins.environments import LightningEnvironment, TorchElasticEnvironment
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from lightning_mosaic.distributed.strategy import MosaicStrategy, check_trainer, launches_the_processes
+
+    def trainer(strategy, world=2):
+        strategy.cluster_environment = LightningEnvironment()
+        strategy.cluster_environment.set_world_size(world)  # what Trainer sets at construction
+        return SimpleNamespace(world_size=world, global_rank=0, strategy=strategy)
+
+    check_trainer(trainer(MosaicStrategy()), 16, use_distributed_sampler=False)
+    check_trainer(SimpleNamespace(world_size=1, strategy=None), 16, use_distributed_sampler=True)
+    with pytest.raises(ValueError, match=r"16 nodes over 2 processes need Trainer\(strategy='mosaic'\)"):
+        check_trainer(trainer(DDPStrategy()), 16, use_distributed_sampler=False)
+    with pytest.raises(ValueError, match=r"world_size must be an integer in \[1, 2\].*num_nodes=2"):
+        check_trainer(trainer(MosaicStrategy(), world=3), 2, use_distributed_sampler=False)
+    for world in (1, 2):  # one process too: Lightning wraps the loaders of any DDP-like strategy
+        with pytest.raises(ValueError, match=r"needs Trainer\(use_distributed_sampler=False\)"):
+            check_trainer(trainer(MosaicStrategy(), world), 16, use_distributed_sampler=True)
+
+    assert launches_the_processes(SimpleNamespace(world_size=1, strategy=None))
+    assert launches_the_processes(trainer(MosaicStrategy()))  # Lightning starts the others from this process
+    elastic = SimpleNamespace(world_size=2, strategy=SimpleNamespace(cluster_environment=TorchElasticEnvironment()))
+    assert not launches_the_processes(elastic)  # torchrun started every process
+
+
 def test_a_multi_process_checkpoint_is_refused_in_one_process():
     from lightning_mosaic.distributed.strategy import RANK_STATES_KEY, check_single_process_checkpoint
 
