@@ -36,6 +36,7 @@ from lightning_mosaic.callbacks.faults import MosaicFaults
 from lightning_mosaic.callbacks.gossip import MosaicGossip
 from lightning_mosaic.callbacks.summary import SUMMARY_FILE, MosaicSummary, format_summary
 from lightning_mosaic.data.base import NodeDataModule
+from lightning_mosaic.distributed.strategy import check_trainer, launches_the_processes
 from lightning_mosaic.module import MosaicModule
 
 PROG = "mosaic"
@@ -424,12 +425,14 @@ class MosaicCLI(LightningCLI):
                 f"data.num_nodes={data.num_nodes} but model.num_nodes={model.num_nodes}; the node count is "
                 "data.init_args.num_nodes (the model's is linked to it)"
             )
+        sampler = self.config[self.subcommand]["trainer"]["use_distributed_sampler"]
+        check_trainer(trainer, model.num_nodes, use_distributed_sampler=sampler)  # before any process is started
         for callback in trainer.callbacks:
             if isinstance(callback, MosaicGossip) and isinstance(model, MosaicModule):
                 callback.attach(model)  # checks K, s and the topology against n and d (rebuilt per process later)
             if isinstance(callback, MosaicFaults) and isinstance(model, MosaicModule):
                 callback.attach(model)  # reads the churn trace against n (rebuilt per process later)
-        if trainer.world_size == 1:  # load and partition now, so that data errors come before the run folder
+        if launches_the_processes(trainer):  # load and partition now: data errors come before the run folder
             data.prepare_data()
             data.setup("fit")
         self._summary = next((c for c in trainer.callbacks if isinstance(c, MosaicSummary)), None)
