@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from typing import Any, NoReturn, TextIO
 
 from jsonargparse import ArgumentParser, DefaultHelpFormatter
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lightning_mosaic.models  # noqa: F401  (the built-in models, listed among --model.help's known subclasses)
@@ -468,10 +469,15 @@ def _concise(error: BaseException) -> str:
 
 @contextlib.contextmanager
 def _one_line_errors() -> Iterator[None]:
-    """Turn a configuration error raised by the library into ``mosaic: error: ...`` and exit status 2."""
+    """Turn a configuration error into ``mosaic: error: ...`` and exit status 2.
+
+    A configuration error is one raised by the library (``ValueError``, ``TypeError``, ``FileNotFoundError``) or
+    Lightning's ``MisconfigurationException`` (e.g. ``--trainer.devices 0``, or ``--trainer.accelerator gpu`` on a
+    machine without one), raised when the Trainer is built, before anything is written.
+    """
     try:
         yield
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, FileNotFoundError, MisconfigurationException) as error:
         if os.environ.get("MOSAIC_TRACEBACK") == "1":
             raise
         print(f"mosaic: error: {_concise(error)}", file=sys.stderr)

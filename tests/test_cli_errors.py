@@ -156,6 +156,24 @@ def test_errors_in_class_arguments_name_the_key_and_the_class(tmp_path, capsys, 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        (["--trainer.devices", "0"], "`Trainer(devices='0')` value is not a valid input using cpu accelerator"),
+        (["--trainer.accelerator", "nope"], "nope"),
+    ],
+)
+def test_a_trainer_misconfiguration_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, override, reason):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", QUICKSTART, *override])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("mosaic: error: ") and reason in err[0], err
+    assert len(err) == 2 and "Traceback" not in "\n".join(err)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_unknown_init_argument_in_yaml_gets_the_key_form(tmp_path, capsys):
     extra = tmp_path / "seed.yaml"
     extra.write_text("model:\n  init_args:\n    sead: 1\n")
