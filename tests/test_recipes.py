@@ -163,6 +163,22 @@ def test_the_base_is_shared_and_a_recipe_changes_only_its_own_keys():
         assert changed <= RECIPE_OWN_KEYS, (recipe, sorted(changed))
 
 
+def test_every_name_in_the_docs_is_shipped():
+    """Every ``--config``, ``--recipe`` and ``--model`` value in README.md and docs/*.md is a shipped name or a path
+    written as a path (a loop variable, ``mine.yaml``, ``runs/.../config.yaml``)."""
+    names = recipes.available()
+    seen = set()
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for option, value in re.findall(r"(--config|--recipe|--model)[ =]([^\s`'\"]+)", doc.read_text()):
+            if "$" in value or not recipes.is_name(value) or value in ("NAME", "PATH"):
+                continue
+            if option == "--model" and "/" not in value:
+                continue  # another program's option (benchmarks: --model mf)
+            assert value in names, f"{doc.name}: {option} {value} is not a shipped name"
+            seen.add(value)
+    assert {"quickstart", "cifar10_mosaic", "gossip/el", "analysis/paper_fig2_fig3", "movielens_genre"} <= seen
+
+
 # -- every `mosaic ...` hint in a YAML comment works as written ---------------------------------------------------
 
 

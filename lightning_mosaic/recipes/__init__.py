@@ -5,10 +5,10 @@ The package ships complete experiments (``lightning_mosaic/recipes/<name>.yaml``
 is a recipe's file name without ``.yaml`` (``quickstart``) or a piece's path under ``configs/`` without it
 (``gossip/el``, ``partition/alpha_0.5``, ``model/resnet8_cifar100``, ``analysis/paper_fig2_fig3``):
 
-    mosaic fit --config quickstart --config gossip/el
-    mosaic fit --config cifar10_mosaic --model model/resnet8_cifar100 ...   # hypothetical model swap
+    mosaic fit --config quickstart --config gossip/el                  # the quickstart with EL (K = 1)
+    mosaic fit --config cifar100_mosaic --model model/resnet8_cifar100  # another model piece
     mosaic analyze --config analysis/paper_fig2_fig3
-    mosaic recipes                                                         # names, descriptions and paths
+    mosaic recipes                                                     # names, descriptions and paths
 
 The ``mosaic`` command turns every such name given to ``--config`` (``-c``), ``--model`` or ``--data`` into the
 shipped file's path before anything is parsed (:func:`expand_names`); a path to an existing file is kept as it is.
