@@ -137,9 +137,9 @@ def description(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     """``mosaic recipes``: list the shipped recipes and pieces (name, first comment line, path), or print paths.
 
-    ``mosaic recipes`` prints a table; ``mosaic recipes NAME ...`` prints the path of each name, one per line (for
-    ``cp $(mosaic recipes quickstart) .`` or an editor). An unknown name prints one line ``mosaic recipes: error:
-    ...`` listing the names, and exits with status 2.
+    ``mosaic recipes`` prints every name with the first comment line of its file and, below, the file's path;
+    ``mosaic recipes NAME ...`` prints the path of each name, one per line (to read or include it). An unknown name
+    prints one line ``mosaic recipes: error: ...`` listing the names, and exits with status 2.
 
     Returns:
         0 on success.
