@@ -130,7 +130,10 @@ def test_report_states_the_setup_read_from_every_run(grid_run):
     assert setup["model"].startswith("lightning_mosaic.models.MLP(in_features=64, num_classes=10, hidden=[64])")
     assert setup["model"].endswith(f"d = {d:,} parameters per node") and d == summary["parameters_per_node"]
     assert setup["data"] == "lightning_mosaic.data.DigitsDataModule, no data folder (not an argument)"
-    assert setup["validation"].startswith("every 5 rounds (rounds 5, 10); trainer.check_val_every_n_epoch 1")
+    assert setup["validation"] == (
+        "every 5 rounds (rounds 5, 10); trainer.check_val_every_n_epoch null, trainer.val_check_interval 5, "
+        "data.init_args.steps_per_epoch 5"
+    )
     assert setup["final metrics"] == "from the validation after local step 10 (of 10)"
     assert setup["fault model"].startswith("none ")
     assert "differs between runs" not in report
