@@ -22,9 +22,10 @@ import torch.multiprocessing as mp
 # Only pure modules at import time: spawned workers re-import this file, and Lightning takes seconds to import.
 from lightning_mosaic.distributed import ShardedMixer, node_bounds
 from lightning_mosaic.gossip import FragmentGossip
+from lightning_mosaic.recipes import RECIPES_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
+QUICKSTART = RECIPES_DIR / "quickstart.yaml"
 
 
 def free_port() -> int:

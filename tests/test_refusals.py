@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from lightning_mosaic.data.download import TEMPORARY_PREFIX, download_into
+from lightning_mosaic.recipes import RECIPES_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ROOT / "recipes"
+RECIPES = RECIPES_DIR
 NO_NETWORK = "http://127.0.0.1:9"
 
 QUICKSTART = ["--config", str(RECIPES / "quickstart.yaml")]
