@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from torchmetrics import Metric, MetricCollection
 
 from lightning_mosaic._validation import check_int
+from lightning_mosaic.distributed.diagnosis import diagnosed
 from lightning_mosaic.distributed.sharding import (
     all_gather_objects,
     all_node_values,
@@ -535,9 +536,16 @@ class MosaicModule(LightningModule):
         node_loss = self.node_losses(self(*inputs), targets)  # (m,)
         # The mean over all n nodes: in a multi-process run, one all-reduce of the n losses (in node order, so the
         # mean is the single-process one whatever the blocks' sizes).
-        losses = all_node_values(node_loss.detach(), self.replicas.first_node, self.num_nodes, sharded=self.sharded)
+        with self._diagnosed("the all-reduce of train/loss"):
+            losses = all_node_values(node_loss.detach(), self.replicas.first_node, self.num_nodes, sharded=self.sharded)
         self.log("train/loss", losses.mean(), prog_bar=True)
         return node_loss.sum()
+
+    def _diagnosed(self, what: str) -> Any:
+        """A failed collective of this training step raises ``CommunicationError`` naming the ranks that did not
+        reach it and the global step (the others hit it at the same step)."""
+        step = self.trainer.global_step
+        return diagnosed(f"{what} at global step {step}", f"train-step-{step}")
 
     def _lightning_training_step(self, batch: Any, batch_idx: int) -> Tensor:
         nodes, replicas = self._require_nodes(), self.replicas
@@ -568,7 +576,8 @@ class MosaicModule(LightningModule):
         losses = node_loss.detach().cpu().tolist()
         local = {"": ([losses[i] for i in trained], trained, {})}  # "": train/loss ("" is no name a user can log)
         local.update(nodes.step_values())
-        gathered = all_gather_objects((self.replicas.first_node, local)) if self.sharded else [(0, local)]
+        with self._diagnosed("the all-gather of the training step's logged values"):
+            gathered = all_gather_objects((self.replicas.first_node, local)) if self.sharded else [(0, local)]
         by_name: dict[str, tuple[list[tuple[int, float]], dict[str, Any]]] = {}
         for first, values_of in gathered:
             for name, (values, logged_rows, options) in values_of.items():
