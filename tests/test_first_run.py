@@ -35,7 +35,7 @@ def _env(**extra: str) -> dict[str, str]:
 def test_quickstart_does_not_import_numba(tmp_path):
     """Three rounds of the README quickstart through the CLI, in a fresh process: numba is never imported, so
     nothing is compiled on the first run after install."""
-    command = [sys.executable, "-c", _CLI_DRIVER, "fit", "--config", str(ROOT / "recipes" / "quickstart.yaml")]
+    command = [sys.executable, "-c", _CLI_DRIVER, "fit", "--config", "quickstart"]
     command += ["--trainer.max_steps", "3", "--trainer.enable_progress_bar", "false"]
     command += ["--trainer.logger.init_args.save_dir", str(tmp_path)]
     result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
