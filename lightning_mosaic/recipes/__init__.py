@@ -19,6 +19,7 @@ Inside a YAML file, included files are paths, relative to the file that names th
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 import sys
 from pathlib import Path
@@ -73,11 +74,18 @@ def resolve(name_or_path: str | Path) -> Path:
     names = available()
     if text in names:
         return names[text]
+    raise LookupError(unknown_name(text, names))
+
+
+def unknown_name(text: str, names: dict[str, Path] | None = None) -> str:
+    """The message for a name no shipped recipe or piece has: "did you mean" the closest names, and the list."""
+    names = available() if names is None else names
+    close = difflib.get_close_matches(text, list(names), n=2)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
     recipes = ", ".join(name for name, file in names.items() if file.parent == RECIPES_DIR)
-    pieces = ", ".join(name for name, file in names.items() if file.parent != RECIPES_DIR)
-    raise LookupError(
-        f"{text} is no file and no shipped name; recipes: {recipes}; pieces: {pieces} "
-        "(`mosaic recipes` lists them with their paths)"
+    return (
+        f"{text} is no file and no shipped name{hint} (recipes: {recipes}; `mosaic recipes` lists the pieces and the "
+        "paths)"
     )
 
 
@@ -124,14 +132,24 @@ def _expand(option: str, value: str) -> str:
 
 
 def description(path: Path) -> str:
-    """The first comment line of a YAML file, without ``#`` (empty when it does not start with a comment)."""
+    """The first sentence of the comment that opens a YAML file, without ``#`` (empty without such a comment).
+
+    The sentence may run over several comment lines; it ends at the first ``.`` outside parentheses that is followed
+    by a space or ends the comment, or at the end of the comment.
+    """
+    words: list[str] = []
     for line in path.read_text().splitlines():
         stripped = line.strip()
-        if stripped.startswith("#"):
-            return stripped.lstrip("#").strip()
-        if stripped:
-            return ""
-    return ""
+        if not stripped.startswith("#"):
+            break
+        words.append(stripped.lstrip("#").strip())
+    text = " ".join(word for word in words if word)
+    depth = 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "." and depth <= 0 and (i + 1 == len(text) or text[i + 1] == " "):
+            return text[: i + 1]
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,16 +173,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.names:
         for name in args.names:
             if name not in names:
-                print(f"mosaic recipes: error: unknown name {name!r}; available: {', '.join(names)}", file=sys.stderr)
+                print(f"mosaic recipes: error: {unknown_name(name, names)}", file=sys.stderr)
                 raise SystemExit(2)
             print(names[name])
         return 0
     width = max(len(name) for name in names)
     recipes = [name for name, file in names.items() if file.parent == RECIPES_DIR]
-    pieces = [name for name in names if name not in recipes]
+    analysis = [name for name in names if name.startswith("analysis/")]
+    included = [name for name in names if name == "base"]
+    pieces = [name for name in names if name not in recipes + analysis + included]
     for title, group in (
         ("recipes (mosaic fit --config NAME)", recipes),
-        ("pieces (--config NAME after a recipe)", pieces),
+        ("pieces (--config NAME after a recipe; --model NAME, --data NAME for model/ and data/ pieces)", pieces),
+        ("included by every recipe (not a run by itself)", included),
+        ("analysis (mosaic analyze --config NAME)", analysis),
     ):
         print(f"{title}:")
         for name in group:
