@@ -679,8 +679,8 @@ class MosaicModule(LightningModule):
             flat.grad = None
         grad = flat.grad
         fresh = grad is None
-        if grad is None:
-            grad = torch.zeros_like(flat, memory_format=torch.contiguous_format)
+        if grad is None:  # every row is written below (copied, or zeroed when its chunk has no gradient)
+            grad = torch.empty_like(flat, memory_format=torch.contiguous_format)
         scaler = getattr(trainer.precision_plugin, "scaler", None)  # e.g. 16-mixed's GradScaler
         measure = self.backward_chunk == "auto" and self._auto_chunk is None and self.resolved_execution() == "vmap"
         m, start, values = self.replicas.num_nodes, 0, []
@@ -694,15 +694,18 @@ class MosaicModule(LightningModule):
                 measure = False
             else:
                 losses = losses_of(rows, params)
+            chunk_grad = None
             if losses.requires_grad:
                 total = losses.sum() / accumulate  # as Lightning's closure divides the step's loss
                 if scaler is not None:
                     total = scaler.scale(total)
                 with _autocast_off(flat.device.type):  # Lightning's backward runs outside the autocast context
                     (chunk_grad,) = torch.autograd.grad(total, params, allow_unused=True)
-                if chunk_grad is not None:
-                    rows_grad = grad[rows.start : rows.stop]
-                    rows_grad.copy_(chunk_grad) if fresh else rows_grad.add_(chunk_grad)
+            rows_grad = grad[rows.start : rows.stop]
+            if chunk_grad is not None:
+                rows_grad.copy_(chunk_grad) if fresh else rows_grad.add_(chunk_grad)
+            elif fresh:
+                rows_grad.zero_()
             values.append(losses.detach())
             start = rows.stop
         flat.grad = grad
