@@ -27,8 +27,7 @@ from pathlib import Path
 import torch
 
 from lightning_mosaic.distributed.sharding import node_bounds
-
-ROOT = Path(__file__).resolve().parents[1]
+from lightning_mosaic.recipes import resolve
 
 
 def run(recipe: Path, rounds: int, processes: int, workdir: Path) -> dict[str, float]:
@@ -59,7 +58,7 @@ def run(recipe: Path, rounds: int, processes: int, workdir: Path) -> dict[str, f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "quickstart.yaml")
+    parser.add_argument("--recipe", type=resolve, default="quickstart", help="a recipe's name or YAML path")
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the table")

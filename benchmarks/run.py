@@ -4,7 +4,9 @@
     python -m benchmarks.run --tiny --out /tmp/smoke.json         # smoke test (seconds; numbers meaningless)
 
 Sections (``--sections`` to choose): ``overhead`` (Lightning vs bare PyTorch loop, with and without mixing),
-``mixing`` (dense and index kernels vs the copy floor), ``execution`` (vmap vs per-node loop), ``scale`` (largest n of
+``mixing`` (dense and index kernels vs the copy floor), ``backend`` (torch vs fused index backend per gossip round
+over (n, d, K): the size from which ``backend="auto"`` picks the fused one, and numba's compile time), ``execution``
+(vmap vs per-node loop), ``scale`` (largest n of
 GN-LeNet on real CIFAR-10, and matrix factorization on MovieLens 100K up to one node per user: rounds per second,
 start-up, memory per node), ``soak`` (quickstart memory after 1,000 and
 10,000 rounds), ``gpu`` (only with CUDA). Prints a table of ratios measured in the same run, with the machine, and
@@ -23,10 +25,10 @@ from typing import Any
 
 import torch
 
-from benchmarks import execution_paths, gpu, mixing, overhead, scale, soak
+from benchmarks import backend, execution_paths, gpu, mixing, overhead, scale, soak
 from benchmarks.common import machine, write_json_atomic
 
-SECTIONS = ("overhead", "mixing", "execution", "scale", "soak", "gpu")
+SECTIONS = ("overhead", "mixing", "backend", "execution", "scale", "soak", "gpu")
 
 
 def run_sections(
@@ -42,6 +44,8 @@ def run_sections(
             results[name] = {"rows": overhead.run(tiny)}
         elif name == "mixing":
             results[name] = mixing.run(tiny)
+        elif name == "backend":
+            results[name] = backend.run(tiny)
         elif name == "execution":
             results[name] = execution_paths.run(tiny=tiny)
         elif name == "scale":
@@ -93,6 +97,16 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
             r["picked_over_floor"],
             "<= 3",
         )
+    if "backend" in results:
+        b = results["backend"]
+        add(
+            f"backend: fewest n*d from which torch round / fused round >= {b['margin']:.2f} at every (n, K)",
+            b["threshold_values"],
+            "-",
+            "vals",
+        )
+        for key, value in b.get("compile", {}).items():
+            add(f"backend: numba {key.replace('_', ' ')}", value, "-", "s")
     for r in results.get("execution", []):
         add(
             f"execution {r['model']} n={r['n']} B={r['B']} {r['device']}: loop / vmap (default {r['default']})",

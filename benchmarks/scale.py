@@ -23,7 +23,7 @@ with a Lightning ``Trainer``. Reported:
   saves for one node's backward at batch B (alive for one node at a time: the backward runs per node).
 
 Matrix factorization (:func:`run_mf`, ``--model mf``): the same measurements for ``RatingModule`` +
-``MatrixFactorization`` (943 users x 1,682 movies, 20 factors, d = 55,125, as in ``recipes/movielens_mosaic.yaml``
+``MatrixFactorization`` (943 users x 1,682 movies, 20 factors, d = 55,125, as in the ``movielens_mosaic`` recipe
 but with SGD lr 0.5: the recipe's lr 8 diverges when a node holds a single user, whose bias then gets the whole
 batch's gradient) on the real MovieLens 100K (``MovieLensDataModule``, users spread evenly over
 the nodes: with n = 943 every node holds exactly one user's ratings), at n = 16, 256 and 943. The data is the 100,000

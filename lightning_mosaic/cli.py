@@ -1,7 +1,7 @@
 """The ``mosaic`` command: LightningCLI for MosaicModule + a node datamodule + the MosaicGossip and MosaicFaults
 callbacks, and the dispatch to the other subcommands (:data:`SUBCOMMANDS`).
 
-``mosaic fit --config recipes/quickstart.yaml --gossip.fragments 8 --faults.availability 0.9``. The gossip callback
+``mosaic fit --config quickstart --gossip.fragments 8 --faults.availability 0.9``. The gossip callback
 is its own config group (``gossip:``), and so is the fault model (``faults:``, churn and stragglers; its defaults
 simulate no fault, so a recipe without faults leaves it out); at the end of ``fit`` the final parameters are
 validated once more and a summary table is printed and written as ``summary.json`` next to the logs.
@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from typing import Any, NoReturn, TextIO
 
 from jsonargparse import ArgumentParser, DefaultHelpFormatter
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lightning_mosaic.models  # noqa: F401  (the built-in models, listed among --model.help's known subclasses)
@@ -36,17 +37,20 @@ from lightning_mosaic.callbacks.faults import MosaicFaults
 from lightning_mosaic.callbacks.gossip import MosaicGossip
 from lightning_mosaic.callbacks.summary import SUMMARY_FILE, MosaicSummary, format_summary
 from lightning_mosaic.data.base import NodeDataModule
+from lightning_mosaic.distributed.strategy import check_trainer, launches_the_processes
 from lightning_mosaic.module import MosaicModule
+from lightning_mosaic.recipes import expand_cli_args
 
 PROG = "mosaic"
 
 SUBCOMMANDS: dict[str, tuple[str, str | None]] = {
-    "fit": ("train the nodes with fragment gossip, then print and write a summary (--config RECIPE.yaml)", None),
+    "fit": ("train the nodes with fragment gossip, then print and write a summary (--config RECIPE)", None),
     "validate": ("evaluate every node and the averaged model on the validation data", None),
     "test": ("evaluate every node and the averaged model on the test data", None),
     "predict": ("run the model's predict_step on the predict data", None),
     "reproduce": ("run a recipe per K and seed (resumable), write a report", "lightning_mosaic.reproduction.grid:main"),
     "analyze": ("spectra and consensus of the gossip per K, plots of them", "lightning_mosaic.analysis.cli:main"),
+    "recipes": ("list the shipped recipes and config pieces, with their files", "lightning_mosaic.recipes:main"),
     # Register another subcommand with one line: "name": ("one-line help", "package.module:function"),
     # where function(argv) takes the arguments after the name (imported only when that subcommand runs).
 }
@@ -424,12 +428,14 @@ class MosaicCLI(LightningCLI):
                 f"data.num_nodes={data.num_nodes} but model.num_nodes={model.num_nodes}; the node count is "
                 "data.init_args.num_nodes (the model's is linked to it)"
             )
+        sampler = self.config[self.subcommand]["trainer"]["use_distributed_sampler"]
+        check_trainer(trainer, model.num_nodes, use_distributed_sampler=sampler)  # before any process is started
         for callback in trainer.callbacks:
             if isinstance(callback, MosaicGossip) and isinstance(model, MosaicModule):
                 callback.attach(model)  # checks K, s and the topology against n and d (rebuilt per process later)
             if isinstance(callback, MosaicFaults) and isinstance(model, MosaicModule):
                 callback.attach(model)  # reads the churn trace against n (rebuilt per process later)
-        if trainer.world_size == 1:  # load and partition now, so that data errors come before the run folder
+        if launches_the_processes(trainer):  # load and partition now: data errors come before the run folder
             data.prepare_data()
             data.setup("fit")
         self._summary = next((c for c in trainer.callbacks if isinstance(c, MosaicSummary)), None)
@@ -465,10 +471,15 @@ def _concise(error: BaseException) -> str:
 
 @contextlib.contextmanager
 def _one_line_errors() -> Iterator[None]:
-    """Turn a configuration error raised by the library into ``mosaic: error: ...`` and exit status 2."""
+    """Turn a configuration error into ``mosaic: error: ...`` and exit status 2.
+
+    A configuration error is one raised by the library (``ValueError``, ``TypeError``, ``FileNotFoundError``) or
+    Lightning's ``MisconfigurationException`` (e.g. ``--trainer.devices 0``, or ``--trainer.accelerator gpu`` on a
+    machine without one), raised when the Trainer is built, before anything is written.
+    """
     try:
         yield
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, FileNotFoundError, MisconfigurationException) as error:
         if os.environ.get("MOSAIC_TRACEBACK") == "1":
             raise
         print(f"mosaic: error: {_concise(error)}", file=sys.stderr)
@@ -505,6 +516,7 @@ def run_lightning(argv: list[str]) -> None:
         raise ValueError(
             f"run_lightning needs argv starting with one of {sorted(MosaicCLI.subcommands())}, got {argv[:1]}"
         )
+    argv = expand_cli_args(argv)  # shipped names become their paths, as in main
     saved = sys.argv
     sys.argv = [saved[0] if saved else PROG, *argv]
     try:
@@ -538,7 +550,9 @@ def main(args: Any = None) -> None:
     ``TypeError`` or ``FileNotFoundError`` raised by the library) is printed as one line, ``mosaic: error: ...``,
     plus at most a hint line, with exit status 2, before anything is written; ``MOSAIC_TRACEBACK=1`` shows the full
     traceback (the full jsonargparse report for a parser error). Lightning's two "Tip" adverts and its ``LeafSpec``
-    deprecation warning are not shown (:func:`quiet_lightning`).
+    deprecation warning are not shown (:func:`quiet_lightning`). Shipped recipe and piece names given to ``--config``
+    (``quickstart``, ``gossip/el``) are replaced by their files' paths first (:func:`lightning_mosaic.recipes.
+    expand_names`); an unknown one is one line, exit status 2.
 
     Args:
         args: The arguments after ``mosaic`` (``sys.argv[1:]`` when ``None``); a ``dict`` is a configuration for
@@ -548,6 +562,12 @@ def main(args: Any = None) -> None:
         SystemExit: 2 for bad input (an unknown subcommand, a configuration error), 0 after a help.
     """
     argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
+    if argv:  # shipped names (--config quickstart, --config gossip/el) become their paths (lightning_mosaic.recipes)
+        argv = expand_cli_args(argv)
+        if args is None:
+            sys.argv[1:] = argv  # LightningCLI parses sys.argv (given args as well, it warns)
+        else:
+            args = argv
     if argv is not None and (not argv or argv[0] in ("-h", "--help")):
         _print_overview(sys.stdout if argv else sys.stderr)
         raise SystemExit(0 if argv else 2)

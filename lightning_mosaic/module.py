@@ -20,7 +20,13 @@ from torch.utils.data import DataLoader
 from torchmetrics import Metric, MetricCollection
 
 from lightning_mosaic._validation import check_int
-from lightning_mosaic.distributed.sharding import broadcast_first_row_, global_consensus_distance
+from lightning_mosaic.distributed.diagnosis import diagnosed
+from lightning_mosaic.distributed.sharding import (
+    all_gather_objects,
+    all_node_values,
+    broadcast_first_row_,
+    global_consensus_distance,
+)
 from lightning_mosaic.distributed.strategy import check_single_process_checkpoint, local_nodes
 from lightning_mosaic.metrics import NodeMean, PerNodeMetric
 from lightning_mosaic.node_module import (
@@ -587,9 +593,18 @@ class MosaicModule(LightningModule):
             node_loss = self._backward_by_chunks(batch_idx, lambda rows, p: self._chunk_losses(batch, rows, p))
         else:
             node_loss = self.node_losses(self(*inputs), targets)  # (m,)
-        # Over this process's nodes: no collective in the training step (all n nodes in a single process).
-        self.log("train/loss", node_loss.detach().mean(), prog_bar=True)
+        # The mean over all n nodes: in a multi-process run, one all-reduce of the n losses (in node order, so the
+        # mean is the single-process one whatever the blocks' sizes).
+        with self._diagnosed("the all-reduce of train/loss"):
+            losses = all_node_values(node_loss.detach(), self.replicas.first_node, self.num_nodes, sharded=self.sharded)
+        self.log("train/loss", losses.mean(), prog_bar=True)
         return node_loss.sum()
+
+    def _diagnosed(self, what: str) -> Any:
+        """A failed collective of this training step raises ``CommunicationError`` naming the ranks that did not
+        reach it and the global step (the others hit it at the same step)."""
+        step = self.global_step  # 0 without a Trainer (training_step called directly)
+        return diagnosed(f"{what} at global step {step}", f"train-step-{step}")
 
     def _lightning_training_step(self, batch: Any, batch_idx: int) -> Tensor:
         nodes, replicas = self._require_nodes(), self.replicas
@@ -614,15 +629,38 @@ class MosaicModule(LightningModule):
             node_loss = self._backward_by_chunks(batch_idx, run)
         else:
             node_loss = run(range(replicas.num_nodes), replicas.flat)
-        trained = node_loss if frozen is None else node_loss[~frozen.to(node_loss.device)]
-        if "train/loss" not in nodes.logged("train") and trained.numel():  # the user's own train/loss wins
-            self.log("train/loss", trained.detach().mean(), prog_bar=True)  # over this process's trained nodes
-        for name, (values, std, options) in nodes.step_values().items():
+        self._log_node_step(nodes, node_loss, frozen)
+        return node_loss.sum()
+
+    def _log_node_step(self, nodes: LightningNodes, node_loss: Tensor, frozen: Tensor | None) -> None:
+        """Log a wrapped module's training step over all n nodes: ``train/loss`` (the mean loss of the nodes that
+        trained, unless the user logs ``train/loss``) and every name the nodes logged (mean and ``/node_std`` over
+        the nodes that logged it). In a multi-process run, one ``all_gather_object`` of every process's values, so
+        that processes whose nodes logged different names (e.g. all of them skipped the step) still agree."""
+        rows = range(node_loss.shape[0])
+        trained = [i for i in rows if frozen is None or not bool(frozen[i])]
+        losses = node_loss.detach().cpu().tolist()
+        local = {"": ([losses[i] for i in trained], trained, {})}  # "": train/loss ("" is no name a user can log)
+        local.update(nodes.step_values())
+        with self._diagnosed("the all-gather of the training step's logged values"):
+            gathered = all_gather_objects((self.replicas.first_node, local)) if self.sharded else [(0, local)]
+        by_name: dict[str, tuple[list[tuple[int, float]], dict[str, Any]]] = {}
+        for first, values_of in gathered:
+            for name, (values, logged_rows, options) in values_of.items():
+                entries, _ = by_name.setdefault(name, ([], options))
+                entries.extend((first + row, value) for row, value in zip(logged_rows, values))
+        for name in sorted(by_name):
+            entries, options = by_name[name]
+            values = torch.tensor([value for _, value in sorted(entries)], dtype=torch.float32)  # node order
+            if name == "":
+                if "train/loss" not in nodes.logged("train") and values.numel():  # the user's own train/loss wins
+                    self.log("train/loss", values.mean(), prog_bar=True)
+                continue
             kept = {k: options[k] for k in ("prog_bar", "logger", "on_step", "on_epoch") if k in options}
             self.log(name, values.mean(), **kept, batch_size=1)
-            if std is not None:
+            if not options.get("on_epoch", False):  # logged on_epoch: its std over nodes comes at the epoch's end
+                std = values.std(correction=0)
                 self.log(name + "/node_std", std, on_step=True, on_epoch=False, logger=kept.get("logger", True))
-        return node_loss.sum()
 
     @property
     def resolved_backward_chunk(self) -> int | None:

@@ -220,10 +220,11 @@ class LightningNodes:
 
     In evaluation, a value logged in a step is reduced over the epoch's batches per node first (mean weighted by
     batch size, or sum with ``reduce_fx="sum"``), and a Metric object is computed per node at the epoch's end and
-    reset. In training, a number logged in ``training_step`` is logged every step as the mean over this process's
-    nodes with the user's ``on_step``/``on_epoch`` options (Lightning then reduces it over the epoch as usual); its
-    ``name/node_std`` is the std over nodes of that step's values, or, when logged ``on_epoch``, the std over nodes
-    of the per-node epoch means (logged at the epoch's end); a Metric object is computed per node at the end of the
+    reset. In training, a number logged in ``training_step`` is logged every step as the mean over the nodes that
+    logged it, over all n nodes (gathered from every process in a multi-process run), with the user's
+    ``on_step``/``on_epoch`` options (Lightning then reduces it over the epoch as usual); its ``name/node_std`` is
+    the std over those nodes of that step's values, or, when logged ``on_epoch``, the std over nodes of the
+    per-node epoch means (logged at the epoch's end); a Metric object is computed per node at the end of the
     training epoch.
 
     Args:
@@ -306,19 +307,19 @@ class LightningNodes:
 
     # -- reductions ---------------------------------------------------------------------------------------------
 
-    def step_values(self) -> dict[str, tuple[Tensor, Tensor | None, dict[str, Any]]]:
-        """After a training step: every number this step's nodes logged, as ``(values (m,), std or None, options)``
-        (std over this process's nodes of the step's values; ``None`` for names logged ``on_epoch``, whose std
-        comes at the epoch's end). Metric objects and epoch sums stay until :meth:`epoch_values`."""
+    def step_values(self) -> dict[str, tuple[list[float], list[int], dict[str, Any]]]:
+        """After a training step: every number this step's nodes logged, as ``(values, rows, options)``: the value
+        of each of this process's rows (``0 .. m-1``, ascending) that logged it this step (a node that skipped the
+        step logged nothing). The module reduces them over all n nodes. Metric objects and epoch sums stay until
+        :meth:`epoch_values`."""
         out = {}
         for name, record in self._records["train"].items():
             if not record.step_total:
                 continue
-            slots = sorted(record.step_total, key=str)
-            divisors = [1.0 if record.sums else max(record.step_weight[s], 1e-300) for s in slots]
-            values = torch.tensor([record.step_total[s] / divisor for s, divisor in zip(slots, divisors)])
-            epoch = bool(record.options.get("on_epoch", False))
-            out[name] = (values, None if epoch else values.std(correction=0), record.options)
+            rows = sorted(record.step_total)
+            divisors = [1.0 if record.sums else max(record.step_weight[r], 1e-300) for r in rows]
+            values = [record.step_total[r] / divisor for r, divisor in zip(rows, divisors)]
+            out[name] = (values, rows, record.options)
             record.step_total.clear()
             record.step_weight.clear()
             record.stepped = True

@@ -85,7 +85,8 @@ def quiet_trainer(world: int, timeout: float = 60.0, **kwargs) -> pl.Trainer:
 
 def lightning_module_run(world: int, out: Path) -> dict[str, float]:
     """8 steps of 4 nodes of :class:`DigitsClassifier` over ``world`` processes, then one validation; saves this
-    rank's node rows (``rows{rank}.pt``) and returns the validation metrics (equal on every rank)."""
+    rank's node rows (``rows{rank}.pt``) and returns the validation metrics and, prefixed ``fit/``, the fit's last
+    ``callback_metrics`` of training (the last step's; equal on every rank)."""
     trainer = quiet_trainer(
         world, max_steps=8, limit_val_batches=0, callbacks=[MosaicGossip(fragments=2, peers=1, seed=0)]
     )
@@ -95,10 +96,11 @@ def lightning_module_run(world: int, out: Path) -> dict[str, float]:
     module = MosaicModule(DigitsClassifier(), num_nodes=4, seed=0)
     data = DigitsDataModule(num_nodes=4, batch_size=8, seed=0, steps_per_epoch=4)
     trainer.fit(module, datamodule=data)
+    fitted = {f"fit/{k}": float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train")}
     evaluator = quiet_trainer(world)
     (metrics,) = evaluator.validate(module, datamodule=data, verbose=False)
     torch.save(module.gossip_parameters.detach().clone(), out / f"rows{trainer.global_rank}.pt")
-    return {k: float(v) for k, v in metrics.items()}
+    return {**fitted, **{k: float(v) for k, v in metrics.items()}}
 
 
 class GradientRecorder(pl.Callback):

@@ -300,11 +300,11 @@ def test_bad_argument_is_one_line_before_any_write(tmp_path, capsys, args, messa
 
 
 def test_shipped_analysis_config_parses():
-    from pathlib import Path
 
     from lightning_mosaic.analysis.cli import build_parser
+    from lightning_mosaic.recipes import CONFIGS_DIR
 
-    (config,) = sorted((Path(__file__).resolve().parents[1] / "configs" / "analysis").glob("*.yaml"))
+    (config,) = sorted((CONFIGS_DIR / "analysis").glob("*.yaml"))
     parsed = build_parser().parse_args(["--config", str(config)])
     assert (parsed.num_nodes, parsed.dim, parsed.fragments) == (50, 16, [1, 2, 4, 8, 16])
     assert len(parsed.systems) == 4

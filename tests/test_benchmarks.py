@@ -52,6 +52,10 @@ def test_every_ratio_is_finite_and_positive(smoke):
         ways = ("index_torch", "fused_tiles", "fused_sorted", "fused_contiguous", "dense", "picked")
         for key in [f"{way}_over_floor" for way in ways]:
             assert _positive(r[key]), (r["n"], r["K"], key, r[key])
+    backend = res["backend"]
+    assert {(r["n"], r["K"]) for r in backend["rows"]} == {(4, 1), (4, 2)}
+    assert all(_positive(r["torch_over_fused"]) and r["auto_picks"] == "torch" for r in backend["rows"])
+    assert backend["threshold_values"] in (None, 256, 1024)
     assert {r["model"] for r in res["execution"]} == {"gnlenet", "mlp"}
     assert all(_positive(r["loop_over_vmap"]) and r["default"] in ("vmap", "loop") for r in res["execution"])
     (scale,) = res["scale"]["rows"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,12 +10,12 @@ import torch
 from lightning_mosaic import MosaicFaults, MosaicGossip, MosaicModule
 from lightning_mosaic.cli import MosaicCLI, main
 from lightning_mosaic.data.base import NodeDataModule
+from lightning_mosaic.recipes import CONFIGS_DIR, RECIPES_DIR
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
-MODEL_PIECES = sorted((ROOT / "configs" / "model").glob("*.yaml"))
-DATA_PIECES = sorted((ROOT / "configs" / "data").glob("*.yaml"))
-TRAINER_PIECES = sorted((ROOT / "configs" / "trainer").glob("*.yaml"))
+RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
+MODEL_PIECES = sorted((CONFIGS_DIR / "model").glob("*.yaml"))
+DATA_PIECES = sorted((CONFIGS_DIR / "data").glob("*.yaml"))
+QUICKSTART = RECIPES_DIR / "quickstart.yaml"
 
 
 def instantiate(args: list[str]) -> MosaicCLI:
@@ -26,8 +25,14 @@ def instantiate(args: list[str]) -> MosaicCLI:
 
 
 def test_shipped_yaml_exists():
-    assert {p.name for p in RECIPES} >= {"quickstart.yaml", "cifar10_mosaic.yaml", "cifar10_el.yaml"}
-    assert MODEL_PIECES and DATA_PIECES and TRAINER_PIECES
+    assert {p.stem for p in RECIPES} == {
+        "quickstart",
+        "cifar10_mosaic",
+        "cifar100_mosaic",
+        "movielens_mosaic",
+        "movielens_genre",
+    }  # EL is a recipe with the gossip/el piece: --config cifar10_mosaic --config gossip/el
+    assert MODEL_PIECES and DATA_PIECES
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
@@ -42,40 +47,36 @@ def test_every_recipe_parses_and_instantiates(recipe):
     assert len(faults) == 1 and not faults[0].active  # no recipe needs the faults group: no fault by default
 
 
-@pytest.mark.parametrize(
-    "piece", MODEL_PIECES + DATA_PIECES + TRAINER_PIECES, ids=lambda p: p.parent.name + "/" + p.name
-)
+@pytest.mark.parametrize("piece", MODEL_PIECES + DATA_PIECES, ids=lambda p: p.parent.name + "/" + p.name)
 def test_every_config_piece_parses(piece):
     group = piece.parent.name
-    args = {"model": str(MODEL_PIECES[0]), "data": str(ROOT / "configs" / "data" / "digits.yaml")}
+    args = {"model": str(MODEL_PIECES[0]), "data": str(CONFIGS_DIR / "data" / "digits.yaml")}
     args[group] = str(piece)
     argv = [x for key, value in args.items() for x in (f"--{key}", value)]
-    if group == "trainer":
-        argv += ["--trainer", str(piece)]
     cli = instantiate(argv)
     assert isinstance(cli.model, MosaicModule)
 
 
 def test_unknown_key_and_bad_value_are_refused(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    text = (ROOT / "recipes" / "quickstart.yaml").read_text().replace("../configs", str(ROOT / "configs"))
-    bad.write_text(text.replace("peers: 3", "peers: 3\n  pears: 2"))
+    text = QUICKSTART.read_text().replace("../configs", str(CONFIGS_DIR))
+    bad.write_text(text.replace("gossip.fragments: 8", "gossip.fragments: 8\ngossip.pears: 2"))
     with pytest.raises(SystemExit):
         instantiate(["--config", str(bad)])
     assert "pears" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        instantiate(["--config", str(ROOT / "recipes" / "quickstart.yaml"), "--gossip.fragments", "many"])
+        instantiate(["--config", str(QUICKSTART), "--gossip.fragments", "many"])
     assert "fragments" in capsys.readouterr().err
 
 
 def test_override_reaches_the_callback():
-    cli = instantiate(["--config", str(ROOT / "recipes" / "quickstart.yaml"), "--gossip.fragments", "1"])
+    cli = instantiate(["--config", str(QUICKSTART), "--gossip.fragments", "1"])
     (gossip,) = [c for c in cli.trainer.callbacks if isinstance(c, MosaicGossip)]
     assert gossip.fragments == 1
 
 
 def test_fault_options_are_the_faults_group(capsys):
-    quickstart = ["--config", str(ROOT / "recipes" / "quickstart.yaml")]
+    quickstart = ["--config", str(QUICKSTART)]
     cli = instantiate(quickstart + ["--faults.availability", "0.9", "--faults.straggler_prob", "0.1"])
     (faults,) = [c for c in cli.trainer.callbacks if isinstance(c, MosaicFaults)]
     assert (faults.availability, faults.churn_trace, faults.straggler_prob, faults.seed) == (0.9, None, 0.1, 0)
@@ -85,19 +86,19 @@ def test_fault_options_are_the_faults_group(capsys):
 
 
 def test_a_run_with_faults_logs_offline_nodes_and_resumes(tmp_path, capsys):
-    base = ["fit", "--config", str(ROOT / "recipes" / "quickstart.yaml"), "--trainer.enable_progress_bar", "false"]
+    base = ["fit", "--config", str(QUICKSTART), "--trainer.enable_progress_bar", "false"]
     base += ["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.log_every_n_steps", "1"]
     base += ["--faults.availability", "0.8", "--faults.straggler_prob", "0.1", "--faults.seed", "2"]
-    main(base + ["--trainer.max_steps", "6"])
+    main(base + ["--trainer.max_steps", "10"])  # the recipe validates, and so checkpoints, every 10 rounds
     header = (tmp_path / "quickstart" / "version_0" / "metrics.csv").read_text().splitlines()[0]
     assert "gossip/offline_nodes" in header.split(",")
     (ckpt,) = (tmp_path / "quickstart").glob("version_0/checkpoints/*.ckpt")
-    main(base + ["--trainer.max_steps", "8", "--ckpt_path", str(ckpt)])
+    main(base + ["--trainer.max_steps", "12", "--ckpt_path", str(ckpt)])
     summary = json.loads((tmp_path / "quickstart" / "version_1" / "summary.json").read_text())
-    assert summary["rounds"] == 8
+    assert summary["rounds"] == 12
     assert summary["faults"] == {"availability": 0.8, "churn_trace": None, "straggler_prob": 0.1, "seed": 2}
     with pytest.raises(SystemExit) as exit_info:  # other fault settings: refused, naming the difference
-        main(base + ["--trainer.max_steps", "8", "--ckpt_path", str(ckpt), "--faults.seed", "3"])
+        main(base + ["--trainer.max_steps", "12", "--ckpt_path", str(ckpt), "--faults.seed", "3"])
     assert exit_info.value.code == 2
     assert "other fault settings (MosaicFaults), so it cannot continue this one: seed=2 in the checkpoint, 3 here" in (
         capsys.readouterr().err
@@ -110,7 +111,7 @@ def test_quickstart_learns_and_writes_its_summary(tmp_path, capsys):
         [
             "fit",
             "--config",
-            str(ROOT / "recipes" / "quickstart.yaml"),
+            str(QUICKSTART),
             "--trainer.logger.init_args.save_dir",
             str(tmp_path),
             "--trainer.enable_progress_bar",
@@ -147,7 +148,7 @@ def test_quickstart_learns_and_writes_its_summary(tmp_path, capsys):
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, override, message):
-    argv = ["fit", "--config", str(ROOT / "recipes" / "quickstart.yaml")]
+    argv = ["fit", "--config", str(QUICKSTART)]
     argv += ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.default_root_dir", str(tmp_path)]
     with pytest.raises(SystemExit) as exit_info:
         main(argv + override)
@@ -162,7 +163,7 @@ def test_a_bad_churn_trace_is_one_line_and_writes_nothing(tmp_path, capsys):
     trace = tmp_path / "trace" / "trace.csv"
     trace.parent.mkdir()
     trace.write_text("node,first_round,last_round\n99,1,3\n")
-    argv = ["fit", "--config", str(ROOT / "recipes" / "quickstart.yaml"), "--faults.churn_trace", str(trace)]
+    argv = ["fit", "--config", str(QUICKSTART), "--faults.churn_trace", str(trace)]
     argv += ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.default_root_dir", str(tmp_path)]
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -178,13 +179,13 @@ def test_yaml_model_is_initialized_from_the_module_seed_not_the_global_rng():
     from lightning_mosaic.models import MLP
 
     torch.manual_seed(12345)  # a different global state must not matter
-    cli = instantiate(["--config", str(ROOT / "recipes" / "quickstart.yaml"), "--seed_everything", "7"])
+    cli = instantiate(["--config", str(QUICKSTART), "--seed_everything", "7"])
     python = MosaicModule(MLP, 16, seed=0)
     assert torch.equal(cli.model.gossip_parameters, python.gossip_parameters)
 
 
 def test_resume_from_the_command_line_and_truncated_checkpoint(tmp_path, capsys):
-    base = ["fit", "--config", str(ROOT / "recipes" / "quickstart.yaml"), "--trainer.enable_progress_bar", "false"]
+    base = ["fit", "--config", str(QUICKSTART), "--trainer.enable_progress_bar", "false"]
     base += ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
     main(base + ["--trainer.max_steps", "60"])
     (ckpt,) = (tmp_path / "runs").glob("quickstart/version_0/checkpoints/*.ckpt")

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from lightning_mosaic.cli import SUBCOMMANDS, MosaicCLI, main
+from lightning_mosaic.recipes import CONFIGS_DIR, RECIPES_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = str(ROOT / "recipes" / "quickstart.yaml")
+QUICKSTART = str(RECIPES_DIR / "quickstart.yaml")
 
 
 def mosaic(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -31,7 +32,7 @@ def mosaic(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def recipe_copy(folder: Path, old: str, new: str) -> Path:
     """The quickstart recipe with ``old`` replaced by ``new``, its config pieces found from ``folder``."""
-    text = Path(QUICKSTART).read_text().replace("../configs", str(ROOT / "configs"))
+    text = Path(QUICKSTART).read_text().replace("../configs", str(CONFIGS_DIR))
     assert old in text
     path = folder / "recipe.yaml"
     path.write_text(text.replace(old, new))
@@ -45,7 +46,7 @@ def recipe_copy(folder: Path, old: str, new: str) -> Path:
         ("missing config", ["config: File does not exist", "nowhere.yaml"]),
         ("wrong type in YAML", ["gossip.fragments: expected int, got 'eight'", "(reading "]),
         ("wrong type on the command line", ["gossip.fragments: expected int, got 'eight'"]),
-        ("malformed YAML", ["recipe.yaml: not valid YAML: ", "line 21"]),
+        ("malformed YAML", ["recipe.yaml: not valid YAML: ", "line 13"]),
         ("unknown key in YAML", ["gossip.pears: not an option of mosaic fit", "did you mean gossip.peers?"]),
         ("unknown subcommand", ["unknown subcommand 'fitt'", "did you mean fit?"]),
     ],
@@ -55,8 +56,8 @@ def test_a_parser_error_is_one_line_with_a_hint_and_writes_nothing(tmp_path, cas
     config.mkdir()
     bad_yaml = {
         "wrong type in YAML": ("fragments: 8", "fragments: eight"),
-        "malformed YAML": ("peers: 3", "peers: [3"),
-        "unknown key in YAML": ("peers: 3", "peers: 3\n  pears: 2"),
+        "malformed YAML": ("gossip.fragments: 8", "gossip.fragments: [8"),
+        "unknown key in YAML": ("gossip.fragments: 8", "gossip.fragments: 8\ngossip.pears: 2"),
     }
     args = {
         "unknown option": ["fit", "--config", QUICKSTART, "--gossip.fragmnets", "4"],
@@ -82,7 +83,7 @@ def test_help_lists_every_subcommand(tmp_path):
     result = mosaic(["--help"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     listed = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")]
-    assert listed == ["fit", "validate", "test", "predict", "reproduce", "analyze"]
+    assert listed == ["fit", "validate", "test", "predict", "reproduce", "analyze", "recipes"]
     assert result.stderr == "" and list(tmp_path.iterdir()) == []
 
 
@@ -153,6 +154,24 @@ def test_errors_in_class_arguments_name_the_key_and_the_class(tmp_path, capsys, 
         main(["fit", "--config", QUICKSTART, *override])
     assert info.value.code == 2
     assert capsys.readouterr().err.splitlines() == [f"mosaic: error: {line}", hint]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        (["--trainer.devices", "0"], "`Trainer(devices='0')` value is not a valid input using cpu accelerator"),
+        (["--trainer.accelerator", "nope"], "nope"),
+    ],
+)
+def test_a_trainer_misconfiguration_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, override, reason):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", QUICKSTART, *override])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("mosaic: error: ") and reason in err[0], err
+    assert len(err) == 2 and "Traceback" not in "\n".join(err)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -22,9 +22,10 @@ import torch.multiprocessing as mp
 # Only pure modules at import time: spawned workers re-import this file, and Lightning takes seconds to import.
 from lightning_mosaic.distributed import ShardedMixer, node_bounds
 from lightning_mosaic.gossip import FragmentGossip
+from lightning_mosaic.recipes import RECIPES_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
+QUICKSTART = RECIPES_DIR / "quickstart.yaml"
 
 
 def free_port() -> int:
@@ -61,6 +62,35 @@ def test_the_strategy_says_which_nodes_a_process_holds():
     ddp = SimpleNamespace(world_size=2, strategy=DDPStrategy())
     with pytest.raises(ValueError, match=r"7 nodes over 2 processes need Trainer\(strategy='mosaic'\).*DDPStrategy"):
         local_nodes(ddp, 7)
+
+
+def test_the_trainer_is_checked_before_any_process_starts():
+    from types import SimpleNamespace
+
+    from lightning.fabric.plugins.environments import LightningEnvironment, TorchElasticEnvironment
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from lightning_mosaic.distributed.strategy import MosaicStrategy, check_trainer, launches_the_processes
+
+    def trainer(strategy, world=2):
+        strategy.cluster_environment = LightningEnvironment()
+        strategy.cluster_environment.set_world_size(world)  # what Trainer sets at construction
+        return SimpleNamespace(world_size=world, global_rank=0, strategy=strategy)
+
+    check_trainer(trainer(MosaicStrategy()), 16, use_distributed_sampler=False)
+    check_trainer(SimpleNamespace(world_size=1, strategy=None), 16, use_distributed_sampler=True)
+    with pytest.raises(ValueError, match=r"16 nodes over 2 processes need Trainer\(strategy='mosaic'\)"):
+        check_trainer(trainer(DDPStrategy()), 16, use_distributed_sampler=False)
+    with pytest.raises(ValueError, match=r"world_size must be an integer in \[1, 2\].*num_nodes=2"):
+        check_trainer(trainer(MosaicStrategy(), world=3), 2, use_distributed_sampler=False)
+    for world in (1, 2):  # one process too: Lightning wraps the loaders of any DDP-like strategy
+        with pytest.raises(ValueError, match=r"needs Trainer\(use_distributed_sampler=False\)"):
+            check_trainer(trainer(MosaicStrategy(), world), 16, use_distributed_sampler=True)
+
+    assert launches_the_processes(SimpleNamespace(world_size=1, strategy=None))
+    assert launches_the_processes(trainer(MosaicStrategy()))  # Lightning starts the others from this process
+    elastic = SimpleNamespace(world_size=2, strategy=SimpleNamespace(cluster_environment=TorchElasticEnvironment()))
+    assert not launches_the_processes(elastic)  # torchrun started every process
 
 
 def test_a_multi_process_checkpoint_is_refused_in_one_process():
@@ -195,9 +225,10 @@ def _parameters(run: Path, step: int) -> torch.Tensor:
     return torch.cat([s["state_dict"]["replicas.flat"] for s in states])
 
 
-def _logged_consensus(run: Path) -> dict[int, float]:
+def _logged(run: Path, name: str) -> dict[int, float]:
+    """``name``'s value at every logged training step of the run's ``metrics.csv`` (rank 0's logger)."""
     rows = csv.DictReader((run / "metrics.csv").open())
-    return {int(r["step"]): float(r["gossip/consensus_distance"]) for r in rows if r.get("gossip/round")}
+    return {int(r["step"]): float(r[name]) for r in rows if r.get("gossip/round")}
 
 
 SUMMARY_KEYS = ("node_acc_mean", "node_acc_std", "avg_model_acc", "val_loss", "consensus_distance", "rounds")
@@ -221,11 +252,13 @@ def test_sharded_run_equals_single_process_run(tmp_path, world, single_process_r
     run = _run_dir(tmp_path / "runs")
     for step in (20, steps):
         torch.testing.assert_close(_parameters(run, step), _parameters(single_process_run, step), rtol=1e-5, atol=1e-6)
-    # the per-round consensus distance logged by rank 0 is over all n nodes: the single-process values
-    logged, expected_log = _logged_consensus(run), _logged_consensus(single_process_run)
-    assert logged and all(step in expected_log for step in logged)
-    for step, value in logged.items():
-        assert value == pytest.approx(expected_log[step], rel=1e-5), step
+    # what rank 0 logs is over all n nodes: the single-process values, the training loss included (with 3
+    # processes the blocks hold 5, 5 and 6 nodes, so a mean of the processes' means would differ)
+    for name in ("gossip/consensus_distance", "train/loss"):
+        logged, expected_log = _logged(run, name), _logged(single_process_run, name)
+        assert len(logged) == steps // 10 and all(step in expected_log for step in logged), name
+        for step, value in logged.items():
+            assert value == pytest.approx(expected_log[step], rel=1e-5), (name, step)
     if world == 2:
         summary = json.loads((run / "summary.json").read_text())
         expected = json.loads((single_process_run / "summary.json").read_text())
@@ -295,9 +328,12 @@ def _launch_worker(*args: str, timeout: float) -> list[subprocess.CompletedProce
 def test_a_rank_that_dies_or_hangs_fails_the_others_naming_it_and_the_round(fault):
     rank0, rank1 = _launch_worker("--fault", fault, "--fault-step", "5", "--timeout", "5", timeout=240)
     assert rank0.returncode != 0
-    assert "GossipCommunicationError: rank 0 of 2: gossip round 6 (global step 6) failed: rank(s) [1] did not" in (
-        rank0.stderr
-    )
+    # rank 0's next collective after rank 1 stopped in step 5: the all-reduce of train/loss in step 6's training step
+    # (before that step's gossip round)
+    assert (
+        "CommunicationError: rank 0 of 2: the all-reduce of train/loss at global step 5 failed: rank(s) [1] did not"
+        in rank0.stderr
+    ), rank0.stderr[-3000:]
     if fault == "die":
         assert rank1.returncode == 3
 
@@ -336,6 +372,8 @@ def test_a_lightning_module_as_nodes_over_two_processes_equals_one_process(tmp_p
     rows = torch.cat([torch.load(sharded / f"rows{rank}.pt") for rank in range(2)])
     torch.testing.assert_close(rows, torch.load(single / "rows0.pt"), rtol=1e-5, atol=1e-6)
     assert {"val_acc", "val_acc/node_std", "val_acc/avg_model", "val_loss/node_std"} <= set(expected)
+    # the last training step's values are over all 4 nodes too (not over the 2 of a process)
+    assert {"fit/train/loss", "fit/train_loss", "fit/train_loss/node_std"} <= set(expected)
     for rank in range(2):
         metrics = torch.load(sharded / f"metrics{rank}.pt")
         assert set(metrics) == set(expected)

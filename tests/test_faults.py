@@ -372,7 +372,7 @@ def test_two_processes_draw_the_faults_of_one_process(tmp_path):
             "lightning_mosaic.cli",
             "fit",
             "--config",
-            str(root / "recipes/quickstart.yaml"),
+            "quickstart",
         ]
         command += ["--trainer.max_steps", "10", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar"]
         command += ["false", "--trainer.logger.init_args.save_dir", str(save_dir)]

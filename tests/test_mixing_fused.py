@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_mosaic.gossip import FragmentGossip, fused, make_fragmentation, mix_received_, sample_receivers
-from lightning_mosaic.gossip.mixing import default_backend, workspace_size
+from lightning_mosaic.gossip import FragmentGossip, fused, make_fragmentation, mix_received_, mixing, sample_receivers
+from lightning_mosaic.gossip.mixing import FUSED_MIN_VALUES, default_backend, workspace_size
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="numba is a dependency; this checks an install without")
 
@@ -79,9 +79,11 @@ def test_fused_float64_noncontiguous_and_nan_isolation():
     assert torch.isnan(x[5]).all() and torch.isfinite(x[torch.arange(12) != 5]).all()
 
 
-def test_protocol_uses_fused_on_cpu_and_results_match_torch_backend():
-    """FragmentGossip's index kernel goes through the fused backend on CPU; 30 rounds equal the torch backend's."""
+def test_protocol_uses_fused_on_cpu_and_results_match_torch_backend(monkeypatch):
+    """FragmentGossip's index kernel goes through the fused backend on CPU (from the threshold on, lowered here to
+    keep the test small); 30 rounds equal the torch backend's."""
     x = torch.randn(40, 3_000, generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(mixing, "FUSED_MIN_VALUES", x.numel())
     assert default_backend(x) == "fused"
     gossip = FragmentGossip([3_000], 40, fragments=8, peers=3, kernel="index", seed=4)
     reference = FragmentGossip([3_000], 40, fragments=8, peers=3, kernel="index", seed=4)
@@ -135,3 +137,30 @@ def test_default_strategy_follows_run_length():
     assert fused.default_strategy(16, 8) == "tiles"  # 16,384 columns per tile: 2,048 per fragment
     assert fused.default_strategy(1024, 8) == "sorted"  # 256 columns per tile: 32 per fragment
     assert fused.tile_width(16, 4) * 16 * 4 == fused.TILE_BYTES
+
+
+def test_auto_backend_is_fused_from_the_threshold_on(monkeypatch):
+    """``backend="auto"`` runs the torch backend below :data:`FUSED_MIN_VALUES` values per round (the quickstart's
+    16 x 4,810) and the fused one from there on (CPU float32/float64); the results are the same either way."""
+    n = 16
+    d = -(-FUSED_MIN_VALUES // n)  # the smallest d with n * d >= the threshold
+    assert n * 4_810 < FUSED_MIN_VALUES
+    assert default_backend(torch.empty(n, d - 1)) == "torch"
+    assert default_backend(torch.empty(n, d)) == "fused"
+    assert default_backend(torch.empty(n, d, dtype=torch.float64)) == "fused"
+    assert default_backend(torch.empty(n, d, dtype=torch.bfloat16)) == "torch"
+    assert default_backend(torch.empty(1, FUSED_MIN_VALUES)) == "fused"  # the count of values, whatever the shape
+    calls = []
+    run_fused = fused.mix_received_fused_
+    monkeypatch.setattr(fused, "mix_received_fused_", lambda *args: calls.append(args[0].shape) or run_fused(*args))
+    for columns in (d - 1, d):
+        x, receivers, delivered, frag = _round(n, [columns], 8, "random", 3, 0.1, seed=columns)
+        expected = x.clone()
+        mix_received_(expected, receivers, delivered, frag, backend="torch")
+        mix_received_(x, receivers, delivered, frag)  # auto
+        assert torch.equal(x, expected)
+    assert calls == [(n, d)]
+    # an explicit "fused" runs at any size
+    x, receivers, delivered, frag = _round(4, [10], 2, "random", 1, 0.0, seed=0)
+    mix_received_(x, receivers, delivered, frag, backend="fused")
+    assert calls == [(n, d), (4, 10)]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -16,6 +14,7 @@ from lightning_mosaic.callbacks import NonFiniteParametersError
 from lightning_mosaic.data import DigitsDataModule
 from lightning_mosaic.gossip import consensus_distance
 from lightning_mosaic.models import MLP
+from lightning_mosaic.recipes import RECIPES_DIR
 
 
 def trainer(tmp_path, max_steps: int, callbacks=(), **kwargs) -> Trainer:
@@ -241,7 +240,7 @@ def test_scheduler_from_yaml(tmp_path):
         run=False,
         args=[
             "--config",
-            str(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"),
+            str(RECIPES_DIR / "quickstart.yaml"),
             "--model.init_args.lr_scheduler",
             "torch.optim.lr_scheduler.CosineAnnealingLR",
             "--model.init_args.lr_scheduler.init_args.T_max",

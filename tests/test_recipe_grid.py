@@ -1,9 +1,10 @@
 """The recipe grid: every task x K x alpha is a task recipe plus two partial configs, stacked with ``--config``.
 
-``mosaic fit --config recipes/<task>.yaml --config configs/gossip/<K>.yaml --config configs/partition/<alpha>.yaml``:
-each piece sets one value (``gossip.fragments``, ``data.init_args.alpha``) and later files override earlier ones key
-by key, so everything else (the datamodule and its data_dir, batch size, ...; peers, topology, trainer) stays the
-recipe's. Every combination is parsed by the real ``mosaic`` parser (no training); a few are instantiated.
+``mosaic fit --config <task recipe> --config gossip/<K> --config partition/<alpha>`` (shipped names, or their paths
+``lightning_mosaic/recipes/<task>.yaml``, ``lightning_mosaic/configs/gossip/<K>.yaml``, ...): each piece sets one
+value (``gossip.fragments``, ``data.init_args.alpha``) and later files override earlier ones key by key, so
+everything else (the datamodule and its data_dir, batch size, ...; peers, topology, trainer) stays the recipe's.
+Every combination is parsed by the real ``mosaic`` parser (no training); a few are instantiated.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import yaml
 from lightning_mosaic import MosaicGossip, MosaicModule
 from lightning_mosaic.cli import MosaicCLI
 from lightning_mosaic.data.base import NodeDataModule
+from lightning_mosaic.recipes import CONFIGS_DIR, RECIPES_DIR
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ROOT / "recipes"
+RECIPES = RECIPES_DIR
 #: The base recipe of each task in the grid. MovieLens: genre-skewed nodes, where alpha means what it means for the
 #: image tasks (movielens_mosaic.yaml spreads users evenly; a numeric alpha there only skews node sizes).
 TASKS = {
@@ -29,14 +30,8 @@ TASKS = {
     "cifar100": RECIPES / "cifar100_mosaic.yaml",
     "movielens": RECIPES / "movielens_genre.yaml",
 }
-#: The K = 1 recipes: a Mosaic recipe with configs/gossip/el.yaml (and their own run name).
-EL_RECIPES = {
-    "cifar10_el": RECIPES / "cifar10_mosaic.yaml",
-    "cifar100_el": RECIPES / "cifar100_mosaic.yaml",
-    "movielens_el": RECIPES / "movielens_mosaic.yaml",
-}
-GOSSIP_PIECES = sorted((ROOT / "configs" / "gossip").glob("*.yaml"))
-PARTITION_PIECES = sorted((ROOT / "configs" / "partition").glob("*.yaml"))
+GOSSIP_PIECES = sorted((CONFIGS_DIR / "gossip").glob("*.yaml"))
+PARTITION_PIECES = sorted((CONFIGS_DIR / "partition").glob("*.yaml"))
 #: The only keys a gossip piece and a partition piece may change.
 GRID_KEYS = {"gossip.fragments", "data.init_args.alpha"}
 
@@ -75,8 +70,8 @@ def argv(*paths: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def cli() -> MosaicCLI:
     """The real CLI, fully instantiated from one composed combination (digits, K = 16, IID); its parser is reused."""
-    gossip = ROOT / "configs" / "gossip" / "mosaic_k16.yaml"
-    partition = ROOT / "configs" / "partition" / "iid.yaml"
+    gossip = CONFIGS_DIR / "gossip" / "mosaic_k16.yaml"
+    partition = CONFIGS_DIR / "partition" / "iid.yaml"
     return MosaicCLI(
         MosaicModule,
         NodeDataModule,
@@ -130,7 +125,7 @@ def test_every_task_k_alpha_combination_composes(cli, recipe_settings, task, gos
 
 def test_a_partial_data_piece_keeps_every_other_data_setting(cli, recipe_values):
     """Stated explicitly: alpha 0.5 on CIFAR-10 keeps data_dir, batch size, test subset, n and seed."""
-    values = leaves(cli.parser.parse_args(argv(TASKS["cifar10"], ROOT / "configs" / "partition" / "alpha_0.5.yaml")))
+    values = leaves(cli.parser.parse_args(argv(TASKS["cifar10"], CONFIGS_DIR / "partition" / "alpha_0.5.yaml")))
     assert values["data.init_args.alpha"] == 0.5
     for key in ("class_path", "init_args.data_dir", "init_args.batch_size", "init_args.test_subset"):
         assert values[f"data.{key}"] == recipe_values["cifar10"][f"data.{key}"]
@@ -140,23 +135,16 @@ def test_a_partial_data_piece_keeps_every_other_data_setting(cli, recipe_values)
 
 def test_pieces_given_before_the_recipe_are_overridden_by_it(cli, recipe_values):
     """Order matters: later files win, so the pieces go after the recipe (as documented)."""
-    before = argv(ROOT / "configs" / "gossip" / "mosaic_k2.yaml", ROOT / "configs" / "partition" / "iid.yaml")
+    before = argv(CONFIGS_DIR / "gossip" / "mosaic_k2.yaml", CONFIGS_DIR / "partition" / "iid.yaml")
     values = leaves(cli.parser.parse_args(before + argv(TASKS["cifar10"])))
     assert values == recipe_values["cifar10"]  # K = 8 and alpha 0.1 from the recipe
-
-
-@pytest.mark.parametrize("el_recipe", sorted(EL_RECIPES))
-def test_el_recipes_are_a_mosaic_recipe_with_the_el_piece(cli, el_recipe):
-    el = leaves(cli.parser.parse_args(argv(RECIPES / f"{el_recipe}.yaml")))
-    composed = leaves(cli.parser.parse_args(argv(EL_RECIPES[el_recipe], ROOT / "configs" / "gossip" / "el.yaml")))
-    assert {key for key in el if el[key] != composed[key]} == {"trainer.logger.init_args.name"}
 
 
 def test_movielens_genre_is_movielens_mosaic_with_genre_skew(cli, recipe_values):
     """The grid's MovieLens base differs from movielens_mosaic.yaml only in the split, alpha, lr and run name."""
     users = leaves(cli.parser.parse_args(argv(RECIPES / "movielens_mosaic.yaml")))
     genre = recipe_values["movielens"]
-    keys = (users.keys() | genre.keys()) - {"model.__path__", "data.__path__"}  # genre inlines the two pieces
+    keys = users.keys() | genre.keys()
     assert {key: genre.get(key) for key in keys if genre.get(key) != users.get(key)} == {
         "trainer.logger.init_args.name": "movielens_genre",
         "data.init_args.node_split": "genre",
@@ -178,8 +166,8 @@ def test_the_fixture_combination_instantiates(cli):
 )
 def test_one_combination_per_task_instantiates(cli, recipe_values, task, gossip, partition):
     """The composed config builds its classes (constructors only: no data is read)."""
-    gossip_piece = ROOT / "configs" / "gossip" / f"{gossip}.yaml"
-    partition_piece = ROOT / "configs" / "partition" / f"{partition}.yaml"
+    gossip_piece = CONFIGS_DIR / "gossip" / f"{gossip}.yaml"
+    partition_piece = CONFIGS_DIR / "partition" / f"{partition}.yaml"
     config = cli.parser.parse_args(argv(TASKS[task], gossip_piece, partition_piece))
     assert config.model.init_args.num_nodes == config.data.init_args.num_nodes == 16  # linked
     objects = instantiate(cli.parser, config)

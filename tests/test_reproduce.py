@@ -31,7 +31,7 @@ def grid_run(tmp_path_factory):
     """
     out = tmp_path_factory.mktemp("reproduce") / "report"
     argv = ["reproduce", "--task", "digits", "--fragments", "1", "4", "--seeds", "2", "--rounds", "10"]
-    argv += ["--out", str(out), "--", "--data.init_args.steps_per_epoch", "5"]
+    argv += ["--out", str(out), "--", "--data.init_args.steps_per_epoch", "5", "--trainer.val_check_interval", "5"]
     with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings(record=True) as caught:
         patch.setattr(sys, "argv", ["mosaic", *argv])
         warnings.simplefilter("always")
@@ -60,7 +60,7 @@ def test_reproduce_runs_the_grid_writes_the_report_and_resumes(grid_run, capsys)
         assert (out / f"{name}.png").stat().st_size > 1000
     rows = list(csv.DictReader((out / "curves.csv").open()))
     validation = {(r["fragments"], r["round"]) for r in rows if r["metric"] == "val/node_acc_mean"}
-    assert validation == {(k, r) for k in ("1", "4") for r in ("5", "10")}  # every 5 rounds (epochs of 5 steps)
+    assert validation == {(k, r) for k in ("1", "4") for r in ("5", "10")}  # every 5 rounds (val_check_interval)
     assert all(r["seeds"] == "2" and float(r["std"]) >= 0 for r in rows)
     # logged by the gossip every 10 rounds and by every validation
     assert {r["round"] for r in rows if r["metric"] == "gossip/consensus_distance"} == {"5", "10"}
@@ -130,7 +130,10 @@ def test_report_states_the_setup_read_from_every_run(grid_run):
     assert setup["model"].startswith("lightning_mosaic.models.MLP(in_features=64, num_classes=10, hidden=[64])")
     assert setup["model"].endswith(f"d = {d:,} parameters per node") and d == summary["parameters_per_node"]
     assert setup["data"] == "lightning_mosaic.data.DigitsDataModule, no data folder (not an argument)"
-    assert setup["validation"].startswith("every 5 rounds (rounds 5, 10); trainer.check_val_every_n_epoch 1")
+    assert setup["validation"] == (
+        "every 5 rounds (rounds 5, 10); trainer.check_val_every_n_epoch null, trainer.val_check_interval 5, "
+        "data.init_args.steps_per_epoch 5"
+    )
     assert setup["final metrics"] == "from the validation after local step 10 (of 10)"
     assert setup["fault model"].startswith("none ")
     assert "differs between runs" not in report

@@ -1,7 +1,7 @@
 """``mosaic analyze``: the spectral and consensus analysis of quadratic systems (paper figures 2 and 3) and the
 consensus distance measured in training, as PNG figures and CSV files.
 
-``mosaic analyze --config configs/analysis/paper_fig2_fig3.yaml --output_dir analysis``. The arguments are those of
+``mosaic analyze --config analysis/paper_fig2_fig3 --output_dir analysis``. The arguments are those of
 :func:`analyze` (jsonargparse reads their types and docstrings; ``--help`` lists them, ``--print_config`` prints a
 YAML to start from). No Lightning import: this runs on the pure numerical code of :mod:`lightning_mosaic.analysis`.
 """

@@ -20,7 +20,7 @@ from lightning_mosaic.callbacks.faults import (
     faults_configured,
 )
 from lightning_mosaic.callbacks.target import GossipTarget, as_gossip_target
-from lightning_mosaic.distributed.diagnosis import unresponsive_ranks
+from lightning_mosaic.distributed.diagnosis import CommunicationError, describe_failure
 from lightning_mosaic.distributed.exchange import ShardedMixer
 from lightning_mosaic.distributed.sharding import node_bounds
 from lightning_mosaic.distributed.strategy import check_multiprocess_module
@@ -38,7 +38,7 @@ class NonFiniteParametersError(FloatingPointError):
     """Some nodes hold NaN or Inf parameters before a gossip round; raised before anything is sent."""
 
 
-class GossipCommunicationError(RuntimeError):
+class GossipCommunicationError(CommunicationError):
     """A multi-process gossip round failed: another rank died, hung past the timeout, or the network failed."""
 
 
@@ -306,17 +306,8 @@ class MosaicGossip(Callback):
         return self._distance(good, nodes, sharded=sharded)
 
     def _communication_error(self, error: BaseException, round_: int, step: int) -> GossipCommunicationError:
-        missing = unresponsive_ranks(f"round-{round_}")
-        who = (
-            "the rank hosting the rendezvous store (rank 0) is unreachable"
-            if missing is None
-            else f"rank(s) {missing} did not reach it (died, hung or were killed; see their logs)"
-            if missing
-            else "every rank reached it (a network or backend failure)"
-        )
         return GossipCommunicationError(
-            f"rank {self._rank} of {self._world_size}: gossip round {round_} (global step {step}) failed: {who}. "
-            f"Cause: {error}"
+            describe_failure(error, f"gossip round {round_} (global step {step})", f"round-{round_}")
         )
 
     def _nonfinite(self, local: Tensor, num_nodes: int) -> tuple[Tensor, bool]:

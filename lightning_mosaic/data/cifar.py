@@ -20,6 +20,7 @@ from lightning_mosaic.data.cache import (
     fingerprint_files,
     load_or_build,
 )
+from lightning_mosaic.data.download import download_into
 from lightning_mosaic.data.images import (
     InMemoryImageDataset,
     RandomCropFlip,
@@ -156,10 +157,13 @@ class CIFARDataModule(NodeDataModule):
 
     def _download(self) -> None:
         dataset = self._torchvision_class()
+
+        def fetch(folder: Path) -> None:
+            dataset(root=str(folder), train=True, download=True)
+            dataset(root=str(folder), train=False, download=True)
+
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            dataset(root=str(self.data_dir), train=True, download=True)
-            dataset(root=str(self.data_dir), train=False, download=True)
+            download_into(self.data_dir, fetch)  # nothing is written under data_dir unless the download completes
         except Exception as exc:
             raise FileNotFoundError(
                 f"{self.dataset_name} not found under {self.data_dir} and the torchvision download failed "
@@ -177,13 +181,7 @@ class CIFARDataModule(NodeDataModule):
                 "Downloading is off (download=False): pass download=True to fetch the canonical files with "
                 "torchvision, or extract an ImageFolder tree (train/<class>/*, test/<class>/*) into data_dir."
             )
-        created = not self.data_dir.exists()
-        try:
-            self._download()
-        except BaseException:
-            if created and self.data_dir.is_dir() and not any(self.data_dir.iterdir()):
-                self.data_dir.rmdir()  # leave no empty folder behind a failed download
-            raise
+        self._download()
         found = self._find()
         if found is None:  # pragma: no cover - torchvision reported success but left no files
             raise FileNotFoundError(

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, Subset
 
 from lightning_mosaic._validation import check_int
 from lightning_mosaic.data.base import NodeDataModule
+from lightning_mosaic.data.download import download_into
 from lightning_mosaic.data.gather import TensorRowsDataset
 from lightning_mosaic.data.movielens_files import (
     VARIANTS,
@@ -213,15 +214,15 @@ class MovieLensDataModule(NodeDataModule):
                 "or point data_dir at an extracted one."
             )
         spec = VARIANTS["100k" if self.variant == "auto" else self.variant]
-        created = not self.data_dir.exists()
-        try:
+
+        def fetch(folder: Path) -> None:
             from torchvision.datasets.utils import download_and_extract_archive
 
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            download_and_extract_archive(spec.url, download_root=str(self.data_dir), md5=spec.md5, remove_finished=True)
+            download_and_extract_archive(spec.url, download_root=str(folder), md5=spec.md5, remove_finished=True)
+
+        try:
+            download_into(self.data_dir, fetch)  # nothing is written under data_dir unless the download completes
         except Exception as exc:
-            if created and self.data_dir.is_dir() and not any(self.data_dir.iterdir()):
-                self.data_dir.rmdir()  # leave no empty folder behind a failed download
             raise FileNotFoundError(
                 f"MovieLens not found under {self.data_dir} and the download of {spec.url} failed "
                 f"({type(exc).__name__}: {exc}). Looked for:\n{self._looked_for()}"

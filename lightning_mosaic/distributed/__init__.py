@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lightning_mosaic.distributed.diagnosis import CommunicationError
 from lightning_mosaic.distributed.exchange import ExchangeStats, ShardedMixer
 from lightning_mosaic.distributed.sharding import (
     ShardedConsensusDistance,
@@ -19,6 +20,7 @@ from lightning_mosaic.distributed.sharding import (
 )
 
 __all__ = [
+    "CommunicationError",
     "ExchangeStats",
     "MosaicStrategy",
     "ShardedConsensusDistance",

@@ -7,9 +7,18 @@ never appears died or hang. Nothing is written in the normal path, so this costs
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import torch.distributed as dist
+
+
+class CommunicationError(RuntimeError):
+    """A collective of a multi-process run failed: another rank died, hung past the timeout, or the network failed.
+
+    The message names this rank, the operation and the global step, and which ranks did not reach it.
+    """
 
 
 def unresponsive_ranks(tag: str, wait_s: float = 5.0) -> list[int] | None:
@@ -38,3 +47,39 @@ def unresponsive_ranks(tag: str, wait_s: float = 5.0) -> list[int] | None:
             time.sleep(0.1)
     except Exception:  # the store is gone with the rank that hosted it, or was never reachable
         return None
+
+
+def describe_failure(error: BaseException, what: str, tag: str) -> str:
+    """``"rank R of W: WHAT failed: WHO. Cause: ERROR"``, where WHO names the ranks that did not report ``tag``
+    (:func:`unresponsive_ranks`; every surviving rank must call it with the same ``tag``)."""
+    missing = unresponsive_ranks(tag)
+    who = (
+        "the rank hosting the rendezvous store (rank 0) is unreachable"
+        if missing is None
+        else f"rank(s) {missing} did not reach it (died, hung or were killed; see their logs)"
+        if missing
+        else "every rank reached it (a network or backend failure)"
+    )
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    return f"rank {rank} of {world}: {what} failed: {who}. Cause: {error}"
+
+
+@contextlib.contextmanager
+def diagnosed(what: str, tag: str, error_type: type[CommunicationError] = CommunicationError) -> Iterator[None]:
+    """Run one or more collectives; if one fails, raise ``error_type`` naming the ranks that did not reach it.
+
+    Args:
+        what: The operation, for the message (e.g. ``"the all-reduce of train/loss at global step 6"``).
+        tag: Names the operation in the store; the same on every rank (e.g. ``"train-loss-6"``).
+        error_type: :class:`CommunicationError` or a subclass of it.
+
+    Raises:
+        CommunicationError: (``error_type``) from the ``RuntimeError`` (e.g. ``torch.distributed.DistBackendError``)
+            of the failed collective.
+    """
+    try:
+        yield
+    except CommunicationError:
+        raise
+    except RuntimeError as error:  # DistBackendError is a RuntimeError
+        raise error_type(describe_failure(error, what, tag)) from error

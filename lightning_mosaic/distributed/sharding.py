@@ -7,6 +7,8 @@ w does not divide n, and every rank holds at least one node (n >= w is required)
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -59,6 +61,38 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     if distributed_world()[1] > 1:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
+
+
+def all_node_values(local: Tensor, first_node: int, num_nodes: int, *, sharded: bool) -> Tensor:
+    """Per-node values of all n nodes from every rank's own nodes: ``(..., m)`` here -> ``(..., n)`` everywhere.
+
+    Args:
+        local: ``(..., m)`` values of this rank's nodes ``first_node, ..., first_node + m - 1`` (last dimension).
+        first_node: Global index of this rank's first node.
+        num_nodes: n.
+        sharded: Whether the nodes are spread over the ranks (one all-reduce of ``(..., n)``: every rank must call
+            it); otherwise ``local`` holds all n nodes and is returned as is.
+
+    Returns:
+        ``(..., n)`` in ``local``'s dtype and device, the same on every rank: the slots of other ranks' nodes hold
+        their values (zeros before the sum), so a reduction over it runs in the single-process order.
+    """
+    if not sharded:
+        return local
+    full = local.new_zeros((*local.shape[:-1], num_nodes))
+    full[..., first_node : first_node + local.shape[-1]] = local
+    return all_reduce_sum(full)
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order: one ``all_gather_object`` (every rank must call it);
+    ``[obj]`` without a process group."""
+    world = distributed_world()[1]
+    if world < 2:
+        return [obj]
+    everyone: list[Any] = [None] * world
+    dist.all_gather_object(everyone, obj)
+    return everyone
 
 
 def broadcast_first_row_(rows: Tensor) -> None:

@@ -27,6 +27,13 @@ RANK_STATES_KEY = "mosaic_rank_states"
 DEFAULT_TIMEOUT_S = 1800.0
 """Default time in seconds a collective waits for the other ranks before failing (``torch.distributed``'s default)."""
 
+NEEDS_NO_DISTRIBUTED_SAMPLER = (
+    "Trainer(strategy='mosaic') needs Trainer(use_distributed_sampler=False): each process reads the data of its own "
+    "nodes (NodeDataModule, or NodeShardSampler in your own dataloader) and evaluates them on the whole test set, so "
+    "Lightning must not split the dataloaders over the processes with a DistributedSampler"
+)
+"""Why a ``DistributedSampler`` is refused (``MosaicStrategy.distributed_sampler_kwargs``, :func:`check_trainer`)."""
+
 
 class MosaicStrategy(DDPStrategy):
     """Decentralized multi-process training: one process per device, each holding its own nodes; no all-reduce.
@@ -163,11 +170,7 @@ class MosaicStrategy(DDPStrategy):
         Raises:
             ValueError: Always, asking for ``Trainer(use_distributed_sampler=False)``.
         """
-        raise ValueError(
-            "Trainer(strategy='mosaic') needs Trainer(use_distributed_sampler=False): each process reads the data "
-            "of its own nodes (NodeDataModule, or NodeShardSampler in your own dataloader) and evaluates them on the "
-            "whole test set, so Lightning must not split the dataloaders over the processes with a DistributedSampler"
-        )
+        raise ValueError(NEEDS_NO_DISTRIBUTED_SAMPLER)
 
     # -- checkpoints hold every rank's nodes --------------------------------------------------------------------
 
@@ -251,6 +254,42 @@ def local_nodes(trainer: Trainer | None, num_nodes: int) -> range:
             "gradients or broadcast parameters across the decentralized nodes"
         )
     return trainer.strategy.node_block(num_nodes)
+
+
+def check_trainer(trainer: Trainer, num_nodes: int, *, use_distributed_sampler: bool) -> None:
+    """Refuse, before ``Trainer.fit``, a run that the strategy would refuse once its processes have started.
+
+    Lightning creates the run folder (the logger's ``log_dir``, and ``config.yaml`` under ``LightningCLI``) at the
+    start of its ``setup`` stage, in the processes it has started, before the module, the datamodule and the
+    callbacks can check anything there. The trainer knows its strategy, world size and rank from its construction,
+    so these checks need no process group: the ``mosaic`` command calls this in ``LightningCLI.before_fit``, where
+    a refused run has started no other process and written nothing.
+
+    Args:
+        trainer: The trainer about to fit.
+        num_nodes: n, the number of nodes over all processes (n = ``trainer.world_size`` for a module that is one
+            node per process).
+        use_distributed_sampler: The trainer's ``use_distributed_sampler`` argument.
+
+    Raises:
+        ValueError: If the trainer runs several processes with another strategy than :class:`MosaicStrategy`, more
+            processes than nodes (:func:`local_nodes`), or :class:`MosaicStrategy` with
+            ``use_distributed_sampler=True``.
+    """
+    local_nodes(trainer, num_nodes)
+    if use_distributed_sampler and uses_mosaic_strategy(trainer):
+        raise ValueError(NEEDS_NO_DISTRIBUTED_SAMPLER)
+
+
+def launches_the_processes(trainer: Trainer) -> bool:
+    """Whether this process is the run's only one so far: one process, or Lightning's own launcher before it starts
+    the others (``Trainer(devices=N)`` run as a plain command, not under torchrun, SLURM or as one of the processes
+    Lightning started). Only then can work done before ``Trainer.fit`` (checking the data, downloading it) run once,
+    before any other process exists."""
+    if trainer.world_size == 1:
+        return True
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    return environment is not None and not environment.creates_processes_externally
 
 
 def check_single_process_checkpoint(checkpoint: dict[str, Any]) -> None:

@@ -9,27 +9,22 @@ sees one read and one write of the matrix, like a copy.
 
 Every value is summed in the order the torch index kernel sums it (own value first, then the messages by slot, then
 by sender) and divided the same way, so both kernels give bit-identical results.
+
+This module itself does not import numba: the kernels live in ``_fused_kernels.py`` and are imported (and compiled,
+or loaded from numba's on-disk cache) the first time :func:`available` or :func:`mix_received_fused_` runs. The
+``backend="auto"`` rule (:func:`~lightning_mosaic.gossip.mixing.default_backend`) only gets there for matrices of at
+least :data:`~lightning_mosaic.gossip.mixing.FUSED_MIN_VALUES` values, so a small model never imports numba.
 """
 
 from __future__ import annotations
 
-import os
+import functools
+import importlib
+from types import ModuleType
 
 import numpy as np
 import torch
 from torch import Tensor
-
-try:  # numba is a dependency; the guard keeps the torch kernels usable where it cannot be installed
-    import numba
-    from numba import njit, prange
-except ImportError:  # pragma: no cover - exercised only without numba
-    numba = None
-
-if numba is not None and "NUMBA_THREADING_LAYER" not in os.environ:
-    # numba's own thread pool, not its OpenMP layer: a second OpenMP runtime next to torch's spins its idle threads
-    # against torch's (2-core machines), and GNU OpenMP is not fork-safe (DataLoader workers are forked). Set
-    # NUMBA_THREADING_LAYER to choose another layer for the whole process.
-    numba.config.THREADING_LAYER = "workqueue"
 
 TILE_BYTES = 1 << 20
 """Bytes of one ``(n, tile)`` block, from which the tile width in columns follows (:func:`tile_width`). 1 MiB: between
@@ -37,171 +32,21 @@ the per-core L2 caches of the two x86-64 machines measured in ``docs/benchmarks.
 K = 8 (contiguous) 1 MiB tiles took 1.3x the copy floor against 2.2x for 256 KiB and 1.8x for 4 MiB."""
 
 
+@functools.cache
+def _kernels() -> ModuleType | None:
+    """The numba kernels, imported on the first call (each kernel then compiles on its own first call, or loads from
+    numba's on-disk cache); ``None`` where numba cannot be imported."""
+    try:  # numba is a dependency; the guard keeps the torch kernels usable where it cannot be installed
+        importlib.import_module("numba")
+    except ImportError:
+        return None
+    return importlib.import_module("lightning_mosaic.gossip._fused_kernels")
+
+
 def available() -> bool:
-    """Whether the fused kernel can run here (numba is importable)."""
-    return numba is not None
-
-
-if numba is not None:
-
-    @njit(cache=True, nogil=True)
-    def _in_lists(receivers, delivered, num_nodes):
-        """CSR lists of the senders of every (fragment, receiver), ordered by (slot, sender). Fragment-major loops:
-        the counters of one fragment (``n`` of them) stay in cache."""
-        k_frags, n, s = receivers.shape
-        indptr = np.zeros(k_frags * num_nodes + 1, np.int64)
-        for k in range(k_frags):
-            for i in range(n):
-                for r in range(s):
-                    if delivered[k, i, r]:
-                        indptr[k * num_nodes + receivers[k, i, r] + 1] += 1
-        for b in range(k_frags * num_nodes):
-            indptr[b + 1] += indptr[b]
-        fill = indptr[:-1].copy()
-        senders = np.empty(indptr[-1], np.int32)
-        for k in range(k_frags):
-            for r in range(s):
-                for i in range(n):
-                    if delivered[k, i, r]:
-                        b = k * num_nodes + receivers[k, i, r]
-                        senders[fill[b]] = i
-                        fill[b] += 1
-        return indptr, senders
-
-    @njit(cache=True, nogil=True)
-    def _tile_layout(assignment, tile):
-        """Per column tile: its columns sorted by fragment (stable) and the runs of one fragment in that order.
-
-        Returns ``order`` (d,) (the tile-local offset of the q-th column in fragment order), ``run_ptr``
-        (num_tiles + 1,) (the runs of tile t are ``run_ptr[t]:run_ptr[t + 1]``), ``run_start`` (runs + num_tiles,)
-        (run r of tile t spans sorted offsets ``run_start[r + t]:run_start[r + t + 1]``) and ``run_frag`` (runs,).
-        """
-        d = assignment.shape[0]
-        num_tiles = (d + tile - 1) // tile
-        order = np.empty(d, np.int32)
-        run_ptr = np.zeros(num_tiles + 1, np.int64)
-        run_start = np.empty(d + num_tiles, np.int32)
-        run_frag = np.empty(d, np.int64)
-        runs = 0
-        for t in range(num_tiles):
-            c0 = t * tile
-            c1 = min(d, c0 + tile)
-            local = np.argsort(assignment[c0:c1], kind="mergesort")
-            for q in range(c1 - c0):
-                order[c0 + q] = local[q]
-                k = assignment[c0 + local[q]]
-                if q == 0 or k != run_frag[runs - 1]:
-                    run_start[runs + t] = q
-                    run_frag[runs] = k
-                    runs += 1
-            run_start[runs + t] = c1 - c0  # sentinel: the end of the tile's last run
-            run_ptr[t + 1] = runs
-        return order, run_ptr, run_start[: runs + num_tiles], run_frag[:runs]
-
-    @njit(cache=True, nogil=True, error_model="numpy")
-    def _aggregate(xs, col0, out, t, run_ptr, run_start, run_frag, indptr, senders, denominators):
-        """``out[j, q] = (xs[j, col0 + q] + sum of xs[i, col0 + q] over the senders i of (fragment of q, j))
-        / denominator`` for the runs of tile t, whose columns start at ``col0`` of ``xs`` in fragment order;
-        ``out`` is ``(n, w)``."""
-        n = xs.shape[0]
-        # runs outer, nodes inner: the (fragment, node) lists are then read in memory order (indptr[k * n + j])
-        for r in range(run_ptr[t], run_ptr[t + 1]):
-            a = run_start[r + t]
-            e = run_start[r + t + 1]
-            for j in range(n):
-                b = run_frag[r] * n + j
-                p = indptr[b]
-                m = indptr[b + 1] - p
-                den = denominators[b]
-                # slices and range(length) loops: numba then knows the indices are in bounds and vectorizes
-                oj = out[j, a:e]
-                xj = xs[j, col0 + a : col0 + e]
-                length = e - a
-                # the torch index kernel's order: own value, then the senders in list order; unrolled up to 3
-                if m == 0:
-                    for q in range(length):
-                        oj[q] = xj[q] / den
-                elif m == 1:
-                    x1 = xs[senders[p], col0 + a : col0 + e]
-                    for q in range(length):
-                        oj[q] = (xj[q] + x1[q]) / den
-                elif m == 2:
-                    x1 = xs[senders[p], col0 + a : col0 + e]
-                    x2 = xs[senders[p + 1], col0 + a : col0 + e]
-                    for q in range(length):
-                        oj[q] = ((xj[q] + x1[q]) + x2[q]) / den
-                elif m == 3:
-                    x1 = xs[senders[p], col0 + a : col0 + e]
-                    x2 = xs[senders[p + 1], col0 + a : col0 + e]
-                    x3 = xs[senders[p + 2], col0 + a : col0 + e]
-                    for q in range(length):
-                        oj[q] = (((xj[q] + x1[q]) + x2[q]) + x3[q]) / den
-                else:
-                    for q in range(length):
-                        oj[q] = xj[q]
-                    for pp in range(p, p + m):
-                        xi = xs[senders[pp], col0 + a : col0 + e]
-                        for q in range(length):
-                            oj[q] += xi[q]
-                    for q in range(length):
-                        oj[q] /= den
-
-    @njit(cache=True, parallel=True, nogil=True, error_model="numpy")
-    def _mix_tiles(x, order, permuted, run_ptr, run_start, run_frag, indptr, senders, denominators, tile):
-        """Tile-local strategy: each ``(n, tile)`` column block is gathered into fragment order in cache,
-        aggregated, and scattered back."""
-        n, d = x.shape
-        for t in prange(run_ptr.shape[0] - 1):
-            c0 = t * tile
-            w = min(d, c0 + tile) - c0
-            out = np.empty((n, w), x.dtype)
-            if permuted:  # gather the tile in fragment order (it is in cache), aggregate, scatter back
-                tile_order = order[c0 : c0 + w]
-                xs = np.empty((n, w), x.dtype)
-                for j in range(n):
-                    xr = x[j, c0 : c0 + w]
-                    xsj = xs[j]
-                    for q in range(w):
-                        xsj[q] = xr[tile_order[q]]
-                _aggregate(xs, 0, out, t, run_ptr, run_start, run_frag, indptr, senders, denominators)
-                for j in range(n):
-                    xr = x[j, c0 : c0 + w]
-                    oj = out[j]
-                    for q in range(w):
-                        xr[tile_order[q]] = oj[q]
-            else:
-                _aggregate(x, c0, out, t, run_ptr, run_start, run_frag, indptr, senders, denominators)
-                for j in range(n):
-                    xr = x[j, c0 : c0 + w]
-                    oj = out[j]
-                    for q in range(w):
-                        xr[q] = oj[q]
-
-    @njit(cache=True, parallel=True, nogil=True, error_model="numpy")
-    def _mix_sorted(x, xs, order, run_ptr, run_start, run_frag, indptr, senders, denominators, tile):
-        """Whole-row strategy: every row is gathered into fragment order (``xs``, ``(n, d)``), so that a fragment
-        is one run of ``d / K`` columns; aggregated tile by tile in place; then every row is scattered back."""
-        n, d = x.shape
-        for j in prange(n):
-            xr = x[j]
-            xsj = xs[j]
-            for q in range(d):
-                xsj[q] = xr[order[q]]
-        for t in prange(run_ptr.shape[0] - 1):
-            c0 = t * tile
-            w = min(d, c0 + tile) - c0
-            out = np.empty((n, w), x.dtype)
-            _aggregate(xs, c0, out, t, run_ptr, run_start, run_frag, indptr, senders, denominators)
-            for j in range(n):
-                xr = xs[j, c0 : c0 + w]
-                oj = out[j]
-                for q in range(w):
-                    xr[q] = oj[q]
-        for j in prange(n):
-            xr = x[j]
-            xsj = xs[j]
-            for q in range(d):
-                xr[order[q]] = xsj[q]
+    """Whether the fused kernel can run here (numba is importable). The first call imports numba: ask only where the
+    fused backend is wanted."""
+    return _kernels() is not None
 
 
 _LAYOUTS: dict[tuple[int, int, str], tuple] = {}
@@ -215,12 +60,13 @@ def _layout(assignment: Tensor, tile: int, strategy: str) -> tuple:
     if cached is not None and cached[0] is assignment:
         return cached[1]
     a = assignment.detach().cpu().numpy()
+    tile_layout = _kernels().tile_layout
     if strategy == "tiles":
-        order, run_ptr, run_start, run_frag = _tile_layout(a, tile)
+        order, run_ptr, run_start, run_frag = tile_layout(a, tile)
         layout = (order, bool((np.diff(a) < 0).any()), run_ptr, run_start, run_frag)
     else:
         order = np.argsort(a, kind="stable").astype(np.int32)
-        _, run_ptr, run_start, run_frag = _tile_layout(a[order], tile)
+        _, run_ptr, run_start, run_frag = tile_layout(a[order], tile)
         layout = (order, run_ptr, run_start, run_frag)
     if len(_LAYOUTS) >= 32:
         _LAYOUTS.clear()
@@ -291,7 +137,8 @@ def mix_received_fused_(
         RuntimeError: If numba is not installed (see :func:`available`).
         ValueError: If ``strategy`` is unknown.
     """
-    if numba is None:
+    kernels = _kernels()
+    if kernels is None:
         raise RuntimeError("the fused mixing kernel needs numba (pip install numba)")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -304,23 +151,24 @@ def mix_received_fused_(
     num_fragments = int(receivers.shape[0])
     rec = receivers.detach().cpu().numpy()
     dlv = np.ones(rec.shape, np.bool_) if delivered is None else delivered.detach().cpu().numpy()
-    indptr, senders = _in_lists(rec, dlv, n)
+    indptr, senders = kernels.in_lists(rec, dlv, n)
     denominators = torch.from_numpy(np.diff(indptr) + 1).to(x.dtype).numpy()  # m + 1, rounded as the index kernel
     tile = tile_width(n, x.element_size())
     if strategy == "auto":
         strategy = default_strategy(n, num_fragments, x.element_size())
     if strategy == "sorted" and not _layout(assignment, tile, "tiles")[1]:
         strategy = "tiles"  # already in fragment order (the cached layout knows; no O(d) check every round)
+    numba = kernels.numba
     threads = numba.get_num_threads()
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     try:
         if strategy == "tiles":
-            _mix_tiles(x.numpy(), *_layout(assignment, tile, strategy), indptr, senders, denominators, tile)
+            kernels.mix_tiles(x.numpy(), *_layout(assignment, tile, strategy), indptr, senders, denominators, tile)
         else:
             if workspace is None or workspace.numel() < n * d:
                 workspace = x.new_empty(n * d)
             xs = workspace[: n * d].view(n, d).numpy()
-            _mix_sorted(x.numpy(), xs, *_layout(assignment, tile, strategy), indptr, senders, denominators, tile)
+            kernels.mix_sorted(x.numpy(), xs, *_layout(assignment, tile, strategy), indptr, senders, denominators, tile)
     finally:
         numba.set_num_threads(threads)
     return params

@@ -167,7 +167,7 @@ def mix_received_(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         backend = default_backend(params)
-    elif backend == "fused" and default_backend(params) != "fused":
+    elif backend == "fused" and not _fused_runs_on(params):
         raise ValueError(
             f"backend='fused' needs float32/float64 parameters on the CPU and numba installed, got {params.dtype} "
             f"on {params.device} (numba {'installed' if fused.available() else 'missing'})"
@@ -238,12 +238,32 @@ BACKENDS: tuple[str, ...] = ("auto", "fused", "torch")
 """Implementations of the index kernel (:func:`mix_received_`); both give bit-identical results."""
 
 
+FUSED_MIN_VALUES = 1 << 22
+"""Fewest values per round (n * d, 4,194,304) for which ``backend="auto"`` runs the fused backend. From ``python -m
+benchmarks.backend`` (table in ``docs/benchmarks.md``; one gossip round, EL-Local, s = 3, random fragmentation,
+float32, n = 16 / 64 / 256, K = 1 / 8 / 64, n * d = 2^14 to 2^23; 2 shared x86-64 cores, 4 runs, medians): the
+smallest size from which the fused round was at least 10% faster than the torch one at every (n, K); below it some
+(n, K) were slower with the fused kernel in the median, which does not pay for the 20-27 s of numba compilation of
+the first fused round after install."""
+
+
+def _fused_runs_on(params: Tensor) -> bool:
+    """Whether the fused backend can mix ``params``: float32/float64 on the CPU, numba installed (imports numba)."""
+    return params.device.type == "cpu" and params.dtype in (torch.float32, torch.float64) and fused.available()
+
+
 def default_backend(params: Tensor) -> str:
-    """``"fused"`` for float32/float64 CPU parameters when numba is installed, else ``"torch"`` (on GPUs the
-    torch scatter-add runs at memory bandwidth already; ``docs/benchmarks.md``)."""
-    if params.device.type == "cpu" and params.dtype in (torch.float32, torch.float64) and fused.available():
-        return "fused"
-    return "torch"
+    """The backend ``backend="auto"`` runs for ``params`` (``(n, d)``): ``"fused"`` from
+    :data:`FUSED_MIN_VALUES` values on, for float32/float64 CPU parameters when numba is installed, else ``"torch"``.
+
+    Below the threshold the fused kernel's gain is not measurable, and choosing it would import numba and compile its
+    kernels (seconds, once per install); numba is not even imported then. On GPUs the torch scatter-add runs at memory
+    bandwidth already (``docs/benchmarks.md``). Both backends give bit-identical results, so the choice never changes
+    a seeded run.
+    """
+    if params.numel() < FUSED_MIN_VALUES or not _fused_runs_on(params):
+        return "torch"
+    return "fused"
 
 
 KERNELS: tuple[str, ...] = ("auto", "dense", "index")

@@ -25,14 +25,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lightning_mosaic.cli import run_lightning
+from lightning_mosaic.recipes import resolve
 from lightning_mosaic.reproduction.report import write_report
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+#: task -> (its shipped recipe's name, the kind of report)
 TASKS = {
-    "digits": ("quickstart.yaml", "classification"),
-    "cifar10": ("cifar10_mosaic.yaml", "classification"),
-    "cifar100": ("cifar100_mosaic.yaml", "classification"),
-    "movielens": ("movielens_mosaic.yaml", "rating"),
+    "digits": ("quickstart", "classification"),
+    "cifar10": ("cifar10_mosaic", "classification"),
+    "cifar100": ("cifar100_mosaic", "classification"),
+    "movielens": ("movielens_mosaic", "rating"),
 }
 
 
@@ -57,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--alpha", default=None, help="Dirichlet alpha (a float > 0 or 'iid'); default: recipe's")
     parser.add_argument("--nodes", type=_positive, default=None, help="number of nodes n; default: recipe's")
     parser.add_argument("--peers", type=_positive, default=None, help="s; default: recipe's")
-    parser.add_argument("--recipe", type=Path, default=None, help="recipe YAML (default: the task's in recipes/)")
+    parser.add_argument(
+        "--recipe", default=None, help="a recipe's name (movielens_genre) or YAML path; default: the task's recipe"
+    )
     parser.add_argument("--data-dir", default=None, help="the datamodule's data_dir")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: reports/<task>-alpha<a>)")
     return parser
@@ -77,16 +80,21 @@ def run_grid(argv: list[str], fit: Callable[[list[str]], None] = run_lightning) 
             :func:`~lightning_mosaic.cli.run_lightning`, which runs it as this process's command line.
 
     Raises:
-        SystemExit: 2 for bad arguments (argparse), or the exit status of a failed run.
-        FileNotFoundError: If the recipe does not exist.
+        SystemExit: 2 for bad arguments (argparse; also a ``--recipe`` name that is neither a file nor shipped), or
+            the exit status of a failed run.
+        FileNotFoundError: If the recipe path does not exist.
     """
     forwarded: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
         argv, forwarded = argv[:cut], argv[cut + 1 :]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     recipe_name, task_kind = TASKS[args.task]
-    recipe = (args.recipe or RECIPES_DIR / recipe_name).resolve()
+    try:
+        recipe = resolve(args.recipe or recipe_name).resolve()
+    except LookupError as error:
+        parser.error(f"--recipe {error.args[0]}")
     if not recipe.is_file():
         raise FileNotFoundError(f"recipe {recipe} does not exist; pass --recipe PATH")
     alpha_text = "recipe" if args.alpha is None else args.alpha
