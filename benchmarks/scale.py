@@ -20,7 +20,7 @@ with a Lightning ``Trainer``. Reported:
   ``clear_refs``), ``peak_rss_during_data_load_mib`` and ``rss_after_data_mib``; ``per_node_mib`` = (peak - after
   data) / n, everything the nodes add beyond the data they share; and ``ideal_per_node_mib`` = parameters +
   gradients + optimizer state (plain SGD: none) = 2 * 4 d bytes. ``activation_mib_per_node_estimate``: bytes autograd
-  saves for one node's backward at batch B (all n nodes' activations are alive until the one backward).
+  saves for one node's backward at batch B (alive for one node at a time: the backward runs per node).
 
 Matrix factorization (:func:`run_mf`, ``--model mf``): the same measurements for ``RatingModule`` +
 ``MatrixFactorization`` (943 users x 1,682 movies, 20 factors, d = 55,125, as in the ``movielens_mosaic`` recipe
@@ -28,8 +28,9 @@ but with SGD lr 0.5: the recipe's lr 8 diverges when a node holds a single user,
 batch's gradient) on the real MovieLens 100K (``MovieLensDataModule``, users spread evenly over
 the nodes: with n = 943 every node holds exactly one user's ratings), at n = 16, 256 and 943. The data is the 100,000
 ratings (a few MB), so ``rss_after_data_mib`` is mostly the libraries. ``consensus_workspace_per_node_mib``: the
-float64 copy of a node's row that the logged consensus distance is computed in (8 d bytes; on the last round, which
-is logged). ``batch_fetch_s``: median time to fetch one training batch (n B ratings) from the data module's loader,
+float64 workspace the per-round consensus distance is computed in, per node (one chunk of rows,
+``gossip.metrics.DEFAULT_WORKSPACE_BYTES``, plus the ``(d,)`` column sums, divided by n; it was 8 d bytes per
+node). ``batch_fetch_s``: median time to fetch one training batch (n B ratings) from the data module's loader,
 measured after the rounds; part of every round's time. ``node_losses``: every round's training loss, the mean over
 nodes of each node's MSE on its batch (``loss_first``, ``loss_last``: the first and last), to show that the rows train.
 """
@@ -306,9 +307,16 @@ def mf_worker(data_dir: str, nodes: int, batch: int, rounds: int, fragments: int
         "peak_rss_mib": peak / 2**20,
         "per_node_mib": (peak - rss_data) / nodes / 2**20,
         "ideal_per_node_mib": 2 * 4 * d / 2**20,
-        "consensus_workspace_per_node_mib": 8 * d / 2**20,
+        "consensus_workspace_per_node_mib": _consensus_workspace_bytes(nodes, d) / nodes / 2**20,
         "activation_mib_per_node_estimate": _mf_activation_bytes(model(), users, items, batch) / 2**20,
     }
+
+
+def _consensus_workspace_bytes(nodes: int, d: int) -> int:
+    """Bytes of :class:`~lightning_mosaic.gossip.metrics.ConsensusDistance`'s workspace for n rows of d values."""
+    from lightning_mosaic.gossip.metrics import DEFAULT_WORKSPACE_BYTES
+
+    return (max(1, min(nodes, DEFAULT_WORKSPACE_BYTES // (8 * d))) + 1) * 8 * d
 
 
 def _mf_activation_bytes(model, users: int, items: int, batch: int) -> int:

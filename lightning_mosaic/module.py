@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -45,6 +46,12 @@ from lightning_mosaic.replicas import (
     select_node,
     tensor_shapes,
 )
+
+DEFAULT_ACTIVATION_BUDGET = 512 * 2**20
+"""Bytes of saved activations one backward chunk may hold on the vmap path with ``backward_chunk="auto"`` off CUDA
+(on CUDA the default is a quarter of the device's free memory when the chunk is chosen)."""
+
+BackwardChunk = int | Literal["auto", "all"]
 
 DEFAULT_LR = 0.05
 """SGD learning rate used when no optimizer is configured (EL's CIFAR-10 setting in decentralizepy)."""
@@ -125,6 +132,31 @@ class MosaicModule(LightningModule):
         loss: One node's loss ``(output, target) -> scalar tensor``; default: cross-entropy (see above).
         metrics: torchmetrics metrics by name (or a ``MetricCollection``), computed per node and for the averaged
             model, in addition to the loss (and, with the default loss, accuracy).
+        backward_chunk: How many nodes run their forward pass and backward pass together in a training step, so
+            that only one chunk's activations are alive at a time. ``"auto"`` (default): 1 on the loop path (and
+            for a wrapped LightningModule); on the vmap path ``clamp(activation_budget // a, 1, m)``, where ``a`` is
+            the bytes autograd saves for one node's backward, measured on the first training step's first chunk
+            (one node) and kept for the fit. An int c >= 1: chunks of c nodes (the last one smaller when c does not
+            divide m). ``"all"``: one backward of the summed loss after every node's forward (every node's
+            activations alive at once). Every setting gives the same gradients: bit for bit on the loop path (a
+            node's loss only reaches its own row), to float rounding on the vmap path (other batch sizes of the
+            vectorized kernels). The chunks run inside ``training_step`` (see "Backward per chunk" below).
+        activation_budget: Bytes of saved activations one chunk may hold when ``backward_chunk="auto"`` picks the
+            vmap chunk; ``None`` (default): a quarter of the CUDA device's free memory on CUDA,
+            :data:`DEFAULT_ACTIVATION_BUDGET` (512 MiB) elsewhere.
+
+    **Backward per chunk** (``backward_chunk`` other than ``"all"``, inside a Trainer's automatic optimization):
+    ``training_step`` runs, chunk by chunk, the forward pass, the loss and ``torch.autograd.grad`` of the chunk's
+    summed loss times the factor Lightning's own backward would apply (``1 / trainer.accumulate_grad_batches``,
+    then the precision plugin's ``scaler`` if it has one, e.g. 16-mixed), with autocast off as in Lightning's
+    backward, and adds each chunk's ``(c, d)`` gradient to its rows of ``replicas.flat.grad``. On the first batch
+    of every accumulation window (``batch_idx % accumulate_grad_batches == 0``, where Lightning zeroes gradients)
+    the gradient is reset before the first chunk; :meth:`optimizer_zero_grad` and :meth:`backward` then do nothing
+    for that step, because the gradients are already there. It returns the (detached) sum of the node losses, so
+    Lightning's loop, its loss logging, ``on_before_backward`` / ``on_after_backward`` (once per step) and gradient
+    clipping (the whole ``(m, d)`` gradient, after every chunk) see what they saw with the joint backward;
+    ``on_before_zero_grad`` runs after the step's gradients exist. Called without a Trainer, ``training_step``
+    returns the loss with its graph (the joint backward).
 
     Gradient clipping (``Trainer(gradient_clip_val=...)``) is applied per node: with ``"norm"`` each node's gradient
     row is rescaled to at most the given L2 norm; ``"value"`` clamps elementwise.
@@ -157,10 +189,16 @@ class MosaicModule(LightningModule):
         seed: int = 0,
         loss: Loss | None = None,
         metrics: Mapping[str, Metric] | MetricCollection | None = None,
+        backward_chunk: BackwardChunk = "auto",
+        activation_budget: int | None = None,
     ) -> None:
         super().__init__()
         check_int("num_nodes", num_nodes, 2)
         check_int("seed", seed, 0)
+        if backward_chunk not in ("auto", "all"):
+            check_int("backward_chunk", backward_chunk, 1, hint=" or 'auto' or 'all'")
+        if activation_budget is not None:
+            check_int("activation_budget", activation_budget, 1, hint=" (bytes) or None")
         if execution not in EXECUTIONS:
             raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
         if lr_scheduler_interval not in ("step", "epoch"):
@@ -217,6 +255,10 @@ class MosaicModule(LightningModule):
         self._auto_execution: dict[str, str] = {}
         self._fixed_coordinates: Tensor | None = None
         self._frozen: Tensor | None = None
+        self.backward_chunk = backward_chunk
+        self.activation_budget = activation_budget
+        self._auto_chunk: int | None = None  # the vmap chunk backward_chunk="auto" measured in this fit
+        self._backward_done = False  # this step's gradients were made per chunk in training_step
         self._average_state: dict[str, Tensor] | None = None
         self.user_metrics = dict(metrics.items()) if metrics is not None else {}
         for name, metric in self.user_metrics.items():
@@ -334,6 +376,7 @@ class MosaicModule(LightningModule):
 
     def on_fit_start(self) -> None:
         self._template_to_device()
+        self._auto_chunk = None  # measured again on this fit's first step (device, batch size may differ)
 
     def on_validation_start(self) -> None:
         self._template_to_device()
@@ -403,11 +446,23 @@ class MosaicModule(LightningModule):
             ValueError: With ``execution="vmap"``, if the model cannot run under ``torch.func.vmap`` (an op without
                 a batching rule such as ``nn.LSTM``, data-dependent control flow, ``.item()``).
         """
+        return self._run_nodes(inputs, shared_input)
+
+    def _run_nodes(
+        self,
+        inputs: tuple[Any, ...],
+        shared_input: bool = False,
+        rows: range | None = None,
+        params: Tensor | None = None,
+    ) -> Any:
+        """:meth:`forward` of the rows ``rows`` (default all) with parameters ``params`` (default theirs), see
+        :meth:`ReplicaStack.forward <lightning_mosaic.replicas.ReplicaStack.forward>`."""
         execution = self.resolved_execution()
+        where = {"shared_input": shared_input, "rows": rows, "params": params}
         if execution != "vmap":
-            return self.replicas(*inputs, execution=execution, shared_input=shared_input)
+            return self.replicas(*inputs, execution=execution, **where)
         try:
-            return self.replicas(*inputs, execution="vmap", shared_input=shared_input)
+            return self.replicas(*inputs, execution="vmap", **where)
         except (RuntimeError, NotImplementedError, ValueError) as error:
             text = str(error)
             if "vmap" not in text and "Batching rule" not in text:
@@ -423,7 +478,7 @@ class MosaicModule(LightningModule):
                 "execution='auto' runs it per node (execution='loop') from now on"
             )
             self._vmap_unusable = True
-            return self.replicas(*inputs, execution="loop", shared_input=shared_input)
+            return self.replicas(*inputs, execution="loop", **where)
 
     def split_batch(self, batch: Any) -> tuple[tuple[Any, ...], Any]:
         """``(inputs, target)`` of a batch: a tuple or list ``(input_1, ..., input_k, target)`` gives
@@ -497,9 +552,9 @@ class MosaicModule(LightningModule):
         return None if bool(counted.all()) else counted
 
     def node_losses(self, outputs: Any, targets: Any) -> Tensor:
-        """``(m,)`` loss of every node: the mean of :meth:`per_sample_loss` per node by default, else ``loss``
-        applied to every node's ``(output, target)`` (vectorized with ``torch.func.vmap``, or a loop when the loss
-        cannot be vmapped).
+        """``(c,)`` loss of every node whose outputs ``(c, B, ...)`` are given (all m of this process, or one chunk
+        of them): the mean of :meth:`per_sample_loss` per node by default, else ``loss`` applied to every node's
+        ``(output, target)`` (vectorized with ``torch.func.vmap``, or a loop when the loss cannot be vmapped).
 
         Raises:
             ValueError: If the loss cannot take the output and target, or does not return one scalar per node.
@@ -510,7 +565,7 @@ class MosaicModule(LightningModule):
             if counted is None:
                 return per_sample.mean(dim=1)
             return (per_sample * counted).sum(dim=1) / counted.sum(dim=1).clamp_min(1)
-        loss, m = self.loss, self.replicas.num_nodes
+        loss, m = self.loss, node_batch_size(outputs)
         try:
             try:
                 values = vmap(loss)(outputs, targets)
@@ -529,11 +584,15 @@ class MosaicModule(LightningModule):
         return values
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        self._backward_done = False
         self._check_node_batch(batch)
         if self.node_module is not None:
             return self._lightning_training_step(batch, batch_idx)
         inputs, targets = self.split_batch(batch)
-        node_loss = self.node_losses(self(*inputs), targets)  # (m,)
+        if self._chunk_backward():
+            node_loss = self._backward_by_chunks(batch_idx, lambda rows, p: self._chunk_losses(batch, rows, p))
+        else:
+            node_loss = self.node_losses(self(*inputs), targets)  # (m,)
         # The mean over all n nodes: in a multi-process run, one all-reduce of the n losses (in node order, so the
         # mean is the single-process one whatever the blocks' sizes).
         with self._diagnosed("the all-reduce of train/loss"):
@@ -544,25 +603,32 @@ class MosaicModule(LightningModule):
     def _diagnosed(self, what: str) -> Any:
         """A failed collective of this training step raises ``CommunicationError`` naming the ranks that did not
         reach it and the global step (the others hit it at the same step)."""
-        step = self.trainer.global_step
+        step = self.global_step  # 0 without a Trainer (training_step called directly)
         return diagnosed(f"{what} at global step {step}", f"train-step-{step}")
 
     def _lightning_training_step(self, batch: Any, batch_idx: int) -> Tensor:
         nodes, replicas = self._require_nodes(), self.replicas
-        rows, buffers = replicas.flat.unbind(0), replicas.node_buffers()
-        losses = []
+        buffers = replicas.node_buffers()
         frozen = self._frozen
-        for i in range(replicas.num_nodes):
-            if frozen is not None and bool(frozen[i]):  # skips this local step: its step is not run at all
-                losses.append(rows[i].sum() * 0)
-                continue
-            node_batch = select_node(batch, i)
-            with nodes.node(i, "train", node_batch_size(node_batch)):
-                output = replicas.call_node(
-                    i, _step("training_step"), node_batch, batch_idx, state=replicas.node_tensors(i, buffers, rows)
-                )
-            losses.append(step_loss(output, f"{_name(self.node_module)}.training_step"))
-        node_loss = torch.stack(losses)
+
+        def run(rows: range, params: Tensor) -> Tensor:
+            """The user's training_step of nodes ``rows`` with parameters ``params`` (row j: node rows[j])."""
+            unbound, losses = dict(zip(rows, params.unbind(0))), []
+            for i in rows:
+                if frozen is not None and bool(frozen[i]):  # skips this local step: its step is not run at all
+                    losses.append(unbound[i].sum() * 0)
+                    continue
+                node_batch = select_node(batch, i)
+                with nodes.node(i, "train", node_batch_size(node_batch)):
+                    state = replicas.node_tensors(i, buffers, unbound)
+                    output = replicas.call_node(i, _step("training_step"), node_batch, batch_idx, state=state)
+                losses.append(step_loss(output, f"{_name(self.node_module)}.training_step"))
+            return torch.stack(losses)
+
+        if self._chunk_backward():
+            node_loss = self._backward_by_chunks(batch_idx, run)
+        else:
+            node_loss = run(range(replicas.num_nodes), replicas.flat)
         self._log_node_step(nodes, node_loss, frozen)
         return node_loss.sum()
 
@@ -595,6 +661,107 @@ class MosaicModule(LightningModule):
             if not options.get("on_epoch", False):  # logged on_epoch: its std over nodes comes at the epoch's end
                 std = values.std(correction=0)
                 self.log(name + "/node_std", std, on_step=True, on_epoch=False, logger=kept.get("logger", True))
+
+    @property
+    def resolved_backward_chunk(self) -> int | None:
+        """Nodes per backward chunk of a training step on the current device: ``backward_chunk`` when an int (at
+        most m); with ``"auto"``, 1 on the loop path and the chunk measured on the vmap path (``None`` until the
+        first training step measured it); ``None`` with ``"all"`` (one joint backward)."""
+        if self.backward_chunk == "all":
+            return None
+        if self.backward_chunk == "auto" and self.resolved_execution() == "vmap":
+            return self._auto_chunk
+        return self._chunk_size(None)
+
+    def _chunk_backward(self) -> bool:
+        """Whether this training step runs its backward per chunk of nodes (inside a Trainer's fit, automatic
+        optimization, ``backward_chunk`` not ``"all"``)."""
+        if self.backward_chunk == "all":
+            return False
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached to a Trainer: the caller runs the backward of the returned loss
+            return False
+        return isinstance(getattr(trainer, "accumulate_grad_batches", None), int)
+
+    def _chunk_losses(self, batch: Any, rows: range, params: Tensor) -> Tensor:
+        """``(c,)`` losses of nodes ``rows`` (parameters ``params``) on their rows of a training batch."""
+        part = apply_to_collection(batch, Tensor, lambda t: t[rows.start : rows.stop])
+        inputs, targets = self.split_batch(part)
+        return self.node_losses(self._run_nodes(inputs, rows=rows, params=params), targets)
+
+    def _chunk_size(self, measured: int | None) -> int:
+        """Nodes per chunk: ``backward_chunk`` when an int; with ``"auto"``, 1 on the loop path and, on the vmap
+        path, ``clamp(budget // measured, 1, m)`` for ``measured`` bytes saved by one node's backward."""
+        m = self.replicas.num_nodes
+        if isinstance(self.backward_chunk, int):
+            return min(self.backward_chunk, m)
+        if self.resolved_execution() != "vmap":
+            return 1
+        if self._auto_chunk is None and measured is not None:
+            budget = self.activation_budget
+            if budget is None:
+                device = self.replicas.flat.device
+                budget = torch.cuda.mem_get_info(device)[0] // 4 if device.type == "cuda" else DEFAULT_ACTIVATION_BUDGET
+            self._auto_chunk = max(1, min(m, budget // max(measured, 1)))
+        return 1 if self._auto_chunk is None else self._auto_chunk
+
+    def _backward_by_chunks(self, batch_idx: int, losses_of: Callable[[range, Tensor], Tensor]) -> Tensor:
+        """Forward and backward chunk by chunk (see the class docstring, "Backward per chunk"): ``losses_of(rows,
+        params)`` gives the ``(c,)`` losses (with their graph) of nodes ``rows`` run with the ``(c, d)`` leaf
+        ``params`` (a view of their rows); each chunk's gradient goes to its rows of ``flat.grad`` before the next
+        chunk's forward. Returns the ``(m,)`` detached losses."""
+        trainer, flat = self.trainer, self.replicas.flat
+        accumulate = trainer.accumulate_grad_batches
+        if batch_idx % accumulate == 0:  # where Lightning's closure zeroes the gradients (after training_step)
+            flat.grad = None
+        grad = flat.grad
+        fresh = grad is None
+        if grad is None:  # every row is written below (copied, or zeroed when its chunk has no gradient)
+            grad = torch.empty_like(flat, memory_format=torch.contiguous_format)
+        scaler = getattr(trainer.precision_plugin, "scaler", None)  # e.g. 16-mixed's GradScaler
+        measure = self.backward_chunk == "auto" and self._auto_chunk is None and self.resolved_execution() == "vmap"
+        m, start, values = self.replicas.num_nodes, 0, []
+        while start < m:
+            rows = range(start, min(m, start + self._chunk_size(None)))
+            params = flat.detach()[rows.start : rows.stop].requires_grad_()
+            if measure:  # the first chunk is one node: count what autograd saves for its backward
+                with _SavedBytes(flat) as saved:
+                    losses = losses_of(rows, params)
+                self._chunk_size(saved.total)
+                measure = False
+            else:
+                losses = losses_of(rows, params)
+            chunk_grad = None
+            if losses.requires_grad:
+                total = losses.sum() / accumulate  # as Lightning's closure divides the step's loss
+                if scaler is not None:
+                    total = scaler.scale(total)
+                with _autocast_off(flat.device.type):  # Lightning's backward runs outside the autocast context
+                    (chunk_grad,) = torch.autograd.grad(total, params, allow_unused=True)
+            rows_grad = grad[rows.start : rows.stop]
+            if chunk_grad is not None:
+                rows_grad.copy_(chunk_grad) if fresh else rows_grad.add_(chunk_grad)
+            elif fresh:
+                rows_grad.zero_()
+            values.append(losses.detach())
+            start = rows.stop
+        flat.grad = grad
+        self._backward_done = True
+        return torch.cat(values)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Optimizer) -> None:
+        """Zero the gradients, unless this step's ``training_step`` made them per chunk (it reset them first)."""
+        if not self._backward_done:
+            super().optimizer_zero_grad(epoch, batch_idx, optimizer)
+
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """Back-propagate the step's loss, unless ``training_step`` already did it per chunk of nodes (then the
+        returned loss is detached and this does nothing)."""
+        if self._backward_done:
+            self._backward_done = False
+            return
+        super().backward(loss, *args, **kwargs)
 
     def _require_nodes(self) -> LightningNodes:
         if self._nodes is None:
@@ -912,6 +1079,39 @@ class MosaicModule(LightningModule):
             grad.clamp_(-gradient_clip_val, gradient_clip_val)
         else:
             raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value', got {gradient_clip_algorithm!r}")
+
+
+class _SavedBytes:
+    """Within the block: ``total``, the bytes of the tensors autograd saves for backward (each tensor once; views
+    of ``flat``'s storage, the parameters themselves, not counted), through ``saved_tensors_hooks``."""
+
+    def __init__(self, flat: Tensor) -> None:
+        self.total = 0
+        self._storage = flat.untyped_storage().data_ptr()
+        self._seen: set[tuple[int, int]] = set()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, tensor: Tensor) -> Tensor:
+        size = tensor.numel() * tensor.element_size()
+        key = (tensor.data_ptr(), size)
+        if key not in self._seen and tensor.untyped_storage().data_ptr() != self._storage:
+            self._seen.add(key)
+            self.total += size
+        return tensor
+
+    def __enter__(self) -> _SavedBytes:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def _autocast_off(device_type: str) -> Any:
+    """A context with autocast disabled for ``device_type`` if it is enabled there (else a no-op context)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _step(hook: str) -> Callable[..., Any]:

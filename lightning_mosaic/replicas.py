@@ -330,43 +330,70 @@ class ReplicaStack(nn.Module):
         tensors = self.node_tensors(row) if state is None else state
         return functional_call(self._caller[0], {f"m.{name}": t for name, t in tensors.items()}, (fn, *args))
 
-    def forward(self, *inputs: Any, execution: str = "vmap", shared_input: bool = False) -> Any:
-        """Run every replica on its own inputs (or all on the same inputs).
+    def forward(
+        self,
+        *inputs: Any,
+        execution: str = "vmap",
+        shared_input: bool = False,
+        rows: range | None = None,
+        params: Tensor | None = None,
+    ) -> Any:
+        """Run every replica (or the rows ``rows``) on its own inputs (or all on the same inputs).
 
         Args:
             *inputs: The model's positional inputs: tensors (or tuples, lists, dicts of tensors) shaped
-                ``(n, B, ...)``, one mini-batch per node, or ``(B, ...)`` with ``shared_input=True``.
+                ``(c, B, ...)``, one mini-batch per node run (c = n, or ``len(rows)``), or ``(B, ...)`` with
+                ``shared_input=True``.
             execution: ``"vmap"`` (one vectorized call) or ``"loop"`` (one call per node).
             shared_input: Feed the same ``(B, ...)`` batch to every node (evaluation on a shared test set).
+            rows: A contiguous ``range`` of this stack's rows to run (default: all n), e.g. one chunk of nodes
+                whose backward runs before the next chunk's forward. Their buffers are views of the stacked ones
+                (a training forward updates them in place).
+            params: The ``(c, d)`` parameters to run those rows with (default: the rows of :attr:`flat`), e.g. a
+                detached leaf copy-free view ``flat.detach()[rows].requires_grad_()`` whose gradient is taken
+                alone. Row j of ``params`` is node ``rows[j]``.
 
         Returns:
-            The model's output with every tensor stacked over nodes: ``(n, B, ...)``, row i from node i's
-            parameters (a tuple or dict output keeps its structure).
+            The model's output with every tensor stacked over the nodes run: ``(c, B, ...)``, row j from node
+            ``rows[j]``'s parameters (a tuple or dict output keeps its structure).
 
         Raises:
-            ValueError: If an input tensor does not start with n (without ``shared_input``) or ``execution`` is
+            ValueError: If an input tensor does not start with c (without ``shared_input``), ``rows`` is not a
+                non-empty step-1 range inside ``[0, n)``, ``params`` is not ``(c, d)``, or ``execution`` is
                 unknown.
         """
-        n = self.num_nodes
+        if rows is None:
+            rows = range(self.num_nodes)
+        elif not isinstance(rows, range) or rows.step != 1 or not 0 <= rows.start < rows.stop <= self.num_nodes:
+            raise ValueError(f"rows must be a non-empty range(start, stop) inside [0, {self.num_nodes}), got {rows!r}")
+        flat = self.flat[rows.start : rows.stop] if params is None else params
+        if tuple(flat.shape) != (len(rows), self.num_coordinates):
+            raise ValueError(
+                f"params must be shaped (len(rows), d) = ({len(rows)}, {self.num_coordinates}), got {tuple(flat.shape)}"
+            )
+        n = len(rows)
         if not shared_input:
             shapes = tensor_shapes(inputs)
             if not shapes or any(len(shape) < 1 or shape[0] != n for shape in shapes):
+                what = f"n = num_nodes = {n}" if n == self.num_nodes else f"n = len(rows) = {n}"
                 raise ValueError(
-                    f"batch must be shaped (n, B, ...) with n = num_nodes = {n}, got shape(s) "
+                    f"batch must be shaped (n, B, ...) with {what}, got shape(s) "
                     f"{', '.join(str(shape) for shape in shapes) or 'none (no tensor)'}"
                 )
         buffers, shared = self.node_buffers(), self._shared()
+        if n < self.num_nodes:
+            buffers = {name: t[rows.start : rows.stop] for name, t in buffers.items()}
         template = self._moded_template()
         if execution == "loop":
             # One unbind + one split per node: their backward stacks and concatenates the per-node gradients, O(n d).
             # (Indexing the stacked (n, *shape) views per node would make every node's backward fill an (n, size)
             # zero gradient per tensor: O(n^2 d) per step, measured 7 s at n = 512 for a 4,810-parameter MLP.)
-            rows = self.flat.unbind(0)
+            unbound = flat.unbind(0)
             outs = [
                 functional_call(
-                    template, self.node_tensors(i, buffers, rows), inputs if shared_input else select_node(inputs, i)
+                    template, self.node_tensors(j, buffers, unbound), inputs if shared_input else select_node(inputs, j)
                 )
-                for i in range(n)
+                for j in range(n)
             ]
             return stack_outputs(outs)
         if execution != "vmap":
@@ -376,7 +403,7 @@ class ReplicaStack(nn.Module):
             return functional_call(template, {**p, **b, **shared}, x)
 
         in_dims = (0, 0, *((None if shared_input else 0) for _ in inputs))
-        return vmap(call, in_dims=in_dims, randomness="different")(self.stacked_parameters(), buffers, *inputs)
+        return vmap(call, in_dims=in_dims, randomness="different")(self.stacked_parameters(flat), buffers, *inputs)
 
     def average_state(self) -> dict[str, Tensor]:
         """The averaged model ``x_bar = (1/n) sum_i x_i`` as a template ``state_dict`` of fresh tensors, over all n

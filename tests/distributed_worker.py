@@ -5,7 +5,8 @@ It trains 4 digits nodes (MosaicModule) over the processes with MosaicGossip, an
 different gossip settings, dying (``os._exit``) or hanging at a given step; or leave Lightning's DistributedSampler
 injection on (refused by the strategy). With ``--lightning-module OUT`` the nodes are a user's LightningModule
 (:class:`DigitsClassifier`, :func:`lightning_module_run`), and every rank saves its node rows and the final
-validation metrics under ``OUT``.
+validation metrics under ``OUT``; with ``--gradients OUT`` (:func:`gradient_run`) every rank saves its
+gradients of every step, made with the joint backward and then per node.
 """
 
 from __future__ import annotations
@@ -102,6 +103,33 @@ def lightning_module_run(world: int, out: Path) -> dict[str, float]:
     return {**fitted, **{k: float(v) for k, v in metrics.items()}}
 
 
+class GradientRecorder(pl.Callback):
+    """Keeps a copy of this process's ``(m, d)`` gradient before every optimizer step."""
+
+    def __init__(self) -> None:
+        self.grads: list[torch.Tensor] = []
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
+        self.grads.append(pl_module.gossip_parameters.grad.detach().clone())
+
+
+def gradient_run(world: int, out: Path, backward_chunk: str) -> None:
+    """4 steps (accumulating 2 batches each, clipped) of 4 digits nodes on the loop path over ``world`` processes
+    with ``backward_chunk``; saves this rank's gradients of every step (``grads_{backward_chunk}{rank}.pt``)."""
+    recorder = GradientRecorder()
+    trainer = quiet_trainer(
+        world,
+        max_steps=4,
+        limit_val_batches=0,
+        accumulate_grad_batches=2,
+        gradient_clip_val=0.5,
+        callbacks=[MosaicGossip(fragments=2, peers=1, seed=0), recorder],
+    )
+    module = MosaicModule(MLP, num_nodes=4, seed=0, execution="loop", backward_chunk=backward_chunk)
+    trainer.fit(module, datamodule=DigitsDataModule(num_nodes=4, batch_size=8, seed=0))
+    torch.save(recorder.grads, out / f"grads_{backward_chunk}{trainer.global_rank}.pt")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fragments", type=int, default=4)
@@ -111,8 +139,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--use-distributed-sampler", action="store_true", help="leave Lightning's default on")
     parser.add_argument("--lightning-module", type=Path, default=None, help="run lightning_module_run, save here")
+    parser.add_argument("--gradients", type=Path, default=None, help="run gradient_run (all, then auto), save here")
     args = parser.parse_args()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if args.gradients is not None:
+        for backward_chunk in ("all", "auto"):  # the joint backward, then per node, in the same processes
+            gradient_run(world, args.gradients, backward_chunk)
+        return
     if args.lightning_module is not None:
         metrics = lightning_module_run(world, args.lightning_module)
         torch.save(metrics, args.lightning_module / f"metrics{rank}.pt")

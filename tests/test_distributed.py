@@ -379,3 +379,33 @@ def test_a_lightning_module_as_nodes_over_two_processes_equals_one_process(tmp_p
         assert set(metrics) == set(expected)
         for name, value in expected.items():
             assert metrics[name] == pytest.approx(value, rel=1e-5, abs=1e-6), (rank, name)
+
+
+# -- the backward per node in a multi-process run --------------------------------------------------------------------
+
+
+def test_per_node_backward_over_two_processes_gives_the_joint_backward_gradients(tmp_path):
+    """2 gloo processes, loop path, accumulation and clipping: on every rank the per-node backward
+    (``backward_chunk="auto"``) gives the joint backward's gradients bit for bit at every step, and both equal one
+    process's to float rounding (as before: the rounds' sums run in another order over processes)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("distributed_worker", ROOT / "tests" / "distributed_worker.py")
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    worker.gradient_run(1, tmp_path, "all")
+    expected = torch.load(tmp_path / "grads_all0.pt")
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    for result in _launch_worker("--gradients", str(sharded), timeout=240):
+        assert result.returncode == 0, result.stderr[-4000:]
+    for rank in range(2):
+        joint, per_node = (torch.load(sharded / f"grads_{chunk}{rank}.pt") for chunk in ("all", "auto"))
+        assert len(joint) == len(per_node) == 4
+        assert all(torch.equal(a, b) for a, b in zip(joint, per_node)), rank
+    parts = [torch.load(sharded / f"grads_auto{rank}.pt") for rank in range(2)]
+    assert len(expected) == 4
+    for step, want in enumerate(expected):
+        assert want.abs().sum() > 0
+        got = torch.cat([part[step] for part in parts])
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=f"step {step}")

@@ -317,6 +317,28 @@ def test_consensus_distance_has_one_implementation():
         consensus_distance(torch.zeros(3))
 
 
+def test_consensus_distance_workspace_is_one_chunk_of_rows_whatever_n():
+    """The float64 workspace holds r = workspace_bytes // (8 d) rows, not n: the same value, to float64 rounding, as
+    one chunk of all rows, with chunks that do and do not divide n (and a chunk of one row)."""
+    from lightning_mosaic.gossip.metrics import ConsensusDistance
+
+    x = torch.randn(50, 300, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3 + 1
+    whole = ConsensusDistance(workspace_bytes=8 * 300 * 50)
+    expected = whole(x)
+    assert whole.workspace_nbytes == 8 * 300 * 50
+    deviation = x - x.mean(dim=0)
+    torch.testing.assert_close(expected, deviation.square().sum() / 50, rtol=1e-12, atol=0)
+    for rows in (1, 7, 10):
+        chunked = ConsensusDistance(workspace_bytes=8 * 300 * rows)
+        torch.testing.assert_close(chunked(x), expected, rtol=1e-12, atol=0)
+        assert chunked.workspace_nbytes == 8 * 300 * rows  # independent of n = 50
+    small = ConsensusDistance(workspace_bytes=1)  # less than a row: one row at a time
+    torch.testing.assert_close(small(x.float()), expected.float(), rtol=1e-6, atol=0)
+    assert small.workspace_nbytes == 8 * 300
+    with pytest.raises(ValueError, match="workspace_bytes must be an integer >= 1, got 0"):
+        ConsensusDistance(workspace_bytes=0)
+
+
 @pytest.mark.parametrize("k", [1, 2, 5, 37])
 def test_values_sent_per_node_is_s_times_d_whatever_k(k):
     n, s, d = 9, 4, 37

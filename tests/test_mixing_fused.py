@@ -96,6 +96,32 @@ def test_protocol_uses_fused_on_cpu_and_results_match_torch_backend(monkeypatch)
     assert torch.equal(y, z)
 
 
+def test_the_workspace_is_sized_for_the_backend_and_layout_that_run():
+    """Only what runs is allocated: nothing for the fused "tiles" layout, n d for "sorted", the accumulators for the
+    torch backend; ``backend=None`` covers them all. A round with each exact size gives the same values."""
+    from lightning_mosaic.gossip import fused
+    from lightning_mosaic.gossip.fragmentation import make_fragmentation
+
+    frag = make_fragmentation([3_000], 8, "random", seed=0)
+    n, d = 40, 3_000
+    assert fused.default_strategy(n, 8) == "tiles" and fused.default_strategy(n, 1024) == "sorted"
+    assert workspace_size(n, frag, "fused") == 0
+    torch_size = workspace_size(n, frag, "torch")
+    assert (n * 8 + 1) * (d // 8) <= torch_size <= (2 * n + 1) * d
+    assert workspace_size(n, frag) == max(torch_size, n * d)
+    assert workspace_size(n, make_fragmentation([3_000], 1024, "random", seed=0), "fused") == n * d
+    with pytest.raises(ValueError, match="backend must be None, 'fused' or 'torch', got 'auto'"):
+        workspace_size(n, frag, "auto")
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(1))
+    results = []
+    for backend in ("fused", "torch"):
+        gossip = FragmentGossip([d], n, fragments=8, peers=3, kernel="index", seed=4)
+        receivers, delivered = gossip.next_graphs()
+        ws = x.new_empty(workspace_size(n, frag, backend))
+        results.append(mix_received_(x.clone(), receivers, delivered, gossip.fragmentation, ws, backend=backend))
+    assert torch.equal(*results)
+
+
 def test_backend_errors_name_the_argument():
     x, receivers, delivered, frag = _round(4, [10], 2, "random", 1, 0.0, seed=0)
     with pytest.raises(ValueError, match="backend must be one of .* got 'numba'"):

@@ -7,6 +7,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+DEFAULT_WORKSPACE_BYTES = 16 * 2**20
+"""Size of :class:`ConsensusDistance`'s float64 workspace: rows are converted in chunks of at most this many bytes."""
+
 
 class ConsensusDistance:
     """Consensus distance ``(1/n) sum_i ||x_i - x_bar||^2`` of node rows, in a float64 workspace kept across calls.
@@ -16,22 +19,37 @@ class ConsensusDistance:
     :func:`consensus_distance` (all rows in one process) and
     :func:`~lightning_mosaic.distributed.global_consensus_distance` (rows spread over processes) call it.
 
-    The rows are copied into one ``(m, d)`` float64 buffer allocated at the first call (and again only when a call
-    needs more rows, other columns or another device), ``x_bar`` is the column sum divided by n, and the result is
-    the sum of the squared deviations divided by n, computed in place in that buffer. Reusing the buffer avoids a
-    fresh ``(m, d)`` float64 allocation per call, whose page faults cost more than the arithmetic on CPU.
+    The rows are converted to float64 in chunks of ``r = clamp(workspace_bytes // (8 d), 1, m)`` rows, each into
+    the same ``(r, d)`` buffer (allocated at the first call, and again only when a call needs more rows, other
+    columns or another device): a first pass adds up the column sums (``x_bar`` = their sum divided by n), a second
+    one the squared deviations from ``x_bar``, computed in place in the buffer; the result is that sum divided by n.
+    Reusing the buffer avoids a fresh float64 allocation per call, whose page faults cost more than the arithmetic
+    on CPU; chunking keeps it independent of the number of nodes.
 
-    Memory: ``8 m d`` bytes while the object lives (fewer rows than the buffer holds use its leading rows).
+    Memory: ``8 r d`` bytes (at most ``max(workspace_bytes, 8 d)``) plus ``8 d`` for the column sums while the
+    object lives, whatever m is.
 
     Args:
         all_reduce: For rows spread over processes: a function returning the sum of a tensor over all processes
             (the input unchanged), e.g. :func:`~lightning_mosaic.distributed.sharding.all_reduce_sum`; ``None``
             (default): every call holds all the rows it averages over.
+        workspace_bytes: Bytes of the float64 chunk buffer (at least one row is converted at a time).
     """
 
-    def __init__(self, all_reduce: Callable[[Tensor], Tensor] | None = None) -> None:
+    def __init__(
+        self, all_reduce: Callable[[Tensor], Tensor] | None = None, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES
+    ) -> None:
+        if isinstance(workspace_bytes, bool) or not isinstance(workspace_bytes, int) or workspace_bytes < 1:
+            raise ValueError(f"workspace_bytes must be an integer >= 1, got {workspace_bytes!r}")
         self.all_reduce = all_reduce
+        self.workspace_bytes = workspace_bytes
         self._workspace: Tensor | None = None
+
+    @property
+    def workspace_nbytes(self) -> int:
+        """Bytes held by the float64 chunk buffer now (0 before the first call)."""
+        ws = self._workspace
+        return 0 if ws is None else ws.numel() * ws.element_size()
 
     def __call__(self, rows: Tensor, num_nodes: int | None = None, *, sharded: bool | None = None) -> Tensor:
         """The consensus distance of ``rows``.
@@ -60,14 +78,23 @@ class ConsensusDistance:
                 f"{m} rows of n={n} nodes are one process's share: ConsensusDistance needs an all_reduce to sum over "
                 "the processes (lightning_mosaic.distributed.global_consensus_distance)"
             )
+        d = rows.shape[1]
+        chunk = max(1, min(m, self.workspace_bytes // max(8 * d, 1)))
         ws = self._workspace
-        if ws is None or ws.shape[0] < m or ws.shape[1:] != rows.shape[1:] or ws.device != rows.device:
-            ws = self._workspace = torch.empty(rows.shape, dtype=torch.float64, device=rows.device)
-        x = ws[:m]  # leading rows of a contiguous buffer: contiguous, so the sums run in the same order
-        x.copy_(rows.detach())
-        column_sum = x.sum(dim=0)
+        if ws is None or ws.shape[0] < chunk or ws.shape[1:] != rows.shape[1:] or ws.device != rows.device:
+            ws = self._workspace = torch.empty((chunk, d), dtype=torch.float64, device=rows.device)
+        rows = rows.detach()
+        column_sum = torch.zeros(d, dtype=torch.float64, device=rows.device)
+        for start in range(0, m, chunk):
+            x = ws[: min(chunk, m - start)]  # leading rows of a contiguous buffer: contiguous
+            x.copy_(rows[start : start + chunk])
+            column_sum += x.sum(dim=0)
         mean = (reduce(column_sum) if sharded else column_sum) / n
-        total = x.sub_(mean).square_().sum()
+        total = torch.zeros((), dtype=torch.float64, device=rows.device)
+        for start in range(0, m, chunk):
+            x = ws[: min(chunk, m - start)]
+            x.copy_(rows[start : start + chunk])
+            total += x.sub_(mean).square_().sum()
         if sharded:
             total = reduce(total)
         return (total / n).to(rows.dtype)

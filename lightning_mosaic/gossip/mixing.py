@@ -140,7 +140,8 @@ def mix_received_(
     (:attr:`Fragmentation.groups`) are one ``(n * K_g, q)`` row block, and each of the s message slots is one
     ``index_add_`` of that block into an accumulator. An undelivered message is added to a spare row that is thrown
     away, so a node's values (even NaN) never reach a node that should not receive them. Work ``O(s n d)``, extra
-    memory at most ``(2 n + 1) d`` values (:func:`workspace_size`) plus ``O(K n s)`` indices.
+    memory at most ``(2 n + 1) d`` values (:func:`workspace_size`; none for the fused backend's "tiles" layout) plus
+    ``O(K n s)`` indices.
 
     Args:
         params: ``(n, d)`` parameter matrix, one row per node; overwritten.
@@ -150,8 +151,8 @@ def mix_received_(
             offline (default: every message arrives).
         fragmentation: The partition of the d columns into K fragments.
         workspace: Optional 1-D scratch tensor of ``params``' dtype and device with at least
-            :func:`workspace_size` elements, reused across rounds so that no large buffer is allocated (and
-            page-faulted in) every round; default: allocate per call.
+            :func:`workspace_size` elements (of the backend that runs), reused across rounds so that no large
+            buffer is allocated (and page-faulted in) every round; default: allocate per call.
         backend: One of :data:`BACKENDS`: ``"fused"``, ``"torch"``, or ``"auto"`` (:func:`default_backend`).
 
     Returns:
@@ -171,7 +172,7 @@ def mix_received_(
             f"backend='fused' needs float32/float64 parameters on the CPU and numba installed, got {params.dtype} "
             f"on {params.device} (numba {'installed' if fused.available() else 'missing'})"
         )
-    needed = workspace_size(params.shape[0], fragmentation)
+    needed = workspace_size(params.shape[0], fragmentation, backend, params.element_size())
     if workspace is None:
         workspace = params.new_empty(needed)
     elif workspace.numel() < needed or workspace.dtype != params.dtype or workspace.device != params.device:
@@ -211,11 +212,22 @@ def mix_received_(
     return params
 
 
-def workspace_size(num_nodes: int, fragmentation: Fragmentation) -> int:
-    """Scratch elements :func:`mix_received_` needs for n nodes with either backend: the torch one needs, per
-    fragment group, an ``(n K_g + 1, q)`` accumulator, plus an ``(n, K_g q)`` gathered block when the group's
-    columns are not one range; the fused one at most ``n d``. At most ``(2 n + 1) d``."""
-    sizes = [fused.workspace_size(num_nodes, fragmentation.num_coordinates, "sorted")]
+def workspace_size(num_nodes: int, fragmentation: Fragmentation, backend: str | None = None, itemsize: int = 4) -> int:
+    """Scratch elements :func:`mix_received_` needs for n nodes: the torch backend needs, per fragment group, an
+    ``(n K_g + 1, q)`` accumulator, plus an ``(n, K_g q)`` gathered block when the group's columns are not one
+    range; the fused one ``n d`` with its "sorted" layout and none with "tiles" (:func:`fused.default_strategy
+    <lightning_mosaic.gossip.fused.default_strategy>` for n, K and ``itemsize``). ``backend=None``: enough for
+    either backend and layout, at most ``(2 n + 1) d``.
+
+    Raises:
+        ValueError: If ``backend`` is not ``None``, ``"fused"`` or ``"torch"``.
+    """
+    if backend not in (None, "fused", "torch"):
+        raise ValueError(f"backend must be None, 'fused' or 'torch', got {backend!r}")
+    if backend == "fused":
+        strategy = fused.default_strategy(num_nodes, fragmentation.num_fragments, itemsize)
+        return fused.workspace_size(num_nodes, fragmentation.num_coordinates, strategy)
+    sizes = [] if backend == "torch" else [fused.workspace_size(num_nodes, fragmentation.num_coordinates, "sorted")]
     for group in fragmentation.groups:
         rows = num_nodes * group.fragments.numel()
         sizes.append((rows + 1) * group.size + (0 if isinstance(group.columns, slice) else rows * group.size))

@@ -13,7 +13,14 @@ from torch import Tensor
 
 from lightning_mosaic._validation import check_probability
 from lightning_mosaic.gossip.fragmentation import Fragmentation, make_fragmentation
-from lightning_mosaic.gossip.mixing import KERNELS, default_kernel, mix_, mix_received_, workspace_size
+from lightning_mosaic.gossip.mixing import (
+    KERNELS,
+    default_backend,
+    default_kernel,
+    mix_,
+    mix_received_,
+    workspace_size,
+)
 from lightning_mosaic.gossip.topology import (
     dense_draw,
     mixing_matrices_from_adjacency,
@@ -186,10 +193,12 @@ class FragmentGossip:
         return matrices
 
     def _scratch(self, params: Tensor) -> Tensor:
-        """The index kernel's workspace, allocated once per dtype and device and reused every round."""
+        """The index kernel's workspace, as large as the backend that runs needs (none for the fused "tiles" layout),
+        allocated once per dtype and device and reused every round."""
+        needed = workspace_size(self.num_nodes, self.fragmentation, default_backend(params), params.element_size())
         ws = self._workspace
-        if ws is None or ws.dtype != params.dtype or ws.device != params.device:
-            ws = self._workspace = params.new_empty(workspace_size(self.num_nodes, self.fragmentation))
+        if ws is None or ws.dtype != params.dtype or ws.device != params.device or ws.numel() < needed:
+            ws = self._workspace = params.new_empty(needed)
         return ws
 
     def state_dict(self) -> dict[str, Any]:
