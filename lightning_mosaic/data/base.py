@@ -436,6 +436,11 @@ class NodeDataModule(pl.LightningDataModule):
         """Same as :meth:`val_dataloader` (one shared test set for all nodes)."""
         return self._eval_loader()
 
+    def predict_dataloader(self) -> DataLoader:
+        """Same as :meth:`test_dataloader`: ``mosaic predict`` runs every node's model and the averaged model on the
+        shared test set (:meth:`~lightning_mosaic.MosaicModule.predict_step`)."""
+        return self._eval_loader()
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(num_nodes={self.num_nodes}, alpha={self.alpha!r}, "
