@@ -213,3 +213,13 @@ def test_a_run_shows_no_adverts_nor_leafspec_but_real_warnings(tmp_path):
     assert "GPU available: False" in result.stderr  # the same logger's other messages pass
     assert "is smaller than the logging interval Trainer(log_every_n_steps=100)" in result.stderr  # a real warning
     assert "Mosaic Learning summary" in result.stdout
+
+
+def test_analyze_help_is_plain_text(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["analyze", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: mosaic analyze" in out and "--systems" in out
+    for markup in ("``", ":class:", ":func:", ":meth:"):
+        assert markup not in out, markup

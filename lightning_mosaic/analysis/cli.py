@@ -18,6 +18,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from lightning_mosaic._validation import check_int, check_probability
 from lightning_mosaic.analysis.sweep import SystemSpec, validate_sweep
+from lightning_mosaic.help_format import MosaicHelpFormatter
 
 OUTPUTS = {
     "spectra_png": "fig2_spectra.png",
@@ -173,6 +174,7 @@ def build_parser() -> ArgumentParser:
         description="Spectra and consensus of Mosaic Learning on quadratic systems (paper figures 2 and 3), and "
         "consensus distance measured in training; writes PNG figures and CSV files.",
         exit_on_error=False,
+        formatter_class=MosaicHelpFormatter,
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
     parser.add_function_arguments(analyze, as_group=False)
