@@ -172,8 +172,8 @@ class MosaicModule(LightningModule):
     Raises:
         ValueError: At construction if ``num_nodes`` < 2, ``execution``, ``init`` or ``lr_scheduler_interval`` is
             unknown, the model's trainable parameters have several dtypes or devices, or a LightningModule uses
-            manual optimization or comes with ``optimizer``, ``lr_scheduler``, ``loss`` or ``metrics``; in a
-            training step if the batch is not per node (every tensor ``(n, B, ...)``), the loss cannot take the
+            manual optimization or comes with ``optimizer``, ``lr_scheduler``, ``loss`` or ``metrics``, or
+            ``optimizer`` builds LBFGS (tried on a one-element parameter); in a training step if the batch is not per node (every tensor ``(n, B, ...)``), the loss cannot take the
             model's output, or a LightningModule's ``training_step`` returns no scalar loss.
     """
 
@@ -237,6 +237,13 @@ class MosaicModule(LightningModule):
         self.num_nodes = num_nodes
         self.execution = execution
         self.optimizer_factory = optimizer
+        if optimizer is not None:  # refuse a non-coordinate-wise optimizer now, before a run folder exists
+            try:
+                probe = optimizer([nn.Parameter(torch.zeros(1))])
+            except Exception:  # a factory that needs real parameters: checked in configure_optimizers
+                probe = None
+            if isinstance(probe, Optimizer):
+                self._check_coordinate_wise(probe)
         self.lr_scheduler_factory = lr_scheduler
         self.lr_scheduler_interval = lr_scheduler_interval
         self.loss = loss

@@ -223,3 +223,12 @@ def test_analyze_help_is_plain_text(capsys):
     assert "usage: mosaic analyze" in out and "--systems" in out
     for markup in ("``", ":class:", ":func:", ":meth:"):
         assert markup not in out, markup
+
+
+def test_a_non_coordinate_wise_optimizer_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", QUICKSTART, "--model.init_args.optimizer", "torch.optim.LBFGS"])
+    assert info.value.code == 2
+    assert "optimizer LBFGS is not coordinate-wise" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # refused when the module is built: no run folder, no config.yaml
