@@ -171,10 +171,11 @@ class MosaicModule(LightningModule):
 
     Raises:
         ValueError: At construction if ``num_nodes`` < 2, ``execution``, ``init`` or ``lr_scheduler_interval`` is
-            unknown, the model's trainable parameters have several dtypes or devices, or a LightningModule uses
-            manual optimization or comes with ``optimizer``, ``lr_scheduler``, ``loss`` or ``metrics``, or
-            ``optimizer`` builds LBFGS (tried on a one-element parameter); in a training step if the batch is not per node (every tensor ``(n, B, ...)``), the loss cannot take the
-            model's output, or a LightningModule's ``training_step`` returns no scalar loss.
+            unknown, the model's trainable parameters have several dtypes or devices, a LightningModule uses manual
+            optimization or comes with ``optimizer``, ``lr_scheduler``, ``loss`` or ``metrics``, or ``optimizer``
+            builds LBFGS (tried on a one-element parameter); in a training step if the batch is not per node (every
+            tensor ``(n, B, ...)``), the loss cannot take the model's output, or a LightningModule's
+            ``training_step`` returns no scalar loss.
     """
 
     def __init__(
