@@ -90,8 +90,19 @@ class ReproduceArgumentParser(argparse.ArgumentParser):
     would report the missing one and never the misspelling).
     """
 
-    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # noqa: D102 (argparse's)
-        options = [option for action in self._actions for option in action.option_strings]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.arguments: list[argparse.Action] = []  # every add_argument's action (--help's included), for the hints
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        """argparse's ``add_argument``, remembering the action (:attr:`arguments`)."""
+        action = super().add_argument(*args, **kwargs)
+        self.arguments.append(action)
+        return action
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """argparse's ``parse_args``, after refusing an option that is no prefix of an option of this parser."""
+        options = [option for action in self.arguments for option in action.option_strings]
         for token in sys.argv[1:] if args is None else args:
             name = token.split("=", 1)[0]
             if name.startswith("--") and not any(option.startswith(name) for option in options):
@@ -107,14 +118,14 @@ class ReproduceArgumentParser(argparse.ArgumentParser):
         choice = re.match(r"argument (\S+): invalid choice: '([^']*)'", message)
         if choice:
             names = set(choice.group(1).split("/"))
-            action = next((a for a in self._actions if names & set(a.option_strings)), None)
+            action = next((a for a in self.arguments if names & set(a.option_strings)), None)
             if action is None or not action.choices:
                 return ""
             close = difflib.get_close_matches(choice.group(2), [str(c) for c in action.choices], n=1, cutoff=0.4)
             return f"; did you mean {action.option_strings[-1]} {close[0]}?" if close else ""
         unknown = re.match(r"unrecognized arguments: (\S+)", message)
         if unknown and unknown.group(1).startswith("-"):
-            options = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+            options = [o for a in self.arguments for o in a.option_strings if o.startswith("--")]
             close = difflib.get_close_matches(unknown.group(1).split("=", 1)[0], options, n=1)
             return f"; did you mean {close[0]}?" if close else ""
         return ""
