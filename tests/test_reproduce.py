@@ -66,6 +66,11 @@ def test_reproduce_runs_the_grid_writes_the_report_and_resumes(grid_run, capsys)
     assert {r["round"] for r in rows if r["metric"] == "gossip/consensus_distance"} == {"5", "10"}
     assert not list(out.rglob("*.tmp*"))
 
+    # each run's folder records its mosaic fit arguments, written before the run started (atomically)
+    recorded = json.loads((out / "runs" / "K4-seed1" / grid.ARGS_FILE).read_text())
+    assert recorded[:1] == ["fit"] and "--ckpt_path" not in recorded
+    assert recorded[recorded.index("--trainer.max_steps") + 1] == "10" and recorded[-2:] == argv[-2:]
+
     # an interrupted grid: one run lost its summary (as if killed after its last checkpoint) -> it resumes
     (out / "runs" / "K4-seed1" / "version_0" / "summary.json").unlink()
     capsys.readouterr()
@@ -73,15 +78,59 @@ def test_reproduce_runs_the_grid_writes_the_report_and_resumes(grid_run, capsys)
     printed = capsys.readouterr().out
     assert printed.count("done, skipped") == 3 and "K4-seed1 resumes from epoch=1-step=10.ckpt" in printed
     assert (out / "runs" / "K4-seed1" / "version_0" / "summary.json").is_file()
+    assert json.loads((out / "runs" / "K4-seed1" / grid.ARGS_FILE).read_text()) == recorded  # --ckpt_path not kept
 
 
 def test_reproduce_refuses_bad_arguments(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["reproduce", "--task", "mnist", "--fragments", "1"])
-    assert exit_info.value.code == 2 and "invalid choice: 'mnist'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["reproduce", "--task", "digits", "--fragments", "0"])
-    assert "must be an integer >= 1, got 0" in capsys.readouterr().err
+    """One line naming the option, the value and what is allowed (did-you-mean), one hint line, exit 2, no write."""
+    out = tmp_path / "out"
+    expected = {
+        ("--task", "digts"): "argument --task: invalid choice: 'digts' (choose from 'cifar10', 'cifar100', 'digits', "
+        "'movielens'); did you mean --task digits?",
+        ("--fragmnets", "1"): "unrecognized arguments: --fragmnets; did you mean --fragments?",
+        ("--fragments", "0"): "argument --fragments: must be an integer >= 1, got '0'",
+        ("--rounds", "abc"): "argument --rounds: must be an integer >= 1, got 'abc'",
+        ("--alpha", "-1"): "argument --alpha: must be a float > 0 or 'iid' (an IID split; also 'inf'), got '-1'",
+        ("--alpha", "dirichlet"): "argument --alpha: must be a float > 0 or 'iid' (an IID split; also 'inf'), "
+        "got 'dirichlet'",
+    }
+    for (option, value), line in expected.items():
+        argv = {"--task": "digits", "--fragments": "1", "--out": str(out)} | {option: value}
+        with pytest.raises(SystemExit) as exit_info:
+            main(["reproduce", *[word for pair in argv.items() for word in pair]])
+        captured = capsys.readouterr()
+        assert exit_info.value.code == 2 and captured.out == ""
+        assert captured.err == f"mosaic reproduce: error: {line}\nsee: mosaic reproduce --help\n"
+    assert not out.exists()
+    for alpha in ("0.1", "iid", "inf"):  # accepted as given
+        assert grid.build_parser().parse_args(["--task", "digits", "--fragments", "1", "--alpha", alpha]).alpha == alpha
+
+
+def test_reproduce_refuses_a_grid_that_changes_a_recorded_run(tmp_path, monkeypatch, capsys):
+    """A run's folder records its mosaic fit arguments; another list for it stops the grid before any run starts."""
+    fits = []
+    monkeypatch.setattr(grid, "write_report", lambda runs, out, *args: out / "report.md")
+    argv = ["--task", "digits", "--seeds", "1", "--out", str(tmp_path)]
+    grid.run_grid([*argv, "--fragments", "4", "--rounds", "20"], fit=fits.append)
+    record = tmp_path / "runs" / "K4-seed0" / grid.ARGS_FILE
+    assert json.loads(record.read_text()) == fits[0] and not list(tmp_path.rglob("*.tmp"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # K1-seed0 comes first, but K4-seed0 is checked before it runs
+        grid.run_grid([*argv, "--fragments", "1", "4", "--rounds", "30"], fit=fits.append)
+    assert exit_info.value.code == 2 and len(fits) == 1 and not (tmp_path / "runs" / "K1-seed0").exists()
+    assert capsys.readouterr().err == (
+        "mosaic reproduce: error: run K4-seed0 was started with --trainer.max_steps 20, this grid gives it "
+        f"--trainer.max_steps 30 (first difference of its mosaic fit arguments, recorded in {record}); use another "
+        f"--out for the new settings, or delete {record.parent} to run it again\n"
+    )
+    with pytest.raises(SystemExit):  # an argument added after -- is a difference too
+        grid.run_grid([*argv, "--fragments", "4", "--rounds", "20", "--", "--trainer.max_time", "1"], fit=fits.append)
+    assert "started with (nothing), this grid gives it --trainer.max_time 1 " in capsys.readouterr().err
+    grid.run_grid([*argv, "--fragments", "4", "--rounds", "20"], fit=fits.append)  # the same list: it runs
+    assert len(fits) == 2 and fits[1] == fits[0]
+    record.unlink()  # a folder of an older version, without the record: accepted as is
+    grid.run_grid([*argv, "--fragments", "4", "--rounds", "30"], fit=fits.append)
+    assert len(fits) == 3 and "30" in fits[2]
 
 
 def test_reproduce_passes_fault_options_and_seeds_them_per_run(tmp_path, monkeypatch):
@@ -146,18 +195,21 @@ def test_report_writes_every_number_in_one_format(grid_run):
     rows = _table((out / "report.md").read_text(), "## Final metrics")
     assert [row[0] for row in rows] == ["1 (EL)", "4"]
     percent = r"\d{1,3}\.\d{2}% ± \d{1,3}\.\d{2}%"
+    points = r"[+-]?\d{1,3}\.\d{2} pp ± \d{1,3}\.\d{2} pp"  # differences of accuracies: percentage points
     scientific = r"\d\.\d{2}e[+-]\d{2} ± \d\.\d{2}e[+-]\d{2}"
-    formats = [percent, percent, percent, scientific, r"[+-]" + percent, r"[+-]" + percent]
+    formats = [percent, percent, percent, scientific, points, points]
     for row in rows:
         assert len(row) == 1 + len(formats)
         for cell, pattern in zip(row[1:], formats):
-            assert re.fullmatch(pattern, cell) or (row[0] == "1 (EL)" and pattern.startswith("[") and cell == "—"), cell
+            assert re.fullmatch(pattern, cell) or (row[0] == "1 (EL)" and pattern == points and cell == "—"), cell
     summaries = {(k, s): json.loads((_run_dir(out, k, s) / "summary.json").read_text()) for k, s in RUNS}
     for row, k in zip(rows, (1, 4)):
         mean = sum(summaries[(k, s)]["node_acc_mean"] for s in (0, 1)) / 2
         assert row[1].startswith(f"{100 * mean:.2f}% ± ")
     assert format_metric(0.951234, "error", 0.01) == "0.9512 ± 0.0100"
-    assert format_metric(None, "error") == "—" and format_metric(-0.0123, "accuracy", signed=True) == "-1.23%"
+    assert format_metric(None, "error") == "—" and format_metric(-0.0123, "accuracy", signed=True) == "-1.23 pp"
+    assert format_metric(0.0203, "accuracy", 0.0022, signed=True) == "+2.03 pp ± 0.22 pp"
+    assert "differences in percentage points" in (out / "report.md").read_text()
 
 
 def test_report_names_the_values_that_differ_between_runs(grid_run, tmp_path):
@@ -216,5 +268,53 @@ def test_plot_curves_keeps_coinciding_curves_apart():
     figure = plot_curves({k: (rounds, means, None) for k in range(1, 9)}, "accuracy", "title")
     assert len({line.get_marker() for line in figure.axes[0].get_lines()}) == 8
     import matplotlib.pyplot as plt  # after plot_curves chose its backend
+
+    plt.close("all")
+
+
+def test_report_puts_the_end_of_fit_validation_at_the_last_round(tmp_path, capsys):
+    """7 rounds, validation every 5: the end-of-fit validation (logged at step 7) is round 7, and the report says so.
+
+    With n = 2 and s = 1 the consensus distance is exactly 0 after every round; 3 rounds: only the end validation.
+    """
+    out = tmp_path / "report"
+    argv = ["reproduce", "--task", "digits", "--fragments", "1", "--seeds", "1", "--nodes", "2", "--peers", "1"]
+    forwarded = ["--", "--data.init_args.steps_per_epoch", "5", "--trainer.val_check_interval", "5"]
+    main([*argv, "--rounds", "7", "--out", str(out), *forwarded])
+    rows = list(csv.DictReader((out / "curves.csv").open()))
+    assert {r["round"] for r in rows if r["metric"] == "val/node_acc_mean"} == {"5", "7"}
+    assert {r["round"] for r in rows} == {"5", "7"}  # nothing past the run's 7 rounds
+    assert {float(r["mean"]) for r in rows if r["metric"] == "gossip/consensus_distance"} == {0.0}
+    report = (out / "report.md").read_text()
+    setup = dict(_table(report, "## Setup"))
+    assert setup["validation"].startswith("at round 5 and at the end (round 7); ")
+    assert setup["final metrics"] == "from the validation at the end (round 7), after local step 7 (of 7)"
+
+    # the grid again with other rounds in the same folder: refused, nothing run or rewritten
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--rounds", "8", "--out", str(out), *forwarded])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "run K1-seed0 was started with --trainer.max_steps 7, this grid gives it --trainer.max_steps 8" in err
+    assert (out / "report.md").read_text() == report
+
+    out = tmp_path / "short"
+    main([*argv, "--rounds", "3", "--out", str(out), *forwarded])
+    setup = dict(_table((out / "report.md").read_text(), "## Setup"))
+    assert setup["validation"].startswith("at the end only (round 3); ")
+    assert setup["final metrics"] == "from the validation at the end (round 3), after local step 3 (of 3)"
+    assert {r["round"] for r in csv.DictReader((out / "curves.csv").open())} == {"3"}
+
+
+def test_plot_curves_draws_a_log_curve_with_zeros_on_a_linear_axis():
+    """A log-scale curve holding a 0 (consensus distance with n = 2, s = 1) is drawn on a linear axis, said so."""
+    figure = plot_curves({1: ([5, 10], [0.0, 0.0], None), 4: ([5, 10], [0.0, 0.0], None)}, "distance", "t", True)
+    (axes,) = figure.axes
+    assert axes.get_yscale() == "linear" and axes.get_ylabel() == "distance (linear scale: some values are 0)"
+    assert [list(line.get_ydata()) for line in axes.get_lines()] == [[0.0, 0.0], [0.0, 0.0]]
+    figure = plot_curves({1: ([5, 10], [0.1, 0.01], None)}, "distance", "t", True)
+    assert figure.axes[0].get_yscale() == "log" and figure.axes[0].get_ylabel() == "distance"
+    import matplotlib.pyplot as plt
 
     plt.close("all")

@@ -94,18 +94,53 @@ CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 
 
-def read_curves(metrics_csv: Path, names: Sequence[str]) -> dict[str, dict[int, float]]:
+def _round(step: int, final_step: int | None) -> int:
+    """The round of a ``metrics.csv`` row logged at ``step`` (see :func:`read_curves`)."""
+    return step if final_step is not None and step == final_step else step + 1
+
+
+def read_curves(metrics_csv: Path, names: Sequence[str], final_step: int | None = None) -> dict[str, dict[int, float]]:
     """``{metric: {round: value}}`` for ``names`` from a CSVLogger ``metrics.csv`` (missing cells skipped).
 
-    Lightning writes a value logged after optimizer step t (``trainer.global_step == t``) with ``step = t - 1``;
-    with one gossip round per step, the round is ``step + 1`` (``gossip/round`` confirms it)."""
+    Lightning writes a value logged in training or in a validation during fit after optimizer step t
+    (``trainer.global_step == t``) with ``step = t - 1``; with one gossip round per step, that is round
+    ``step + 1`` (``gossip/round`` confirms it). The validation after fit (``MosaicCLI.after_fit``'s
+    ``trainer.validate``, when the last step was not validated) is written with ``step = t``, the run's final step.
+
+    Args:
+        metrics_csv: The CSV file.
+        names: The metrics (columns) to read.
+        final_step: The run's final ``global_step`` (``steps`` of its ``summary.json``): a row with this step is
+            the end-of-fit validation, of round ``final_step``; every other row is round ``step + 1``. ``None``:
+            every row is ``step + 1`` (a run that has not finished).
+    """
     curves: dict[str, dict[int, float]] = {name: {} for name in names}
     with Path(metrics_csv).open(newline="") as handle:
         for row in csv.DictReader(handle):
             for name in names:
                 if row.get(name):
-                    curves[name][int(row["step"]) + 1] = float(row[name])
+                    curves[name][_round(int(row["step"]), final_step)] = float(row[name])
     return curves
+
+
+def _validations(logs: Sequence[Path], name: str, final_step: int | None) -> tuple[list[int], int | None]:
+    """``(rounds validated during fit, round of the end-of-fit validation or None)`` from a run's logs of ``name``.
+
+    The end-of-fit validation is the row at ``final_step`` (:func:`read_curves`); it is ``None`` when that round
+    was also validated during fit (a run resumed from its last checkpoint validates it once more).
+    """
+    during: set[int] = set()
+    at_end = None
+    for log in logs:
+        with Path(log).open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row.get(name):
+                    step = int(row["step"])
+                    if final_step is not None and step == final_step:
+                        at_end = step
+                    else:
+                        during.add(step + 1)
+    return sorted(during), (None if at_end in during else at_end)
 
 
 def aggregate(values: Sequence[float]) -> tuple[float, float]:
@@ -142,7 +177,8 @@ def format_metric(value: float | None, kind: str, half: float | None = None, *, 
         kind: ``"accuracy"`` (``92.71%``: percent, 2 decimals), ``"error"`` (``0.9512``: 4 decimals) or
             ``"scientific"`` (``1.23e-02``: 3 significant digits).
         half: Confidence-interval half-width, written after ``±`` in the same format (unsigned); ``None``: none.
-        signed: Write a ``+`` in front of positive values (differences).
+        signed: ``value`` is a difference of two metrics: a ``+`` in front of positive values, and a difference
+            of accuracies in percentage points (``+0.81 pp``: 2 decimals), not percent.
 
     Returns:
         The text of the number (and its half-width).
@@ -152,14 +188,14 @@ def format_metric(value: float | None, kind: str, half: float | None = None, *, 
 
     Example:
         >>> format_metric(0.92713, "accuracy", 0.0035), format_metric(0.0081, "accuracy", 0.012, signed=True)
-        ('92.71% ± 0.35%', '+0.81% ± 1.20%')
+        ('92.71% ± 0.35%', '+0.81 pp ± 1.20 pp')
         >>> format_metric(0.95123, "error", 0.0004), format_metric(0.012604, "scientific", 0.000208)
         ('0.9512 ± 0.0004', '1.26e-02 ± 2.08e-04')
     """
     patterns = {"accuracy": ("{:.2f}%", 100.0), "error": ("{:.4f}", 1.0), "scientific": ("{:.2e}", 1.0)}
     if kind not in patterns:
         raise ValueError(f"kind must be one of {tuple(patterns)}, got {kind!r}")
-    pattern, scale = patterns[kind]
+    pattern, scale = ("{:.2f} pp", 100.0) if signed and kind == "accuracy" else patterns[kind]
     if value is None or not math.isfinite(value):
         return "—"
     text = ("+" if signed and value * scale > 0 else "") + pattern.format(value * scale)
@@ -219,18 +255,28 @@ def _load_run(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return _flatten(config), json.loads((run / SUMMARY_FILE).read_text())
 
 
-def _validation_text(rounds: Sequence[int]) -> str:
+def _validation_text(rounds: Sequence[int], at_end: int | None = None) -> str:
+    """The rounds validated during fit (``every 10 rounds (rounds 10, 20)``), then the end-of-fit one if any."""
     if not rounds:
-        return "none logged"
+        return "none logged" if at_end is None else f"at the end only (round {at_end})"
     gaps = {b - a for a, b in zip(rounds, rounds[1:])}
     shown = ", ".join(str(r) for r in rounds) if len(rounds) <= 6 else f"{rounds[0]}, {rounds[1]}, ..., {rounds[-1]}"
     if len(gaps) == 1 and rounds[0] == next(iter(gaps)):
-        return f"every {rounds[0]} rounds (rounds {shown})"
-    return f"at rounds {shown}"
+        text = f"every {rounds[0]} rounds (rounds {shown})"
+    elif len(rounds) == 1:
+        text = f"at round {shown}"
+    else:
+        text = f"at rounds {shown}"
+    return text if at_end is None else f"{text} and at the end (round {at_end})"
 
 
-def _setup_rows(config: Mapping[str, Any], summary: Mapping[str, Any], validated: Sequence[int]) -> dict[str, str]:
-    """The setup of one run, ``{row label: value}``, from its flattened config and its summary."""
+def _setup_rows(
+    config: Mapping[str, Any], summary: Mapping[str, Any], validated: Sequence[int], at_end: int | None = None
+) -> dict[str, str]:
+    """The setup of one run, ``{row label: value}``, from its flattened config and its summary.
+
+    ``validated``: the rounds validated during fit; ``at_end``: the round of the end-of-fit validation, if any.
+    """
 
     def get(key: str, default: Any = None) -> Any:
         return config.get(key, default)
@@ -268,7 +314,7 @@ def _setup_rows(config: Mapping[str, Any], summary: Mapping[str, Any], validated
     if get("data.init_args.test_subset") is not None:
         test_text += f" (test_subset {get('data.init_args.test_subset')})"
     test_text += ", the same for every node's model and the averaged model" if isinstance(examples, int) else ""
-    validation = _validation_text(validated)
+    validation = _validation_text(validated, at_end)
     settings = [
         f"{key} {_text(get(key))}"
         for key in ("trainer.check_val_every_n_epoch", "trainer.val_check_interval", "data.init_args.steps_per_epoch")
@@ -284,6 +330,10 @@ def _setup_rows(config: Mapping[str, Any], summary: Mapping[str, Any], validated
     fault_text = ", ".join(fault_parts) if fault_parts else "none (every node online, no stragglers, no message lost)"
     fault_text += f"; non-finite nodes: {get('gossip.on_nonfinite', 'raise')}"
     rounds, steps = summary.get("rounds"), summary.get("steps")
+    final_step = summary.get("validated_step")
+    final_text = f"from the validation after local step {final_step} (of {steps})"
+    if at_end is not None and final_step == at_end:
+        final_text = f"from the validation at the end (round {at_end}), after local step {final_step} (of {steps})"
     return {
         "model": model_text,
         "data": f"{get('data.class_path', 'not recorded')}, {folder}",
@@ -301,7 +351,7 @@ def _setup_rows(config: Mapping[str, Any], summary: Mapping[str, Any], validated
         "learning rate": lr_text,
         "test set": test_text,
         "validation": validation,
-        "final metrics": f"from the validation after local step {summary.get('validated_step')} (of {steps})",
+        "final metrics": final_text,
         "fault model": fault_text,
         "hardware": ", ".join(
             f"{key.split('.')[-1]} {_text(get(key))}"
@@ -318,7 +368,10 @@ def _setup_rows(config: Mapping[str, Any], summary: Mapping[str, Any], validated
 
 
 def describe_setup(
-    runs: Mapping[tuple[int, int], Path], task: str, validated: Mapping[tuple[int, int], Sequence[int]] | None = None
+    runs: Mapping[tuple[int, int], Path],
+    task: str,
+    validated: Mapping[tuple[int, int], Sequence[int]] | None = None,
+    at_end: Mapping[tuple[int, int], int | None] | None = None,
 ) -> list[str]:
     """The report's setup section (Markdown lines), read from every run's ``config.yaml`` and ``summary.json``.
 
@@ -330,7 +383,9 @@ def describe_setup(
     Args:
         runs: ``{(K, seed): run directory}``, each holding ``config.yaml`` and ``summary.json``.
         task: ``"classification"`` or ``"rating"``.
-        validated: ``{(K, seed): rounds}`` at which each run logged a validation (from its ``metrics.csv``).
+        validated: ``{(K, seed): rounds}`` at which each run logged a validation during fit (its ``metrics.csv``).
+        at_end: ``{(K, seed): round}`` of each run's end-of-fit validation (``MosaicCLI.after_fit``), if it had one
+            besides those during fit.
 
     Raises:
         FileNotFoundError: If a run lacks ``config.yaml`` or ``summary.json`` (naming the run and the file).
@@ -342,7 +397,8 @@ def describe_setup(
         name = _run_name(k, seed)
         config, summary = _load_run(run)
         configs[name] = config
-        per_run[name] = _setup_rows(config, summary, (validated or {}).get((k, seed), ()))
+        rounds = (validated or {}).get((k, seed), ())
+        per_run[name] = _setup_rows(config, summary, rounds, (at_end or {}).get((k, seed)))
         wrong = [f"{key} {_text(config[key])}" for key in SEED_KEYS if key in config and config[key] != seed]
         if wrong:
             seed_notes.append(f"{name}: {', '.join(wrong)}")
@@ -416,7 +472,8 @@ def plot_curves(
             half-height, e.g. the std over seeds; ``None``: no band).
         ylabel: The y-axis label.
         title: The figure title.
-        log_scale: Log y axis (consensus distance).
+        log_scale: Log y axis (consensus distance); a linear one, said so in the y label, when a curve has a
+            value <= 0 (a log axis would leave it out: e.g. consensus distance exactly 0 with n = 2, s = 1).
 
     Returns:
         The ``matplotlib.figure.Figure`` (the caller saves and closes it); its axes hold one ``Line2D`` per K,
@@ -451,8 +508,10 @@ def plot_curves(
             axes.fill_between(steps, mean - band, mean + band, alpha=0.15, color=line.get_color())
     axes.set_xlabel("round")
     axes.set_ylabel(ylabel)
-    if log_scale:
+    if log_scale and all(v > 0 for _, means, _ in curves.values() for v in means):
         axes.set_yscale("log")
+    elif log_scale:
+        axes.set_ylabel(f"{ylabel} (linear scale: some values are 0)")
     axes.set_title(title)
     axes.legend()
     figure.tight_layout()
@@ -495,23 +554,24 @@ def write_report(runs: Mapping[tuple[int, int], Path], directory: Path, task: st
     per_k: dict[int, dict[str, dict[int, list[float]]]] = {k: defaultdict(lambda: defaultdict(list)) for k in fragments}
     finals: dict[int, dict[str, dict[int, float]]] = {k: defaultdict(dict) for k in fragments}
     validated: dict[tuple[int, int], list[int]] = {}
+    at_end: dict[tuple[int, int], int | None] = {}
     first_validation = next(iter(curve_names))
     for (k, seed), run in sorted(runs.items()):
-        merged: dict[str, dict[int, float]] = defaultdict(dict)
-        for log in sorted(run.glob("metrics*.csv")):  # metrics.part*.csv: before a resume
-            for name, curve in read_curves(log, list(curve_names)).items():
-                merged[name].update(curve)
         summary = json.loads((run / SUMMARY_FILE).read_text())
-        # a run resumed from its last checkpoint validates once more, logged one step past its last round: not a round
-        last = summary.get("steps")
-        validated[(k, seed)] = [r for r in sorted(merged[first_validation]) if last is None or r <= last]
+        last = summary.get("steps")  # the end-of-fit validation is logged at this step (read_curves)
+        logs = sorted(run.glob("metrics*.csv"))  # metrics.part*.csv: before a resume
+        merged: dict[str, dict[int, float]] = defaultdict(dict)
+        for log in logs:
+            for name, curve in read_curves(log, list(curve_names), last).items():
+                merged[name].update(curve)
+        validated[(k, seed)], at_end[(k, seed)] = _validations(logs, first_validation, last)
         for name, curve in merged.items():
             for step, value in curve.items():
                 per_k[k][name][step].append(value)
         for key in SUMMARY_KEYS[task]:
             if summary.get(key) is not None:
                 finals[k][key][seed] = float(summary[key])
-    setup = describe_setup(runs, task, validated)
+    setup = describe_setup(runs, task, validated, at_end)
 
     directory.mkdir(parents=True, exist_ok=True)
     rows = ["metric,fragments,round,mean,std,seeds"]
