@@ -234,7 +234,6 @@ def test_data_help_lists_the_base_arguments_forwarded_by_kwargs(datamodule, own,
 def test_predict_runs_every_node_and_the_averaged_model_on_the_shared_test_set(tmp_path):
     """``mosaic predict`` works for a recipe: the node datamodules predict on their shared test set."""
     cli = instantiate(["--config", str(QUICKSTART), "--trainer.logger.init_args.save_dir", str(tmp_path)])
-    cli.trainer.logger = None  # nothing to log: the predictions are returned
     predictions = cli.trainer.predict(cli.model, datamodule=cli.datamodule)
     test_size = len(cli.datamodule.test_dataset)
     assert sum(p["avg_model"].shape[0] for p in predictions) == test_size
