@@ -14,6 +14,7 @@ from lightning_mosaic import MosaicGossip, MosaicModule
 from lightning_mosaic.callbacks import MosaicFaults
 from lightning_mosaic.data import DigitsDataModule
 from lightning_mosaic.models import MLP
+from tests.trainers import quiet_trainer
 
 N = 5  # a chunk of 2 does not divide it
 
@@ -86,18 +87,7 @@ def fit(model, chunk, steps: int = 3, faults: bool = True, execution: str = "aut
     callbacks = [MosaicGossip(fragments=2, peers=2, seed=0), losses]
     if faults:  # stragglers and churn: frozen nodes skip local steps
         callbacks.insert(0, MosaicFaults(availability=0.7, straggler_prob=0.3, seed=1))
-    trainer = Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=callbacks,
-        **trainer_options,
-    )
+    trainer = quiet_trainer(max_steps=steps, limit_val_batches=0, callbacks=callbacks, **trainer_options)
     trainer.fit(module, DigitsDataModule(num_nodes=N, alpha=0.5, batch_size=8, seed=0))
     (optimizer,) = trainer.optimizers
     return optimizer.seen, losses.values, module.gossip_parameters.detach().clone(), losses

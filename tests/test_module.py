@@ -15,23 +15,12 @@ from lightning_mosaic.data import DigitsDataModule
 from lightning_mosaic.gossip import consensus_distance
 from lightning_mosaic.models import MLP
 from lightning_mosaic.recipes import RECIPES_DIR
+from tests.trainers import quiet_trainer
 
 
 def trainer(tmp_path, max_steps: int, callbacks=(), **kwargs) -> Trainer:
-    options = dict(
-        max_steps=max_steps,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        deterministic=True,
-    )
-    options.update(kwargs)
-    return Trainer(callbacks=list(callbacks), **options)
+    options = dict(max_steps=max_steps, num_sanity_val_steps=0, default_root_dir=tmp_path, deterministic=True)
+    return quiet_trainer(callbacks=list(callbacks), **{**options, **kwargs})
 
 
 def digits(n: int = 8, **kwargs) -> DigitsDataModule:

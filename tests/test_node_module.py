@@ -25,23 +25,13 @@ from lightning_mosaic import MosaicGossip, MosaicModule
 from lightning_mosaic.callbacks import MosaicSummary
 from lightning_mosaic.callbacks.summary import format_summary
 from lightning_mosaic.data import NodeBatchCollate, NodeBatchSampler, NodeDataModule
+from tests.trainers import quiet_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def trainer(tmp_path, **kwargs) -> Trainer:
-    options = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
-    options.update(kwargs)
-    return Trainer(**options)
+    return quiet_trainer(**{"num_sanity_val_steps": 0, "default_root_dir": tmp_path, **kwargs})
 
 
 def node_loader(dataset, partition, batch_size: int, num_batches: int | None = None) -> DataLoader:
