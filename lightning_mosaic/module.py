@@ -679,7 +679,7 @@ class MosaicModule(LightningModule):
             return None
         if self.backward_chunk == "auto" and self.resolved_execution() == "vmap":
             return self._auto_chunk
-        return self._chunk_size(None)
+        return self._chunk_size()
 
     def _chunk_backward(self) -> bool:
         """Whether this training step runs its backward per chunk of nodes (inside a Trainer's fit, automatic
@@ -698,21 +698,25 @@ class MosaicModule(LightningModule):
         inputs, targets = self.split_batch(part)
         return self.node_losses(self._run_nodes(inputs, rows=rows, params=params), targets)
 
-    def _chunk_size(self, measured: int | None) -> int:
+    def _chunk_size(self) -> int:
         """Nodes per chunk: ``backward_chunk`` when an int; with ``"auto"``, 1 on the loop path and, on the vmap
-        path, ``clamp(budget // measured, 1, m)`` for ``measured`` bytes saved by one node's backward."""
+        path, the chunk :meth:`_measure_chunk` chose (1 until it did)."""
         m = self.replicas.num_nodes
         if isinstance(self.backward_chunk, int):
             return min(self.backward_chunk, m)
-        if self.resolved_execution() != "vmap":
+        if self.resolved_execution() != "vmap" or self._auto_chunk is None:
             return 1
-        if self._auto_chunk is None and measured is not None:
-            budget = self.activation_budget
-            if budget is None:
-                device = self.replicas.flat.device
-                budget = torch.cuda.mem_get_info(device)[0] // 4 if device.type == "cuda" else DEFAULT_ACTIVATION_BUDGET
-            self._auto_chunk = max(1, min(m, budget // max(measured, 1)))
-        return 1 if self._auto_chunk is None else self._auto_chunk
+        return self._auto_chunk
+
+    def _measure_chunk(self, saved_bytes: int) -> None:
+        """Choose the vmap chunk of ``backward_chunk="auto"``: ``clamp(budget // saved_bytes, 1, m)`` for the bytes
+        autograd saved for one node's backward (budget: ``activation_budget``, else a quarter of the free CUDA
+        memory on CUDA, :data:`DEFAULT_ACTIVATION_BUDGET` elsewhere)."""
+        budget = self.activation_budget
+        if budget is None:
+            device = self.replicas.flat.device
+            budget = torch.cuda.mem_get_info(device)[0] // 4 if device.type == "cuda" else DEFAULT_ACTIVATION_BUDGET
+        self._auto_chunk = max(1, min(self.replicas.num_nodes, budget // max(saved_bytes, 1)))
 
     def _backward_by_chunks(self, batch_idx: int, losses_of: Callable[[range, Tensor], Tensor]) -> Tensor:
         """Forward and backward chunk by chunk (see the class docstring, "Backward per chunk"): ``losses_of(rows,
@@ -731,12 +735,12 @@ class MosaicModule(LightningModule):
         measure = self.backward_chunk == "auto" and self._auto_chunk is None and self.resolved_execution() == "vmap"
         m, start, values = self.replicas.num_nodes, 0, []
         while start < m:
-            rows = range(start, min(m, start + self._chunk_size(None)))
+            rows = range(start, min(m, start + self._chunk_size()))
             params = flat.detach()[rows.start : rows.stop].requires_grad_()
             if measure:  # the first chunk is one node: count what autograd saves for its backward
                 with _SavedBytes(flat) as saved:
                     losses = losses_of(rows, params)
-                self._chunk_size(saved.total)
+                self._measure_chunk(saved.total)
                 measure = False
             else:
                 losses = losses_of(rows, params)
