@@ -14,7 +14,7 @@ from lightning_mosaic import MosaicGossip, MosaicModule
 from lightning_mosaic.callbacks import MosaicFaults
 from lightning_mosaic.data import DigitsDataModule
 from lightning_mosaic.models import MLP
-from tests.trainers import quiet_trainer
+from tests.helpers import quiet_trainer
 
 N = 5  # a chunk of 2 does not divide it
 

@@ -331,19 +331,8 @@ def test_one_node_per_user_batches_are_gathered_and_equal_the_per_sample_path(mo
     """n = 943 on the real 100K (every node one user): the gathered batches are the per-sample path's, bit for bit,
     over several rounds (users with 16 training ratings wrap into new passes), two epochs and after a mid-epoch
     resume."""
-    from torch.utils.data import Dataset
-
     from lightning_mosaic.data import GatheredSamples, NodeBatchCollate, NodeBatchSampler, NodeDataLoader
-
-    class PerSample(Dataset):  # dataset[i] one by one, then default_collate: the fetch before GatheredSamples
-        def __init__(self, dataset):
-            self.dataset = dataset
-
-        def __len__(self):
-            return len(self.dataset)
-
-        def __getitem__(self, index):
-            return self.dataset[index]
+    from tests.helpers import PerSample
 
     dm = MovieLensDataModule(movielens100k_dir, 943, "iid", 8, variant="100k", seed=0, steps_per_epoch=3)
     dm.setup("fit")

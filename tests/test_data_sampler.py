@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_mosaic.data import NodeBatchCollate, NodeBatchSampler, dirichlet_partition
+from tests.helpers import PerSample
 
 
 def _per_node(batch: list[int], num_nodes: int, batch_size: int) -> list[list[int]]:
@@ -270,19 +271,6 @@ def test_node_data_loader_resumes_inside_an_epoch():
         NodeDataLoader(data, batch_size=2)
 
 
-class _PerSample(Dataset):
-    """The per-sample fetch path: ``dataset[i]`` one by one (no ``__getitems__``), then ``default_collate``."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        return self.dataset[index]
-
-
 def _tensor_datasets():
     from lightning_mosaic.data.images import InMemoryImageDataset
     from lightning_mosaic.data.movielens import RatingsDataset
@@ -315,7 +303,7 @@ def test_gathered_node_batches_equal_the_per_sample_path_bit_for_bit_and_after_a
     def loaders():
         sampler = lambda: NodeBatchSampler(partition, 6, seed=3, num_batches=4)  # noqa: E731
         new = NodeDataLoader(batched(dataset), batch_sampler=sampler(), collate_fn=NodeBatchCollate(3))
-        old = NodeDataLoader(_PerSample(dataset), batch_sampler=sampler(), collate_fn=NodeBatchCollate(3))
+        old = NodeDataLoader(PerSample(dataset), batch_sampler=sampler(), collate_fn=NodeBatchCollate(3))
         return new, old
 
     new, old = loaders()
@@ -356,7 +344,7 @@ def test_node_collate_takes_a_gathered_batch_as_it_is_and_other_collate_fns_read
     # in a worker process the collate runs there: the same batches come back
     sampler = NodeBatchSampler([np.arange(6), np.arange(6, 12)], 4, seed=0, num_batches=3)
     workers = DataLoader(dataset, batch_sampler=sampler, collate_fn=NodeBatchCollate(2), num_workers=1)
-    plain = DataLoader(_PerSample(dataset), batch_sampler=sampler, collate_fn=NodeBatchCollate(2))
+    plain = DataLoader(PerSample(dataset), batch_sampler=sampler, collate_fn=NodeBatchCollate(2))
     for a, b in zip(workers, plain, strict=True):
         _assert_same_batch(a, b)
 

@@ -15,7 +15,7 @@ from lightning_mosaic.data import DigitsDataModule
 from lightning_mosaic.gossip import consensus_distance
 from lightning_mosaic.models import MLP
 from lightning_mosaic.recipes import RECIPES_DIR
-from tests.trainers import quiet_trainer
+from tests.helpers import quiet_trainer
 
 
 def trainer(tmp_path, max_steps: int, callbacks=(), **kwargs) -> Trainer:

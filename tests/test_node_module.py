@@ -25,7 +25,7 @@ from lightning_mosaic import MosaicGossip, MosaicModule
 from lightning_mosaic.callbacks import MosaicSummary
 from lightning_mosaic.callbacks.summary import format_summary
 from lightning_mosaic.data import NodeBatchCollate, NodeBatchSampler, NodeDataModule
-from tests.trainers import quiet_trainer
+from tests.helpers import quiet_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
