@@ -140,7 +140,9 @@ class MosaicModule(LightningModule):
             divide m). ``"all"``: one backward of the summed loss after every node's forward (every node's
             activations alive at once). Every setting gives the same gradients: bit for bit on the loop path (a
             node's loss only reaches its own row), to float rounding on the vmap path (other batch sizes of the
-            vectorized kernels). The chunks run inside ``training_step`` (see "Backward per chunk" below).
+            vectorized kernels) for a model without random layers; under vmap, a random layer (Dropout) draws its
+            masks per vmapped call, so other chunks draw other masks (on the loop path they are the same). The
+            chunks run inside ``training_step`` (see "Backward per chunk" below).
         activation_budget: Bytes of saved activations one chunk may hold when ``backward_chunk="auto"`` picks the
             vmap chunk; ``None`` (default): a quarter of the CUDA device's free memory on CUDA,
             :data:`DEFAULT_ACTIVATION_BUDGET` (512 MiB) elsewhere.
