@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -28,10 +28,20 @@ from lightning_mosaic.gossip.fragmentation import FRAGMENTATIONS
 from lightning_mosaic.gossip.metrics import bytes_sent_per_node, values_sent_per_node
 from lightning_mosaic.gossip.mixing import KERNELS
 from lightning_mosaic.gossip.protocol import FragmentGossip, nonfinite_nodes
-from lightning_mosaic.gossip.topology import TOPOLOGIES
+from lightning_mosaic.gossip.graphs import ALL_TOPOLOGIES, GRAPH_TOPOLOGIES, WEIGHTS
 from lightning_mosaic.metrics import ConsensusDistance
 
 NONFINITE_POLICIES = ("raise", "isolate")
+
+#: The fixed-graph settings of :class:`MosaicGossip` and their defaults.
+GRAPH_DEFAULTS: dict[str, Any] = {
+    "degree": None,
+    "graph": None,
+    "shape": None,
+    "directed": False,
+    "weights": None,
+    "allow_disconnected": False,
+}
 
 
 class NonFiniteParametersError(FloatingPointError):
@@ -73,9 +83,15 @@ class MosaicGossip(Callback):
 
     Args:
         fragments: K >= 1 (at most d; with ``fragmentation="layer"`` at most the number of parameter tensors).
-        peers: s >= 1 peers per fragment per round (at most n - 1).
-        topology: ``"el-local"`` (each node picks s random receivers; default) or ``"el-oracle"`` (random
-            s-regular graph per fragment; needs n * s even).
+        topology: ``"el-local"`` (each node picks s random receivers; default), ``"el-oracle"`` (random
+            s-regular graph per fragment; needs n * s even), or a fixed graph drawn or read once for the run:
+            ``"ring"``, ``"torus"`` (``shape``), ``"regular"`` (``degree``), ``"exponential"`` (node i linked to
+            i + 2^k mod n), ``"one-peer-exponential"`` (round t: node i sends to i + 2^(t mod tau) mod n),
+            ``"complete"``, ``"file"`` (``graph``). On a fixed graph each fragment goes to ``peers`` neighbours drawn
+            per round among the node's neighbours (EL-Local restricted to the graph), or to all of them with
+            ``peers="all"`` (D-PSGD with ``fragments=1``): see ``docs/topologies.md``.
+        peers: s >= 1 peers per fragment per round (at most n - 1; on a fixed graph at most every node's degree), or
+            ``"all"``: every neighbour of a fixed graph.
         fragmentation: ``"random"`` (default), ``"contiguous"`` or ``"layer"``.
         every_n_steps: Local steps per round (>= 1, default 1).
         seed: Seed of the fragmentation and of the graph stream.
@@ -84,6 +100,16 @@ class MosaicGossip(Callback):
             parameters: ``"raise"`` (default) a :class:`NonFiniteParametersError` naming the nodes and the round,
             before anything is sent; ``"isolate"`` those nodes for the round (they neither send nor receive), log
             ``gossip/isolated_nodes`` and warn. A non-finite value never reaches another node.
+        degree: Degree of ``topology="regular"`` (default: ``peers``).
+        graph: Edge-list file of ``topology="file"``: one ``u v`` pair of node ids in [0, n) per line, ``#``
+            comments; undirected unless ``directed``.
+        shape: ``[a, b]`` with a * b = n for ``topology="torus"`` (default: the most square factorization).
+        directed: Whether the edges of ``graph`` are directed, ``u -> v`` (u sends to v).
+        weights: Weights of a fixed graph used whole: ``"metropolis-hastings"`` (the default, D-PSGD's doubly
+            stochastic choice) or ``"uniform"`` (1 / (1 + in-degree)). With sampled peers, EL and one-peer
+            exponential topologies every node averages what it received with equal weights; leave it ``None``.
+        allow_disconnected: Accept a fixed graph with several connected components (refused by default, naming
+            how many).
         kernel: How a single process mixes (:class:`~lightning_mosaic.gossip.FragmentGossip`): ``"auto"``
             (default; the index kernel, :func:`~lightning_mosaic.gossip.default_kernel`), ``"index"`` or
             ``"dense"`` (``(K, n, n)`` matrices; CHANGELOG.md says which documented results it reproduces bit for
@@ -101,7 +127,7 @@ class MosaicGossip(Callback):
     def __init__(
         self,
         fragments: int = 1,
-        peers: int = 1,
+        peers: int | Literal["all"] = 1,
         topology: str = "el-local",
         fragmentation: str = "random",
         every_n_steps: int = 1,
@@ -109,18 +135,36 @@ class MosaicGossip(Callback):
         drop_prob: float = 0.0,
         on_nonfinite: str = "raise",
         kernel: str = "auto",
+        degree: int | None = None,
+        graph: str | None = None,
+        shape: tuple[int, int] | None = None,
+        directed: bool = False,
+        weights: str | None = None,
+        allow_disconnected: bool = False,
     ) -> None:
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         _check_int("fragments", fragments, 1)
-        _check_int("peers", peers, 1)
+        if peers != "all":
+            _check_int("peers", peers, 1)
+        if degree is not None:
+            _check_int("degree", degree, 1)
         _check_int("every_n_steps", every_n_steps, 1)
         _check_int("seed", seed, 0)
         check_probability("drop_prob", drop_prob)
         if on_nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
-        if topology not in TOPOLOGIES:
-            raise ValueError(f"topology must be one of {TOPOLOGIES}, got {topology!r}")
+        if topology not in ALL_TOPOLOGIES:
+            raise ValueError(f"topology must be one of {ALL_TOPOLOGIES}, got {topology!r}")
+        if peers == "all" and topology not in GRAPH_TOPOLOGIES:
+            raise ValueError(
+                f"peers='all' (every neighbour) needs a fixed graph topology, one of {GRAPH_TOPOLOGIES}; got "
+                f"topology={topology!r}, which draws s random peers: give peers as an integer"
+            )
+        if weights is not None and weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {WEIGHTS} or None, got {weights!r}")
+        if topology == "file" and graph is None:
+            raise ValueError("topology='file' needs graph=PATH, an edge list (one 'u v' pair of node ids per line)")
         if fragmentation not in FRAGMENTATIONS:
             raise ValueError(f"fragmentation must be one of {FRAGMENTATIONS}, got {fragmentation!r}")
         self.fragments = fragments
@@ -131,6 +175,12 @@ class MosaicGossip(Callback):
         self.seed = seed
         self.drop_prob = float(drop_prob)
         self.kernel = kernel
+        self.degree = degree
+        self.graph = None if graph is None else str(graph)
+        self.shape = None if shape is None else (int(shape[0]), int(shape[1]))
+        self.directed = bool(directed)
+        self.weights = weights
+        self.allow_disconnected = bool(allow_disconnected)
         self.faults: MosaicFaults | None = None
         self.on_nonfinite = on_nonfinite
         self.protocol: FragmentGossip | None = None
@@ -185,11 +235,12 @@ class MosaicGossip(Callback):
             return self.protocol
         target = as_gossip_target(pl_module, world_size, rank)
         num_nodes, sizes = target.num_nodes, target.parameter_sizes
-        protocol_args = {k: v for k, v in self._config().items() if k != "every_n_steps"}
-        protocol = FragmentGossip(sizes, num_nodes, kernel=self.kernel, **protocol_args)
+        protocol_args = {k: v for k, v in self._config().items() if k not in GRAPH_DEFAULTS and k != "every_n_steps"}
+        graph_args = {**self._graph_config(), "shape": self.shape}
+        protocol = FragmentGossip(sizes, num_nodes, kernel=self.kernel, **protocol_args, **graph_args)
         if world_size > 1:
             bounds = node_bounds(num_nodes, world_size)
-            self._mixer = ShardedMixer(bounds, rank, protocol.fragmentation, self.peers)
+            self._mixer = ShardedMixer(bounds, rank, protocol.fragmentation, protocol.messages_per_node)
         self._rank, self._world_size = rank, world_size
         self._target = target
         self.protocol = protocol
@@ -285,7 +336,7 @@ class MosaicGossip(Callback):
             raise self._communication_error(error, rounds_before + 1, step) from error
         metrics = {
             "gossip/consensus_distance": distance.float(),
-            "gossip/values_sent_per_node": float(values_sent_per_node(protocol.num_coordinates, self.peers)),
+            "gossip/values_sent_per_node": float(values_sent_per_node(protocol.num_coordinates, protocol.messages_per_node)),
             "gossip/round": float(protocol.rounds),
         }
         if sharded:
@@ -329,13 +380,40 @@ class MosaicGossip(Callback):
         everyone = everyone.to(torch.bool)
         return everyone, bool(everyone.any())
 
+    def spectral_gap(self) -> float:
+        """1 - the second largest eigenvalue modulus of one fragment's (expected) mixing matrix
+        (:meth:`~lightning_mosaic.gossip.FragmentGossip.spectral_gap`); known after setup."""
+        assert self.protocol is not None, "spectral_gap() is known after setup"
+        return self.protocol.spectral_gap()
+
+    def graph_settings(self) -> dict[str, Any] | None:
+        """The fixed-graph settings that differ from their defaults (``degree``, ``graph``, ``shape``,
+        ``directed``, ``weights``, ``allow_disconnected``) and the graph's degrees; ``None`` for EL topologies."""
+        if self.protocol is None or self.protocol.graph is None:
+            return None
+        degrees = self.protocol.graph.degrees
+        settings = {key: value for key, value in self._graph_config().items() if value != GRAPH_DEFAULTS[key]}
+        return {
+            **settings,
+            "weights": self.protocol.weights_name,
+            "min_degree": int(degrees.min()),
+            "max_degree": int(degrees.max()),
+            "edges": int(degrees.sum()),
+        }
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Log the spectral gap of the (expected) mixing matrix once, as ``gossip/spectral_gap`` at step 0."""
+        gap = self.spectral_gap()
+        for logger in trainer.loggers:
+            logger.log_metrics({"gossip/spectral_gap": gap}, step=0)
+
     def communication(self) -> dict[str, int]:
         """Per-node, per-round communication: ``values_sent_per_node`` (s * d) and ``bytes_sent_per_node``."""
         assert self.protocol is not None, "communication() is known after setup"
-        d = self.protocol.num_coordinates
+        d, messages = self.protocol.num_coordinates, self.protocol.messages_per_node
         return {
-            "values_sent_per_node": values_sent_per_node(d, self.peers),
-            "bytes_sent_per_node": bytes_sent_per_node(d, self.peers),
+            "values_sent_per_node": values_sent_per_node(d, messages),
+            "bytes_sent_per_node": bytes_sent_per_node(d, messages),
         }
 
     def _config(self) -> dict[str, Any]:
@@ -348,6 +426,19 @@ class MosaicGossip(Callback):
             "every_n_steps": self.every_n_steps,
             "seed": self.seed,
             "drop_prob": self.drop_prob,
+            **{key: value for key, value in self._graph_config().items() if value != GRAPH_DEFAULTS[key]},
+        }
+
+    def _graph_config(self) -> dict[str, Any]:
+        """The fixed-graph settings (in :meth:`_config` only where they differ from :data:`GRAPH_DEFAULTS`, so
+        that EL runs keep their state key and checkpoints)."""
+        return {
+            "degree": self.degree,
+            "graph": self.graph,
+            "shape": None if self.shape is None else list(self.shape),
+            "directed": self.directed,
+            "weights": self.weights,
+            "allow_disconnected": self.allow_disconnected,
         }
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:

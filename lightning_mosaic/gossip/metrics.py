@@ -118,15 +118,16 @@ def consensus_distance(params: Tensor) -> Tensor:
     return ConsensusDistance()(params)
 
 
-def values_sent_per_node(num_coordinates: int, peers: int) -> int:
+def values_sent_per_node(num_coordinates: int, peers: float) -> int:
     """Scalar parameter values one node sends in one round: ``s * d``, whatever K is.
 
-    Every fragment goes to s peers, and the K fragments together hold the d coordinates.
+    Every fragment goes to s peers, and the K fragments together hold the d coordinates. ``peers`` may be a mean
+    over the nodes (a fixed graph used whole: its mean degree); the result is then the mean, rounded to an integer.
     """
-    return int(peers) * int(num_coordinates)
+    return round(float(peers) * int(num_coordinates))
 
 
-def bytes_sent_per_node(num_coordinates: int, peers: int, dtype: torch.dtype = torch.float32) -> int:
+def bytes_sent_per_node(num_coordinates: int, peers: float, dtype: torch.dtype = torch.float32) -> int:
     """Payload bytes one node sends per round: ``s * d * itemsize`` (no headers or fragment indices counted;
     the fragmentation is fixed and known to every node, so no indices need to travel)."""
     return values_sent_per_node(num_coordinates, peers) * torch.empty((), dtype=dtype).element_size()

@@ -5,13 +5,14 @@ Pure tensor code (no Lightning); :class:`~lightning_mosaic.callbacks.MosaicGossi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from lightning_mosaic._validation import check_probability
+from lightning_mosaic._validation import check_int, check_probability
 from lightning_mosaic.gossip.fragmentation import Fragmentation, make_fragmentation
 from lightning_mosaic.gossip.mixing import (
     KERNELS,
@@ -21,8 +22,10 @@ from lightning_mosaic.gossip.mixing import (
     mix_received_,
     workspace_size,
 )
+from lightning_mosaic.gossip.graphs import GRAPH_TOPOLOGIES, WEIGHTS, Graph, make_graph, topology_spectral_gap
 from lightning_mosaic.gossip.topology import (
     dense_draw,
+    graph_receivers,
     mixing_matrices_from_adjacency,
     receivers_to_adjacency,
     sample_receivers,
@@ -63,8 +66,12 @@ class FragmentGossip:
         tensor_sizes: Element counts of the trainable tensors in ``named_parameters()`` order (d = their sum).
         num_nodes: n >= 2.
         fragments: K in [1, d] (``"layer"``: at most the number of tensors).
-        peers: s in [1, n - 1].
-        topology: ``"el-local"`` or ``"el-oracle"`` (n * s even).
+        peers: s in [1, n - 1]; on a fixed graph at most every node's degree, or ``"all"`` (every neighbour:
+            D-PSGD with ``fragments=1``).
+        topology: ``"el-local"`` or ``"el-oracle"`` (n * s even), or a fixed graph
+            (:data:`~lightning_mosaic.gossip.GRAPH_TOPOLOGIES`: ``"ring"``, ``"torus"``, ``"regular"``,
+            ``"exponential"``, ``"one-peer-exponential"``, ``"complete"``, ``"file"``), built once at construction
+            (:func:`~lightning_mosaic.gossip.make_graph`; a random regular graph from its own stream of ``seed``).
         fragmentation: ``"random"``, ``"contiguous"`` or ``"layer"``.
         seed: Run seed. The fragmentation and the graph stream use independent seeds derived from it, so every node
             (and every process) that uses the same seed draws the same fragments and graphs.
@@ -75,6 +82,18 @@ class FragmentGossip:
             ``"index"`` (receiver lists, :func:`~lightning_mosaic.gossip.mix_received_`, no ``n x n`` tensor) or
             ``"auto"`` (:func:`~lightning_mosaic.gossip.default_kernel`, from measurements). Both draw the same
             graphs from the same stream and give the same result up to float rounding.
+        degree: Degree of ``topology="regular"`` (default: ``peers``; required with ``peers="all"``).
+        graph: Edge-list file of ``topology="file"`` (:func:`~lightning_mosaic.gossip.read_edge_list`).
+        shape: ``(a, b)`` with a * b = n for ``topology="torus"`` (default: the most square factorization).
+        directed: Whether the lines of ``graph`` are directed edges ``u -> v`` (default: undirected).
+        weights: On a fixed graph whose every neighbour is used (``peers="all"``, or ``peers`` equal to every
+            node's degree): ``"metropolis-hastings"`` (default, doubly stochastic on undirected graphs) or
+            ``"uniform"`` (:meth:`~lightning_mosaic.gossip.Graph.weights`); a lost message's weight stays with its
+            receiver. With peers sampled among the neighbours, and on EL and one-peer exponential topologies, a
+            node averages its own fragment with the copies it received, equal weights (the EL rule); ``weights``
+            must then be ``None`` or ``"uniform"``.
+        allow_disconnected: Accept a fixed graph with several connected components (on purpose: nodes of different
+            components never mix).
 
     Raises:
         ValueError: For any argument outside the ranges above, naming it.
@@ -91,11 +110,46 @@ class FragmentGossip:
         seed: int = 0,
         drop_prob: float = 0.0,
         kernel: str = "auto",
+        *,
+        degree: int | None = None,
+        graph: str | os.PathLike | None = None,
+        shape: tuple[int, int] | None = None,
+        directed: bool = False,
+        weights: str | None = None,
+        allow_disconnected: bool = False,
     ) -> None:
-        validate_topology(topology, num_nodes, peers)
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         self.drop_prob = check_probability("drop_prob", drop_prob)
+        self.graph: Graph | None = None
+        """The fixed graph of a graph topology (``None`` for EL-Local and EL-Oracle)."""
+        self._weights: Tensor | None = None
+        if topology in GRAPH_TOPOLOGIES:
+            self.graph = make_graph(
+                topology,
+                num_nodes,
+                degree=degree if degree is not None or peers == "all" else peers,
+                graph=graph,
+                shape=shape,
+                directed=directed,
+                allow_disconnected=allow_disconnected,
+                seed=seed,
+            )
+            self._weights = self._static_weights(peers, weights)
+        else:
+            if peers == "all":
+                raise ValueError(
+                    f"peers='all' (every neighbour) needs a fixed graph topology, one of {GRAPH_TOPOLOGIES}; "
+                    f"topology={topology!r} draws s random peers: give peers as an integer"
+                )
+            validate_topology(topology, num_nodes, peers)
+            unused = {"degree": degree, "graph": graph, "shape": shape, "weights": weights}
+            for name, value in unused.items():
+                if value is not None:
+                    raise ValueError(
+                        f"{name}={value!r} applies to fixed graph topologies ({', '.join(GRAPH_TOPOLOGIES)}), "
+                        f"not to topology={topology!r}"
+                    )
         self.num_nodes = num_nodes
         self.peers = peers
         self.topology = topology
@@ -108,6 +162,76 @@ class FragmentGossip:
         self.kernel = default_kernel(num_nodes, self.fragmentation.num_fragments) if kernel == "auto" else kernel
         """The kernel in use, ``"dense"`` or ``"index"`` (``"auto"`` resolved)."""
         self._workspace: Tensor | None = None
+        self._weights_kind = weights or "metropolis-hastings"
+        self._spectral_gap: float | None = None
+
+    def _static_weights(self, peers: int | str, weights: str | None) -> Tensor | None:
+        """Check ``peers`` against :attr:`graph` and return the ``(n, D)`` float64 weights of a graph used whole,
+        ``None`` where the EL rule aggregates (peers sampled among the neighbours, one-peer exponential)."""
+        graph = self.graph
+        assert graph is not None
+        if weights is not None and weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {WEIGHTS} or None, got {weights!r}")
+        degrees = graph.degrees
+        if peers != "all":
+            check_int("peers (s)", peers, 1)
+            low = int(degrees.argmin())
+            if peers > int(degrees[low]):
+                raise ValueError(
+                    f"peers (s) = {peers} is above the degree of node {low} ({int(degrees[low])} neighbours) in the "
+                    f"{graph.name} graph on {graph.num_nodes} nodes; use peers <= {int(degrees[low])}, or "
+                    "peers='all' (every neighbour)"
+                )
+        if graph.name == "one-peer-exponential":
+            whole = False
+        else:
+            whole = peers == "all" or bool((degrees == peers).all())
+        if not whole:
+            if weights == "metropolis-hastings":
+                raise ValueError(
+                    "weights='metropolis-hastings' applies when every neighbour is used (peers='all' or the "
+                    f"degree); with peers (s) = {peers} sampled among the neighbours (or a one-peer exponential "
+                    "graph) each node averages what it received with equal weights: pass weights=None"
+                )
+            return None
+        return graph.weights(weights or "metropolis-hastings")
+
+    @property
+    def weights_name(self) -> str:
+        """How a node weighs what it received: ``"metropolis-hastings"`` or ``"uniform"`` on a fixed graph used
+        whole, ``"el"`` (its own fragment and the copies it received, equal weights) otherwise."""
+        return "el" if self._weights is None else self._weights_kind
+
+    @property
+    def sampled(self) -> bool:
+        """Whether each round draws its graphs: EL topologies, or peers sampled among a fixed graph's neighbours
+        (one-peer exponential and a graph used whole draw nothing)."""
+        if self.graph is None:
+            return True
+        return self._weights is None and self.graph.name != "one-peer-exponential"
+
+    @property
+    def messages_per_node(self) -> float:
+        """Messages a node sends per fragment per round, on average over the nodes: s, the mean degree of a graph
+        used whole, or 1 on the one-peer exponential graph."""
+        if self.graph is None:
+            return float(self.peers)
+        if self.graph.name == "one-peer-exponential":
+            return 1.0
+        if self._weights is not None:
+            return float(self.graph.degrees.double().mean())
+        return float(self.peers)
+
+    def spectral_gap(self) -> float:
+        """1 - the second largest eigenvalue modulus of the (expected) mixing matrix of one fragment
+        (:func:`~lightning_mosaic.gossip.topology_spectral_gap`); computed on the first call, then kept."""
+        if self._spectral_gap is None:
+            peers = None if self.peers == "all" else int(self.peers)
+            kind = None if self._weights is None else self._weights_kind
+            self._spectral_gap = float(
+                topology_spectral_gap(self.topology, self.num_nodes, peers, self.graph, kind)
+            )
+        return self._spectral_gap
 
     @property
     def num_fragments(self) -> int:
@@ -132,20 +256,28 @@ class FragmentGossip:
                 drawn as if all nodes were online, so the random stream does not depend on the mask.
         """
         n, k = self.num_nodes, self.num_fragments
-        receivers = sample_receivers(self.topology, n, self.peers, k, self.generator)
-        delivered = None
+        weights = None
+        if self.graph is None:
+            receivers = sample_receivers(self.topology, n, self.peers, k, self.generator)
+            delivered = None
+        else:
+            peers = None if self._weights is not None else int(self.peers)
+            receivers, delivered = graph_receivers(self.graph, peers, k, self.generator, round=self.rounds)
+            if self._weights is not None:
+                weights = self._weights.unsqueeze(0).expand(k, -1, -1)
         if self.drop_prob > 0:
             if dense_draw(n, k):
                 uniforms = torch.rand(k, n, n, generator=self.generator)  # [k, j, i]: message i -> j
-                delivered = uniforms.transpose(1, 2).gather(2, receivers) >= self.drop_prob
+                kept = uniforms.transpose(1, 2).gather(2, receivers) >= self.drop_prob
             else:
-                delivered = torch.rand(receivers.shape, generator=self.generator) >= self.drop_prob
+                kept = torch.rand(receivers.shape, generator=self.generator) >= self.drop_prob
+            delivered = kept if delivered is None else delivered & kept
         if offline is not None:
             online = ~offline.to(device="cpu", dtype=torch.bool)
             reachable = online[None, :, None] & online[receivers]
             delivered = reachable if delivered is None else delivered & reachable
         self.rounds += 1
-        return RoundGraphs(receivers, delivered)
+        return RoundGraphs(receivers, delivered, weights)
 
     def next_matrices(self, dtype: torch.dtype = torch.float32, offline: Tensor | None = None) -> Tensor:
         """Draw the next round's ``(K, n, n)`` mixing matrices in ``dtype`` and advance the round counter.

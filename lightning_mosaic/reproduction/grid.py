@@ -8,6 +8,8 @@ and skipped; an interrupted run resumes from its newest checkpoint (exactly: see
 :func:`~.report.write_report` aggregates the seeds into ``OUT/report.md``, ``OUT/curves.csv`` and one PNG per curve.
 
     mosaic reproduce --task digits --fragments 1 4 16 --alpha 0.1 --rounds 300 --seeds 3
+    mosaic reproduce --task digits --fragments 1 8 --topology ring --peers 1 --seeds 3   # EL and Mosaic on a ring
+    mosaic reproduce --task digits --fragments 1 --topology ring --peers all --seeds 3    # D-PSGD on the ring
     mosaic reproduce --task cifar10 --fragments 1 4 16 --nodes 16 --alpha 0.1 --rounds 600 --seeds 3 \\
         --data-dir /path/to/cifar10 -- --trainer.accelerator gpu
 
@@ -32,6 +34,7 @@ from typing import Any, NoReturn
 
 from lightning_mosaic.cli import run_lightning
 from lightning_mosaic.data.partition import _resolve_alpha
+from lightning_mosaic.gossip.graphs import ALL_TOPOLOGIES
 from lightning_mosaic.recipes import resolve
 from lightning_mosaic.reproduction.report import write_report
 
@@ -60,6 +63,11 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
     return value
+
+
+def _peers(text: str) -> int | str:
+    """s: an integer >= 1, or ``all`` (every neighbour of a fixed graph: D-PSGD with ``--fragments 1``)."""
+    return text if text == "all" else _positive(text)
 
 
 def _alpha(text: str) -> str:
@@ -146,12 +154,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--alpha", type=_alpha, default=None, help="Dirichlet alpha (a float > 0 or 'iid'); default: recipe's"
     )
     parser.add_argument("--nodes", type=_positive, default=None, help="number of nodes n; default: recipe's")
-    parser.add_argument("--peers", type=_positive, default=None, help="s; default: recipe's")
+    parser.add_argument(
+        "--peers", type=_peers, default=None, help="s, or 'all' (every neighbour of a fixed graph); default: recipe's"
+    )
+    parser.add_argument(
+        "--topology",
+        choices=ALL_TOPOLOGIES,
+        default=None,
+        help="the gossip topology (el-local, el-oracle, or a fixed graph: ring, torus, regular, ...); default: recipe's",
+    )
+    parser.add_argument("--degree", type=_positive, default=None, help="degree of --topology regular")
+    parser.add_argument("--graph", type=Path, default=None, help="edge-list file of --topology file")
     parser.add_argument(
         "--recipe", default=None, help="a recipe's name (movielens_genre) or YAML path; default: the task's recipe"
     )
     parser.add_argument("--data-dir", default=None, help="the datamodule's data_dir")
-    parser.add_argument("--out", type=Path, default=None, help="report folder (default: reports/<task>-alpha<a>)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="report folder (default: reports/<task>-alpha<a>[-<topology>-s<s>])"
+    )
     return parser
 
 
@@ -187,8 +207,18 @@ def run_grid(argv: list[str], fit: Callable[[list[str]], None] = run_lightning) 
         parser.error(f"--recipe {error.args[0]}")
     if not recipe.is_file():
         raise FileNotFoundError(f"recipe {recipe} does not exist; pass --recipe PATH")
+    if args.graph is not None and args.topology != "file":
+        parser.error(f"--graph {args.graph} needs --topology file, got --topology {args.topology}")
+    if args.topology == "file" and args.graph is None:
+        parser.error("--topology file needs --graph PATH (an edge list, one 'u v' pair per line)")
+    if args.graph is not None and not args.graph.is_file():
+        parser.error(f"--graph {args.graph}: no such file")
     alpha_text = "recipe" if args.alpha is None else args.alpha
-    out = (args.out or Path("reports") / f"{args.task}-alpha{alpha_text}").resolve()
+    topology_text = ""  # reports/digits-alpha0.1-ring-s1: one folder per graph and s
+    if args.topology is not None:
+        topology_text = f"-{args.topology}" + ("" if args.degree is None else f"{args.degree}")
+        topology_text += "" if args.peers is None else f"-s{args.peers}"
+    out = (args.out or Path("reports") / f"{args.task}-alpha{alpha_text}{topology_text}").resolve()
     runs_dir = out / "runs"
     runs: dict[tuple[int, int], Path] = {}
     planned: list[tuple[str, Path, list[str]]] = []
@@ -207,6 +237,9 @@ def run_grid(argv: list[str], fit: Callable[[list[str]], None] = run_lightning) 
                 ("--data.init_args.alpha", args.alpha),
                 ("--data.init_args.num_nodes", args.nodes),
                 ("--gossip.peers", args.peers),
+                ("--gossip.topology", args.topology),
+                ("--gossip.degree", args.degree),
+                ("--gossip.graph", None if args.graph is None else args.graph.resolve()),
                 ("--data.init_args.data_dir", args.data_dir),
             ):
                 if value is not None:
@@ -230,6 +263,8 @@ def run_grid(argv: list[str], fit: Callable[[list[str]], None] = run_lightning) 
             fit(fit_args)
     command = "mosaic reproduce " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["reproduce"] else argv)
     title = f"Mosaic Learning vs EL: {args.task}, K in {sorted(set(args.fragments))}, {args.seeds} seed(s)"
+    if args.topology is not None:
+        title += f", topology {args.topology}"
     report = write_report(runs, out, task_kind, title, command)
     print(f"mosaic reproduce: report written to {report}", flush=True)
     return report

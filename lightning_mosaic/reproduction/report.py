@@ -340,8 +340,9 @@ def _setup_rows(
         "nodes (n)": _text(summary.get("nodes")),
         "peers (s)": _text(summary.get("peers")),
         "topology": (
-            f"{summary.get('topology')}, {summary.get('fragmentation')} fragmentation, "
-            f"one round every {summary.get('every_n_steps')} local step(s)"
+            f"{summary.get('topology')}{_graph_text(summary.get('graph'))}, {summary.get('fragmentation')} "
+            f"fragmentation, one round every {summary.get('every_n_steps')} local step(s)"
+            + ("" if summary.get("spectral_gap") is None else f"; spectral gap {summary['spectral_gap']:.4g}")
         ),
         "fragments (K)": _text(summary.get("fragments")),
         "Dirichlet alpha": alpha,
@@ -365,6 +366,21 @@ def _setup_rows(
             if key in config
         ),
     }
+
+
+def _graph_text(graph: Mapping[str, Any] | None) -> str:
+    """`` (degree 8, metropolis-hastings weights)``: a fixed graph's settings as the summary recorded them."""
+    if not graph:
+        return ""
+    parts = [f"{key} {_text(graph[key])}" for key in ("degree", "shape", "graph") if graph.get(key) is not None]
+    if graph.get("directed"):
+        parts.append("directed")
+    low, high = graph.get("min_degree"), graph.get("max_degree")
+    if low is not None and "degree" not in graph:
+        parts.append(f"degree {low}" if low == high else f"degrees {low}-{high}")
+    weights = graph.get("weights")
+    parts.append("own fragment and received copies weighted equally" if weights == "el" else f"{weights} weights")
+    return " (" + ", ".join(parts) + ")"
 
 
 def describe_setup(
