@@ -152,6 +152,17 @@ def test_metropolis_hastings_values_by_hand(tmp_path):
     assert exponential(8).weights().unique().tolist() == [0.25]  # 1 / (tau + 1)
 
 
+def test_link_weights_of_a_sampled_round_are_the_graph_weights(tmp_path):
+    graph = _irregular(tmp_path)
+    receivers, _ = graph_receivers(graph, 2, 3, torch.Generator().manual_seed(0))
+    w = graph.mixing_matrix().numpy()
+    for kind, matrix in (("metropolis-hastings", w), ("uniform", graph.mixing_matrix("uniform").numpy())):
+        looked_up = matrix[receivers.numpy(), np.arange(6)[None, :, None]]  # W[j, i] of every message i -> j
+        assert torch.equal(graph.link_weights(receivers, kind), torch.from_numpy(looked_up))
+    padded, delivered = graph_receivers(graph, None, 1, None)
+    assert (graph.link_weights(padded)[~delivered] == 0).all()
+
+
 def test_uniform_weights_are_row_stochastic(tmp_path):
     graph = _irregular(tmp_path)
     w = graph.mixing_matrix("uniform").numpy()

@@ -100,12 +100,31 @@ class Graph:
         Raises:
             ValueError: If ``kind`` is not one of :data:`WEIGHTS`.
         """
+        return self.link_weights(self.neighbours[None], kind)[0]
+
+    def link_weights(self, receivers: Tensor, kind: str = "metropolis-hastings") -> Tensor:
+        """The weights of this graph's links for any receiver lists over it, from the degrees alone (no lookup).
+
+        Args:
+            receivers: ``(..., n, s)`` int64, ``receivers[..., i, r]`` a neighbour of node i in this graph, or i
+                itself for a slot that carries no message (e.g. a round of
+                :func:`~lightning_mosaic.gossip.topology.graph_receivers`).
+            kind: One of :data:`WEIGHTS`.
+
+        Returns:
+            Float64 tensor shaped like ``receivers``: the weight ``w_ji`` node ``j = receivers[..., i, r]`` gives to
+            node i's value (module docstring); 0 where ``j == i``.
+
+        Raises:
+            ValueError: If ``kind`` is not one of :data:`WEIGHTS`.
+        """
         if kind not in WEIGHTS:
             raise ValueError(f"weights must be one of {WEIGHTS}, got {kind!r}")
-        received = self.in_degrees.to(torch.float64)[self.neighbours]  # in_j of each slot's receiver j
+        heard = self.in_degrees.to(torch.float64)[receivers]  # in_j of each slot's receiver j
         if kind == "metropolis-hastings":
-            received = torch.maximum(received, self.degrees.to(torch.float64)[:, None])
-        return torch.where(self.valid, 1.0 / (1.0 + received), 0.0)
+            heard = torch.maximum(heard, self.degrees.to(torch.float64)[:, None])
+        senders = torch.arange(self.num_nodes)[:, None]
+        return torch.where(receivers != senders, 1.0 / (1.0 + heard), 0.0)
 
     def sparse_mixing_matrix(self, kind: str = "metropolis-hastings") -> scipy.sparse.csr_array:
         """The mixing matrix W of one round in which every node sends to all its neighbours, as a sparse matrix.
