@@ -15,6 +15,7 @@ path  what                                                     owner
 3, r  churn of round r                                         ``gossip.faults.NodeFaults``
 4, t  stragglers of local step t                               ``gossip.faults.NodeFaults``
 5, i, p  node i's p-th permutation of its training shard       ``data.NodeBatchSampler``
+6     the base graph of ``topology="regular"``, drawn once     ``gossip.graphs.make_graph``
 ====  =======================================================  ======================================
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "BASE_GRAPH_STREAM",
     "CHURN_STREAM",
     "FRAGMENTATION_STREAM",
     "INIT_STREAM",
@@ -44,6 +46,8 @@ STRAGGLER_STREAM = 4
 """Stragglers, one draw per local step."""
 SAMPLER_STREAM = 5
 """Per-node shuffles of the training shards, one draw per (node, pass)."""
+BASE_GRAPH_STREAM = 6
+"""The fixed base graph of a run (``topology="regular"``), drawn once before the first round."""
 
 
 def derive_seed(seed: int, *path: int) -> int:

@@ -71,7 +71,8 @@ from lightning_mosaic._validation import check_int
 from lightning_mosaic.analysis.systems import QuadraticSystem, disagreement_basis
 from lightning_mosaic.gossip.fragmentation import Fragmentation
 from lightning_mosaic.gossip.protocol import FragmentGossip
-from lightning_mosaic.gossip.topology import mixing_matrices, validate_topology
+from lightning_mosaic.gossip.spectral import el_alpha
+from lightning_mosaic.gossip.topology import mixing_matrices
 
 MOMENT_CHUNK = 1000
 """Mixing matrices drawn per call of ``mixing_matrices`` when estimating beta (memory: chunk * n^2 * 8 bytes)."""
@@ -103,19 +104,13 @@ class MixingMoments:
 
 
 def exact_alpha(topology: str, num_nodes: int, peers: int) -> float:
-    """alpha = (E tr W - 1) / (n - 1) in closed form (module docstring).
+    """alpha = (E tr W - 1) / (n - 1) in closed form (module docstring;
+    :func:`~lightning_mosaic.gossip.spectral.el_alpha`).
 
     Raises:
         ValueError: See :func:`~lightning_mosaic.gossip.validate_topology`.
     """
-    validate_topology(topology, num_nodes, peers)
-    n, s = num_nodes, peers
-    if topology == "el-local":
-        p = s / (n - 1)
-        trace = (1.0 - (1.0 - p) ** n) / p
-    else:
-        trace = n / (s + 1)
-    return (trace - 1.0) / (n - 1)
+    return el_alpha(topology, num_nodes, peers)
 
 
 def moments_from_matrices(matrices: Tensor, weights: Tensor | None = None) -> tuple[float, float, float]:

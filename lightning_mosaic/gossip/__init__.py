@@ -2,6 +2,19 @@
 
 from lightning_mosaic.gossip import fused
 from lightning_mosaic.gossip.fragmentation import FRAGMENTATIONS, Fragmentation, make_fragmentation
+from lightning_mosaic.gossip.graphs import (
+    DENSE_NODES_LIMIT,
+    GRAPH_TOPOLOGIES,
+    WEIGHTS,
+    Graph,
+    complete,
+    exponential,
+    make_graph,
+    random_regular,
+    read_edge_list,
+    ring,
+    torus,
+)
 from lightning_mosaic.gossip.metrics import bytes_sent_per_node, consensus_distance, values_sent_per_node
 from lightning_mosaic.gossip.mixing import (
     BACKENDS,
@@ -14,12 +27,20 @@ from lightning_mosaic.gossip.mixing import (
     workspace_size,
 )
 from lightning_mosaic.gossip.protocol import FragmentGossip, RoundGraphs, derive_seed, nonfinite_nodes
+from lightning_mosaic.gossip.spectral import (
+    el_alpha,
+    expected_mixing_matrix,
+    spectral_gap,
+    topology_spectral_gap,
+)
 from lightning_mosaic.gossip.topology import (
     TOPOLOGIES,
+    check_graph_peers,
     dense_draw,
     el_local_adjacency,
     el_local_receivers,
     el_oracle_adjacency,
+    graph_receivers,
     mixing_matrices,
     mixing_matrices_from_adjacency,
     random_regular_graph,
@@ -63,4 +84,21 @@ __all__ = [
     "sample_receivers",
     "validate_topology",
     "values_sent_per_node",
+    "DENSE_NODES_LIMIT",
+    "GRAPH_TOPOLOGIES",
+    "WEIGHTS",
+    "Graph",
+    "complete",
+    "exponential",
+    "make_graph",
+    "random_regular",
+    "read_edge_list",
+    "ring",
+    "torus",
+    "el_alpha",
+    "expected_mixing_matrix",
+    "spectral_gap",
+    "topology_spectral_gap",
+    "check_graph_peers",
+    "graph_receivers",
 ]
