@@ -4,6 +4,7 @@ from lightning_mosaic.gossip import fused
 from lightning_mosaic.gossip.fragmentation import FRAGMENTATIONS, Fragmentation, make_fragmentation
 from lightning_mosaic.gossip.graphs import (
     DENSE_NODES_LIMIT,
+    ALL_TOPOLOGIES,
     GRAPH_TOPOLOGIES,
     WEIGHTS,
     Graph,
@@ -85,6 +86,7 @@ __all__ = [
     "validate_topology",
     "values_sent_per_node",
     "DENSE_NODES_LIMIT",
+    "ALL_TOPOLOGIES",
     "GRAPH_TOPOLOGIES",
     "WEIGHTS",
     "Graph",

@@ -31,7 +31,7 @@ from scipy.sparse import csgraph
 from torch import Tensor
 
 from lightning_mosaic._validation import check_int
-from lightning_mosaic.gossip.topology import DENSE_DRAW_LIMIT, random_regular_neighbours
+from lightning_mosaic.gossip.topology import DENSE_DRAW_LIMIT, TOPOLOGIES, random_regular_neighbours
 from lightning_mosaic.seeding import BASE_GRAPH_STREAM, derive_seed
 
 WeightsName = Literal["metropolis-hastings", "uniform"]
@@ -39,6 +39,10 @@ WEIGHTS: tuple[str, ...] = get_args(WeightsName)
 
 GraphTopologyName = Literal["ring", "torus", "regular", "exponential", "one-peer-exponential", "complete", "file"]
 GRAPH_TOPOLOGIES: tuple[str, ...] = get_args(GraphTopologyName)
+
+ALL_TOPOLOGIES: tuple[str, ...] = TOPOLOGIES + GRAPH_TOPOLOGIES
+"""Every ``topology`` a run accepts: the EL ones, drawn each round (:data:`~lightning_mosaic.gossip.topology.TOPOLOGIES`),
+then the fixed graphs."""
 
 DENSE_NODES_LIMIT = math.isqrt(DENSE_DRAW_LIMIT)
 """Largest n (2048) for which an ``(n, n)`` matrix is built: :meth:`Graph.mixing_matrix`, and the dense eigenvalue

@@ -22,7 +22,7 @@ from lightning_mosaic.gossip.mixing import (
     mix_received_,
     workspace_size,
 )
-from lightning_mosaic.gossip.graphs import GRAPH_TOPOLOGIES, WEIGHTS, Graph, make_graph, topology_spectral_gap
+from lightning_mosaic.gossip.graphs import GRAPH_TOPOLOGIES, WEIGHTS, Graph, make_graph
 from lightning_mosaic.gossip.topology import (
     dense_draw,
     graph_receivers,
@@ -31,6 +31,7 @@ from lightning_mosaic.gossip.topology import (
     sample_receivers,
     validate_topology,
 )
+from lightning_mosaic.gossip.spectral import topology_spectral_gap
 from lightning_mosaic.seeding import FRAGMENTATION_STREAM, TOPOLOGY_STREAM, derive_seed
 
 
@@ -125,12 +126,14 @@ class FragmentGossip:
         """The fixed graph of a graph topology (``None`` for EL-Local and EL-Oracle)."""
         self._weights: Tensor | None = None
         if topology in GRAPH_TOPOLOGIES:
+            if topology == "regular" and degree is None and peers != "all":
+                degree = peers  # the degree defaults to s
             self.graph = make_graph(
                 topology,
                 num_nodes,
-                degree=degree if degree is not None or peers == "all" else peers,
+                degree=degree,
                 graph=graph,
-                shape=shape,
+                shape=None if shape is None else (int(shape[0]), int(shape[1])),
                 directed=directed,
                 allow_disconnected=allow_disconnected,
                 seed=seed,
@@ -173,7 +176,13 @@ class FragmentGossip:
         if weights is not None and weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {WEIGHTS} or None, got {weights!r}")
         degrees = graph.degrees
-        if peers != "all":
+        if graph.name == "one-peer-exponential":
+            if peers not in (1, "all"):
+                raise ValueError(
+                    f"topology='one-peer-exponential' sends each round to one peer: peers must be 1 or 'all', got "
+                    f"{peers!r}"
+                )
+        elif peers != "all":
             check_int("peers (s)", peers, 1)
             low = int(degrees.argmin())
             if peers > int(degrees[low]):
@@ -261,7 +270,7 @@ class FragmentGossip:
             receivers = sample_receivers(self.topology, n, self.peers, k, self.generator)
             delivered = None
         else:
-            peers = None if self._weights is not None else int(self.peers)
+            peers = None if self._weights is not None or self.peers == "all" else int(self.peers)
             receivers, delivered = graph_receivers(self.graph, peers, k, self.generator, round=self.rounds)
             if self._weights is not None:
                 weights = self._weights.unsqueeze(0).expand(k, -1, -1)
