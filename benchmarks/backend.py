@@ -51,7 +51,7 @@ start = time.perf_counter()
 from lightning_mosaic.gossip import FragmentGossip, fused, mix_received_
 g = FragmentGossip([4810], 16, fragments=8, peers=3, kernel="index", seed=0)
 x = torch.randn(16, 4810)
-receivers, delivered = g.next_graphs()
+receivers, delivered, _ = g.next_graphs()
 imported = time.perf_counter()
 mix_received_(x, receivers, delivered, g.fragmentation, backend="fused")
 first = time.perf_counter()
@@ -62,7 +62,7 @@ print(imported - start, first - imported, time.perf_counter() - first)
 
 def _round_fn(gossip: FragmentGossip, x: torch.Tensor, workspace: torch.Tensor, backend: str):
     def round_() -> None:
-        receivers, delivered = gossip.next_graphs()
+        receivers, delivered, _ = gossip.next_graphs()
         mix_received_(x, receivers, delivered, gossip.fragmentation, workspace, backend=backend)
 
     return round_

@@ -51,7 +51,7 @@ def bench_size(n: int, d: int, k: int, repeats: int) -> dict[str, Any]:
     index = FragmentGossip([d], n, fragments=k, peers=PEERS, kernel="index", seed=0)
     fragmentation = index.fragmentation
     draw_index = _time_once(lambda: index.next_graphs())
-    receivers, delivered = index.next_graphs()
+    receivers, delivered, _ = index.next_graphs()
     workspace = x.new_empty(workspace_size(n, fragmentation))
     contiguous = make_fragmentation([d], k, "contiguous")
     assignment = fragmentation.assignment

@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 
 # Only pure modules at import time: spawned workers re-import this file, and Lightning takes seconds to import.
 from lightning_mosaic.distributed import ShardedMixer, node_bounds
-from lightning_mosaic.gossip import FragmentGossip
+from lightning_mosaic.gossip import FragmentGossip, mix_received_
 from lightning_mosaic.recipes import RECIPES_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,8 +152,74 @@ def _mix_worker(rank: int, world: int, port: int, out: str) -> None:
             "sent": [s.values_sent for s in stats],
             "ideal": [s.ideal_values_sent for s in stats],
         }
+    results.update(_weighted_cases(rank, world))
     torch.save(results, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
+
+
+def _bounded_weights(receivers: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random (K, n, s) float64 weights below 1 / (1 + the receiver's in-degree): every receiver's sum stays below 1."""
+    k, n, s = receivers.shape
+    flat = receivers.reshape(k, -1)
+    in_degree = torch.zeros(k, n, dtype=torch.float64).scatter_add_(1, flat, torch.ones(k, n * s, dtype=torch.float64))
+    return torch.rand(k, n, s, generator=generator, dtype=torch.float64) / (1 + in_degree.gather(1, flat).view(k, n, s))
+
+
+def _weighted_cases(rank: int, world: int) -> dict:
+    """Weighted rounds (D-PSGD): sharded ``ShardedMixer.mix_`` with ``graphs.weights`` against one process's
+    weighted round (:func:`mix_received_` on all rows), on random graphs with drops and an isolated NaN node, and on
+    a static irregular graph with Metropolis-Hastings weights and padding entries (delivered False, receiver =
+    sender)."""
+    n, d = 10, 300
+    bounds = node_bounds(n, world)
+    lo, hi = bounds[rank], bounds[rank + 1]
+    results = {}
+    # a path 0 - 1 - ... - 9 plus chords 0 - 5 and 2 - 7: degrees 2, 3, 3, 2, 2, 3, 2, 3, 2, 1
+    edges = [(i, i + 1) for i in range(n - 1)] + [(0, 5), (2, 7)]
+    nbrs = [sorted({b for a, b in edges if a == i} | {a for a, b in edges if b == i}) for i in range(n)]
+    width = max(len(x) for x in nbrs)
+    path_receivers = torch.arange(n).view(n, 1).repeat(1, width)
+    path_weights = torch.zeros(n, width, dtype=torch.float64)
+    for i in range(n):
+        for r, j in enumerate(nbrs[i]):
+            path_receivers[i, r] = j
+            path_weights[i, r] = 1.0 / (1 + max(len(nbrs[i]), len(nbrs[j])))
+    for case in ("random", "path"):
+        fragments, peers = 4, 3
+        params = torch.randn(n, d, generator=torch.Generator().manual_seed(7))
+        single = FragmentGossip([d], n, fragments, peers, seed=3, drop_prob=0.2)
+        sharded = FragmentGossip([d], n, fragments, peers, seed=3, drop_prob=0.2)
+        mixer = ShardedMixer(bounds, rank, sharded.fragmentation, peers)
+        expected, local, el = params.clone(), params[lo:hi].clone(), params.clone()
+        for round_ in range(4):
+            offline = None
+            if case == "random" and round_ == 1:  # node 1 holds a NaN and is isolated for this round
+                offline = torch.zeros(n, dtype=torch.bool)
+                offline[1] = True
+                expected[1, 0] = el[1, 0] = float("nan")
+                if lo <= 1 < hi:
+                    local[1 - lo, 0] = float("nan")
+            graphs = [gossip.next_graphs(offline) for gossip in (single, sharded)]
+            if case == "random":  # the same weights on every rank
+                weights = _bounded_weights(graphs[0].receivers, torch.Generator().manual_seed(round_))
+                graphs = [g._replace(weights=weights) for g in graphs]
+            else:  # the static graph for every fragment; padding is never delivered, some edges are lost
+                receivers = path_receivers.expand(fragments, n, width).clone()
+                delivered = (receivers != torch.arange(n).view(1, n, 1)) & (
+                    torch.rand(receivers.shape, generator=torch.Generator().manual_seed(round_)) >= 0.2
+                )
+                weights = path_weights.expand(fragments, n, width).clone()
+                graphs = [graphs[0]._replace(receivers=receivers, delivered=delivered, weights=weights)] * 2
+            receivers, delivered, weights = graphs[0]
+            mix_received_(expected, receivers, delivered, single.fragmentation, backend="torch", weights=weights)
+            mix_received_(el, receivers, delivered, single.fragmentation, backend="torch")  # the same graphs, EL
+            mixer.mix_(local, graphs[1], offline)
+            if offline is not None:  # repair node 1 so later rounds stay finite, the same way everywhere
+                expected[1, 0] = el[1, 0] = 0.0
+                if lo <= 1 < hi:
+                    local[1 - lo, 0] = 0.0
+        results[f"weighted-{case}"] = {"local": local, "expected": expected[lo:hi], "el": el[lo:hi]}
+    return results
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -163,6 +229,9 @@ def test_sharded_mixing_equals_single_process_mixing(tmp_path, world):
         for case, r in torch.load(tmp_path / f"rank{rank}.pt").items():
             assert torch.isfinite(r["local"]).all(), case  # the isolated NaN never reached anyone
             torch.testing.assert_close(r["local"], r["expected"], rtol=1e-6, atol=1e-6, msg=case)
+            if case.startswith("weighted"):  # a weighted round is not the EL round of the same graphs
+                assert not torch.allclose(r["local"], r["el"], rtol=1e-3, atol=1e-3), case
+                continue
             assert all(0 < s <= i for s, i in zip(r["sent"], r["ideal"])), (case, r["sent"], r["ideal"])
 
 

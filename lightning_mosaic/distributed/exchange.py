@@ -5,8 +5,9 @@ Pure ``torch.distributed`` code (no Lightning). Every rank draws the same round 
 every rank knows, without any extra message, which rows of which fragment every other rank needs: rank q needs
 fragment k of node j when a node held by q receives it. One ``all_to_all_single`` per round moves exactly those
 pieces, in one contiguous buffer per destination (fragment-major, then node order), and each rank then aggregates
-``(own + sum received) / (count + 1)`` for its nodes with the one implementation of that rule,
-:func:`~lightning_mosaic.gossip.mixing.average_received_`.
+``(own + sum received) / (count + 1)`` for its nodes (or, in a weighted round, ``self weight * own + sum of weight *
+received``, the weights from :func:`~lightning_mosaic.gossip.mixing.aggregation_weights` of the full round on every
+rank) with the one implementation of that rule, :func:`~lightning_mosaic.gossip.mixing.average_received_`.
 
 Volume: a node's fragment travels at most once to each other rank, however many of that rank's nodes receive it,
 and never to its own rank, so the values a rank sends per round are at most ``m * s * d`` (m nodes on the rank; the
@@ -23,7 +24,7 @@ from torch import Tensor
 
 from lightning_mosaic.distributed.sharding import node_owner
 from lightning_mosaic.gossip.fragmentation import Fragmentation
-from lightning_mosaic.gossip.mixing import average_received_
+from lightning_mosaic.gossip.mixing import aggregation_weights, average_received_
 from lightning_mosaic.gossip.protocol import RoundGraphs
 
 
@@ -78,15 +79,17 @@ class ShardedMixer:
         self.lo, self.hi = bounds[rank], bounds[rank + 1]
         self._owner = node_owner(self.bounds)  # (n,) rank of every node, fixed for the run
 
-    def _messages(self, graphs: RoundGraphs) -> tuple[Tensor, Tensor, Tensor]:
-        """The round's delivered messages as ``(fragment, sender, receiver)`` index tensors, each ``(M,)``."""
+    def _messages(self, graphs: RoundGraphs) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The round's delivered messages as ``(fragment, sender, receiver, position)`` index tensors, each ``(M,)``
+        (``position``: the message's index in the flattened ``(K, n, s)`` receivers)."""
         k_count, n, s = graphs.receivers.shape
         fragment = torch.arange(k_count).view(k_count, 1, 1).expand(k_count, n, s)
         sender = torch.arange(n).view(1, n, 1).expand(k_count, n, s)
+        position = torch.arange(k_count * n * s).view(k_count, n, s)
         if graphs.delivered is None:
-            return fragment.reshape(-1), sender.reshape(-1), graphs.receivers.reshape(-1)
+            return fragment.reshape(-1), sender.reshape(-1), graphs.receivers.reshape(-1), position.reshape(-1)
         keep = graphs.delivered
-        return fragment[keep], sender[keep], graphs.receivers[keep]
+        return fragment[keep], sender[keep], graphs.receivers[keep], position[keep]
 
     @torch.no_grad()
     def mix_(self, local: Tensor, graphs: RoundGraphs, offline: Tensor | None = None) -> ExchangeStats:
@@ -94,11 +97,13 @@ class ShardedMixer:
 
         Args:
             local: ``(m, d)`` rows of nodes ``[bounds[rank], bounds[rank + 1])``; overwritten with
-                ``x_i[P_k] <- (x_i[P_k] + sum of the fragments k node i received) / (received + 1)``, from the
-                pre-round values (the same update as :func:`~lightning_mosaic.gossip.mix_`).
+                ``x_i[P_k] <- (x_i[P_k] + sum of the fragments k node i received) / (received + 1)``, or, when
+                ``graphs.weights`` is given, ``x_i[P_k] <- (1 - sum of w_m) x_i[P_k] + sum of w_m x_src(m)[P_k]``
+                over the messages m node i received, from the pre-round values (the same update as
+                :func:`~lightning_mosaic.gossip.mix_received_`).
             graphs: The round's receiver lists (``(K, n, s)``, from
-                :meth:`~lightning_mosaic.gossip.FragmentGossip.next_graphs`), the same on every rank; no ``n x n``
-                tensor is built.
+                :meth:`~lightning_mosaic.gossip.FragmentGossip.next_graphs`) and optional weights, the same on every
+                rank; no ``n x n`` tensor is built.
             offline: Optional ``(n,)`` bool mask, the same on every rank, of nodes isolated this round (``graphs``
                 must have been drawn with it, so none of their messages is delivered). Their values (possibly NaN)
                 are neither sent nor used, and they keep them.
@@ -107,7 +112,8 @@ class ShardedMixer:
             What this rank sent.
 
         Raises:
-            ValueError: If the shapes disagree with the bounds and the fragmentation.
+            ValueError: If the shapes disagree with the bounds and the fragmentation, or the weights are invalid
+                (:func:`~lightning_mosaic.gossip.mixing.aggregation_weights`).
             RuntimeError: From the collective, if a rank fails or the process group times out.
         """
         m, d = self.hi - self.lo, self.fragmentation.num_coordinates
@@ -120,7 +126,10 @@ class ShardedMixer:
             raise ValueError(
                 f"graphs.receivers must be shaped (K, n, s) = ({k_count}, {n}, s), got {tuple(graphs.receivers.shape)}"
             )
-        fragment, sender, receiver = self._messages(graphs)  # CPU: decisions only
+        coefficients = None
+        if graphs.weights is not None:  # the whole round's weights, the same numbers on every rank
+            coefficients = aggregation_weights(graphs.receivers, graphs.delivered, graphs.weights, local.dtype)
+        fragment, sender, receiver, position = self._messages(graphs)  # CPU: decisions only
         # needed[k, q, j]: a node of rank q receives node j's fragment k this round
         needed = torch.zeros(k_count, self.world_size, n, dtype=torch.bool)
         needed[fragment, self._owner[receiver], sender] = True
@@ -173,14 +182,21 @@ class ShardedMixer:
                 if count:
                     full[k][rows.to(device)] = recv[offset : offset + count].view(rows.numel(), sizes[k])
                     offset += count
-        # Aggregate what this rank's nodes received: (own + sum received) / (count + 1).
+        # Aggregate what this rank's nodes received: (own + sum received) / (count + 1), or weighted.
         mine = (receiver >= self.lo) & (receiver < self.hi)
-        fragment, sender, receiver = fragment[mine], sender[mine], receiver[mine] - self.lo
+        fragment, sender, receiver, position = fragment[mine], sender[mine], receiver[mine] - self.lo, position[mine]
         kept = local[own_offline].clone() if own_offline is not None else None
         for k, idx in enumerate(indices):
             of_k = fragment == k
             rows, sources = receiver[of_k].to(device), sender[of_k].to(device)
-            mixed = average_received_(pieces[k], [(full[k][sources], rows)], torch.empty_like(pieces[k]))
+            if coefficients is None:
+                mixed = average_received_(pieces[k], [(full[k][sources], rows)], torch.empty_like(pieces[k]))
+            else:
+                message, own = coefficients
+                weight = message.reshape(-1)[position[of_k]].to(device)
+                self_weight = own[k, self.lo : self.hi].to(device)
+                messages = [(full[k][sources], rows, weight)]
+                mixed = average_received_(pieces[k], messages, torch.empty_like(pieces[k]), self_weight=self_weight)
             local.index_copy_(1, idx, mixed)
         if own_offline is not None:
             local[own_offline] = kept

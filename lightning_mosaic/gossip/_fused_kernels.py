@@ -41,8 +41,9 @@ def _jit(**options):
 
 @_jit(nogil=True)
 def in_lists(receivers, delivered, num_nodes):
-    """CSR lists of the senders of every (fragment, receiver), ordered by (slot, sender). Fragment-major loops:
-    the counters of one fragment (``n`` of them) stay in cache."""
+    """CSR lists of the senders of every (fragment, receiver), ordered by (slot, sender), and where each message sits
+    in the flattened ``(K, n, s)`` receivers (to look its weight up). Fragment-major loops: the counters of one
+    fragment (``n`` of them) stay in cache."""
     k_frags, n, s = receivers.shape
     indptr = np.zeros(k_frags * num_nodes + 1, np.int64)
     for k in range(k_frags):
@@ -54,14 +55,16 @@ def in_lists(receivers, delivered, num_nodes):
         indptr[b + 1] += indptr[b]
     fill = indptr[:-1].copy()
     senders = np.empty(indptr[-1], np.int32)
+    positions = np.empty(indptr[-1], np.int64)
     for k in range(k_frags):
         for r in range(s):
             for i in range(n):
                 if delivered[k, i, r]:
                     b = k * num_nodes + receivers[k, i, r]
                     senders[fill[b]] = i
+                    positions[fill[b]] = (k * n + i) * s + r
                     fill[b] += 1
-    return indptr, senders
+    return indptr, senders, positions
 
 
 @_jit(nogil=True)
@@ -96,10 +99,45 @@ def tile_layout(assignment, tile):
 
 
 @_jit(nogil=True, error_model="numpy")
-def aggregate(xs, col0, out, t, run_ptr, run_start, run_frag, indptr, senders, denominators):
+def aggregate_weighted(oj, xj, xs, c, length, p, m, senders, coefs, own):
+    """One (fragment, receiver) run of a weighted round: ``oj[q] = own * xj[q] + coefs[p] * xs[senders[p], c + q] +
+    ...`` over the receiver's m messages, in the torch index kernel's order (own term, then the messages in list
+    order), each product rounded before it is added (no fused multiply-add: numba's default ``fastmath=False``)."""
+    if m == 0:
+        for q in range(length):
+            oj[q] = xj[q] * own
+    elif m == 1:
+        x1 = xs[senders[p], c : c + length]
+        w1 = coefs[p]
+        for q in range(length):
+            oj[q] = xj[q] * own + x1[q] * w1
+    elif m == 2:
+        x1 = xs[senders[p], c : c + length]
+        x2 = xs[senders[p + 1], c : c + length]
+        w1, w2 = coefs[p], coefs[p + 1]
+        for q in range(length):
+            oj[q] = (xj[q] * own + x1[q] * w1) + x2[q] * w2
+    else:
+        x1 = xs[senders[p], c : c + length]
+        x2 = xs[senders[p + 1], c : c + length]
+        w1, w2 = coefs[p], coefs[p + 1]
+        for q in range(length):
+            oj[q] = (xj[q] * own + x1[q] * w1) + x2[q] * w2
+        for pp in range(p + 2, p + m):
+            xi = xs[senders[pp], c : c + length]
+            wi = coefs[pp]
+            for q in range(length):
+                oj[q] += xi[q] * wi
+
+
+@_jit(nogil=True, error_model="numpy")
+def aggregate(
+    xs, col0, out, t, run_ptr, run_start, run_frag, indptr, senders, denominators, coefs, self_coefs, weighted
+):
     """``out[j, q] = (xs[j, col0 + q] + sum of xs[i, col0 + q] over the senders i of (fragment of q, j))
     / denominator`` for the runs of tile t, whose columns start at ``col0`` of ``xs`` in fragment order;
-    ``out`` is ``(n, w)``."""
+    ``out`` is ``(n, w)``. ``weighted``: ``out[j, q] = self_coefs[b] * xs[j, col0 + q] + sum of coefs[p] *
+    xs[senders[p], col0 + q]`` instead (b the (fragment, receiver) list, p its entries)."""
     n = xs.shape[0]
     # runs outer, nodes inner: the (fragment, node) lists are then read in memory order (indptr[k * n + j])
     for r in range(run_ptr[t], run_ptr[t + 1]):
@@ -114,6 +152,9 @@ def aggregate(xs, col0, out, t, run_ptr, run_start, run_frag, indptr, senders, d
             oj = out[j, a:e]
             xj = xs[j, col0 + a : col0 + e]
             length = e - a
+            if weighted:
+                aggregate_weighted(oj, xj, xs, col0 + a, length, p, m, senders, coefs, self_coefs[b])
+                continue
             # the torch index kernel's order: own value, then the senders in list order; unrolled up to 3
             if m == 0:
                 for q in range(length):
@@ -145,7 +186,9 @@ def aggregate(xs, col0, out, t, run_ptr, run_start, run_frag, indptr, senders, d
 
 
 @_jit(parallel=True, nogil=True, error_model="numpy")
-def mix_tiles(x, order, permuted, run_ptr, run_start, run_frag, indptr, senders, denominators, tile):
+def mix_tiles(
+    x, order, permuted, run_ptr, run_start, run_frag, indptr, senders, denominators, coefs, self_coefs, weighted, tile
+):
     """Tile-local strategy: each ``(n, tile)`` column block is gathered into fragment order in cache,
     aggregated, and scattered back."""
     n, d = x.shape
@@ -161,14 +204,18 @@ def mix_tiles(x, order, permuted, run_ptr, run_start, run_frag, indptr, senders,
                 xsj = xs[j]
                 for q in range(w):
                     xsj[q] = xr[tile_order[q]]
-            aggregate(xs, 0, out, t, run_ptr, run_start, run_frag, indptr, senders, denominators)
+            aggregate(
+                xs, 0, out, t, run_ptr, run_start, run_frag, indptr, senders, denominators, coefs, self_coefs, weighted
+            )
             for j in range(n):
                 xr = x[j, c0 : c0 + w]
                 oj = out[j]
                 for q in range(w):
                     xr[tile_order[q]] = oj[q]
         else:
-            aggregate(x, c0, out, t, run_ptr, run_start, run_frag, indptr, senders, denominators)
+            aggregate(
+                x, c0, out, t, run_ptr, run_start, run_frag, indptr, senders, denominators, coefs, self_coefs, weighted
+            )
             for j in range(n):
                 xr = x[j, c0 : c0 + w]
                 oj = out[j]
@@ -177,7 +224,9 @@ def mix_tiles(x, order, permuted, run_ptr, run_start, run_frag, indptr, senders,
 
 
 @_jit(parallel=True, nogil=True, error_model="numpy")
-def mix_sorted(x, xs, order, run_ptr, run_start, run_frag, indptr, senders, denominators, tile):
+def mix_sorted(
+    x, xs, order, run_ptr, run_start, run_frag, indptr, senders, denominators, coefs, self_coefs, weighted, tile
+):
     """Whole-row strategy: every row is gathered into fragment order (``xs``, ``(n, d)``), so that a fragment
     is one run of ``d / K`` columns; aggregated tile by tile in place; then every row is scattered back."""
     n, d = x.shape
@@ -190,7 +239,9 @@ def mix_sorted(x, xs, order, run_ptr, run_start, run_frag, indptr, senders, deno
         c0 = t * tile
         w = min(d, c0 + tile) - c0
         out = np.empty((n, w), x.dtype)
-        aggregate(xs, c0, out, t, run_ptr, run_start, run_frag, indptr, senders, denominators)
+        aggregate(
+            xs, c0, out, t, run_ptr, run_start, run_frag, indptr, senders, denominators, coefs, self_coefs, weighted
+        )
         for j in range(n):
             xr = xs[j, c0 : c0 + w]
             oj = out[j]

@@ -8,7 +8,8 @@ cache, and each output value is summed there from its own node and the senders o
 sees one read and one write of the matrix, like a copy.
 
 Every value is summed in the order the torch index kernel sums it (own value first, then the messages by slot, then
-by sender) and divided the same way, so both kernels give bit-identical results.
+by sender) and divided the same way, or, in a weighted round, with each term multiplied by the same weight first, so
+both kernels give bit-identical results.
 
 This module itself does not import numba: the kernels live in ``_fused_kernels.py`` and are imported (and compiled,
 or loaded from numba's on-disk cache) the first time :func:`available` or :func:`mix_received_fused_` runs. The
@@ -110,16 +111,18 @@ def mix_received_fused_(
     assignment: Tensor,
     strategy: str = "auto",
     workspace: Tensor | None = None,
+    coefficients: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """One round of fragment-wise mixing in place, fused into one cache-blocked pass (CPU).
 
     Same contract and bit-identical result as the torch index kernel
     (:func:`~lightning_mosaic.gossip.mixing.mix_received_`, which validates the arguments and calls this one):
     ``x_j[P_k] <- (x_j[P_k] + sum of the copies of fragment k node j received) / (m_jk + 1)`` from the pre-round
-    values (EL, de Vos et al. 2023, Eq. 2). Work ``O(s n d)``; memory traffic about one read and
-    one write of the matrix (``"tiles"``) or three (``"sorted"``); extra memory one ``(n, tile)`` block per thread,
-    the ``(n, d)`` workspace of ``"sorted"``, and ``O(K n s + d)`` indices. Runs on ``torch.get_num_threads()``
-    threads (at most numba's).
+    values (EL, de Vos et al. 2023, Eq. 2), or with ``coefficients`` the weighted round
+    ``x_j[P_k] <- self[k, j] x_j[P_k] + sum of message[k, i, r] x_i[P_k]`` over the messages j received. Work
+    ``O(s n d)``; memory traffic about one read and one write of the matrix (``"tiles"``) or three (``"sorted"``);
+    extra memory one ``(n, tile)`` block per thread, the ``(n, d)`` workspace of ``"sorted"``, and ``O(K n s + d)``
+    indices. Runs on ``torch.get_num_threads()`` threads (at most numba's).
 
     Args:
         params: ``(n, d)`` float32 or float64 CPU tensor, one row per node; overwritten.
@@ -129,6 +132,9 @@ def mix_received_fused_(
         strategy: One of :data:`STRATEGIES`.
         workspace: For ``"sorted"``: optional 1-D tensor of ``params``' dtype with at least ``n * d`` elements,
             reused across rounds; default: allocate per call.
+        coefficients: Optional ``(message (K, n, s), self (K, n))`` weights in ``params``' dtype, from
+            :func:`~lightning_mosaic.gossip.mixing.aggregation_weights` (computed there once, so that every backend
+            multiplies by the same numbers); ``None``: the EL rule.
 
     Returns:
         ``params``, mixed.
@@ -145,14 +151,22 @@ def mix_received_fused_(
     x = params.detach()
     if not x.is_contiguous():
         mixed = x.contiguous()
-        mix_received_fused_(mixed, receivers, delivered, assignment, strategy, workspace)
+        mix_received_fused_(mixed, receivers, delivered, assignment, strategy, workspace, coefficients)
         return params.copy_(mixed)
     n, d = x.shape
     num_fragments = int(receivers.shape[0])
     rec = receivers.detach().cpu().numpy()
     dlv = np.ones(rec.shape, np.bool_) if delivered is None else delivered.detach().cpu().numpy()
-    indptr, senders = kernels.in_lists(rec, dlv, n)
+    indptr, senders, positions = kernels.in_lists(rec, dlv, n)
     denominators = torch.from_numpy(np.diff(indptr) + 1).to(x.dtype).numpy()  # m + 1, rounded as the index kernel
+    weighted = coefficients is not None
+    if weighted:  # each message's weight in list order, each (fragment, receiver)'s self weight
+        message, own = coefficients
+        coefs = message.detach().to(device="cpu", dtype=x.dtype).reshape(-1).numpy()[positions]
+        self_coefs = np.ascontiguousarray(own.detach().to(device="cpu", dtype=x.dtype).reshape(-1).numpy())
+    else:
+        coefs = self_coefs = np.empty(0, denominators.dtype)
+    weighting = (coefs, self_coefs, weighted)
     tile = tile_width(n, x.element_size())
     if strategy == "auto":
         strategy = default_strategy(n, num_fragments, x.element_size())
@@ -163,12 +177,16 @@ def mix_received_fused_(
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     try:
         if strategy == "tiles":
-            kernels.mix_tiles(x.numpy(), *_layout(assignment, tile, strategy), indptr, senders, denominators, tile)
+            kernels.mix_tiles(
+                x.numpy(), *_layout(assignment, tile, strategy), indptr, senders, denominators, *weighting, tile
+            )
         else:
             if workspace is None or workspace.numel() < n * d:
                 workspace = x.new_empty(n * d)
             xs = workspace[: n * d].view(n, d).numpy()
-            kernels.mix_sorted(x.numpy(), xs, *_layout(assignment, tile, strategy), indptr, senders, denominators, tile)
+            kernels.mix_sorted(
+                x.numpy(), xs, *_layout(assignment, tile, strategy), indptr, senders, denominators, *weighting, tile
+            )
     finally:
         numba.set_num_threads(threads)
     return params

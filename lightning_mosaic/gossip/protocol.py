@@ -20,6 +20,7 @@ from lightning_mosaic.gossip.mixing import (
     default_kernel,
     mix_,
     mix_received_,
+    weighted_mixing_matrices,
     workspace_size,
 )
 from lightning_mosaic.gossip.graphs import GRAPH_TOPOLOGIES, WEIGHTS, Graph, make_graph
@@ -44,17 +45,38 @@ class RoundGraphs(NamedTuple):
     """One round's communication, one graph per fragment, as receiver lists (memory ``O(K n s)``).
 
     Attributes:
-        receivers: ``(K, n, s)`` int64, ``receivers[k, i]`` = the s peers node i sends fragment k to.
-        delivered: ``(K, n, s)`` bool, ``False`` where that message is lost (``drop_prob``) or its sender or receiver
-            is offline; ``None`` when every message arrives.
+        receivers: ``(K, n, s)`` int64, ``receivers[k, i]`` = the s peers node i sends fragment k to. Entries that
+            carry no message (padding: a node with fewer neighbours than s) hold the sender's own index i and are
+            marked not delivered.
+        delivered: ``(K, n, s)`` bool, ``False`` where that message is lost (``drop_prob``), its sender or receiver
+            is offline, or the entry is padding; ``None`` when every message arrives.
+        weights: ``(K, n, s)`` float64, ``weights[k, i, r]`` = the weight ``receivers[k, i, r]`` gives to node i's
+            fragment k (0 on padding): receiver j's fragment becomes ``(1 - sum of the weights of the messages it
+            received) x_j + sum of w_m x_src(m)`` (D-PSGD; :func:`~lightning_mosaic.gossip.mixing.aggregation_weights`).
+            ``None``: the EL rule, ``(x_j + sum received) / (1 + count received)``.
     """
 
     receivers: Tensor
     delivered: Tensor | None
+    weights: Tensor | None = None
 
     def adjacency(self) -> Tensor:
         """``(K, n, n)`` float32 received-copies counts, ``adjacency[k, j, i]`` = copies j receives from i."""
         return receivers_to_adjacency(self.receivers, self.delivered)
+
+    def mixing_matrices(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """``(K, n, n)`` row-stochastic mixing matrices in ``dtype`` (memory ``O(K n^2)``), the round update being
+        ``X[:, P_k] <- W_k X[:, P_k]``: from :attr:`weights` when given
+        (:func:`~lightning_mosaic.gossip.mixing.weighted_mixing_matrices`, built in float64), else the EL rule from
+        the counts (:func:`~lightning_mosaic.gossip.mixing_matrices_from_adjacency` of :meth:`adjacency`).
+
+        Raises:
+            ValueError: If :attr:`weights` are invalid
+                (see :func:`~lightning_mosaic.gossip.mixing.aggregation_weights`).
+        """
+        if self.weights is None:
+            return mixing_matrices_from_adjacency(self.adjacency().to(dtype))
+        return weighted_mixing_matrices(self.receivers, self.delivered, self.weights, dtype)
 
 
 class FragmentGossip:
@@ -291,7 +313,8 @@ class FragmentGossip:
     def next_matrices(self, dtype: torch.dtype = torch.float32, offline: Tensor | None = None) -> Tensor:
         """Draw the next round's ``(K, n, n)`` mixing matrices in ``dtype`` and advance the round counter.
 
-        The same draws as :meth:`next_graphs`, made dense: memory ``O(K n^2)``.
+        The same draws as :meth:`next_graphs`, made dense (:meth:`RoundGraphs.mixing_matrices`: from the round's
+        weights when it has them, else the EL rule): memory ``O(K n^2)``.
 
         Args:
             dtype: dtype of the matrices.
@@ -299,7 +322,7 @@ class FragmentGossip:
                 every matrix are the identity and no other row gives them weight). The graphs are drawn as if all
                 nodes were online, so the random stream does not depend on the mask.
         """
-        return mixing_matrices_from_adjacency(self.next_graphs(offline).adjacency().to(dtype))
+        return self.next_graphs(offline).mixing_matrices(dtype)
 
     def round_(self, params: Tensor, offline: Tensor | None = None) -> Tensor | None:
         """Run one gossip round in place on ``params`` of shape ``(n, d)`` with :attr:`kernel`.
@@ -317,8 +340,16 @@ class FragmentGossip:
         if params.device != self.fragmentation.assignment.device:
             self.fragmentation = self.fragmentation.to(params.device)
         if self.kernel == "index":
-            receivers, delivered = self.next_graphs(offline)
-            mix_received_(params, receivers, delivered, self.fragmentation, self._scratch(params))
+            graphs = self.next_graphs(offline)
+            weighted = graphs.weights is not None
+            mix_received_(
+                params,
+                graphs.receivers,
+                graphs.delivered,
+                self.fragmentation,
+                self._scratch(params, weighted),
+                weights=graphs.weights,
+            )
             return None
         matrices = self.next_matrices(params.dtype, offline).to(params.device)
         if offline is None or not bool(offline.any()):
@@ -333,10 +364,11 @@ class FragmentGossip:
         params[offline] = kept
         return matrices
 
-    def _scratch(self, params: Tensor) -> Tensor:
-        """The index kernel's workspace, as large as the backend that runs needs (none for the fused "tiles" layout),
-        allocated once per dtype and device and reused every round."""
-        needed = workspace_size(self.num_nodes, self.fragmentation, default_backend(params), params.element_size())
+    def _scratch(self, params: Tensor, weighted: bool = False) -> Tensor:
+        """The index kernel's workspace, as large as the backend that runs needs (none for the fused "tiles" layout;
+        more for a ``weighted`` torch round), allocated once per dtype and device and reused every round."""
+        backend = default_backend(params)
+        needed = workspace_size(self.num_nodes, self.fragmentation, backend, params.element_size(), weighted)
         ws = self._workspace
         if ws is None or ws.dtype != params.dtype or ws.device != params.device or ws.numel() < needed:
             ws = self._workspace = params.new_empty(needed)
