@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lightning_mosaic.callbacks import MosaicGossip
-from lightning_mosaic.cli import main
+from lightning_mosaic.cli import run_lightning
 from lightning_mosaic.gossip import FragmentGossip
 from lightning_mosaic.recipes import CONFIGS_DIR, RECIPES_DIR
 
@@ -148,7 +148,7 @@ def test_a_disconnected_graph_is_refused_unless_allowed(tmp_path):
 
 
 def _fit(tmp_path: Path, *extra: str) -> Path:
-    main(
+    run_lightning(
         [
             "fit",
             "--config",

@@ -102,7 +102,8 @@ def test_weighted_fused_is_bit_identical_to_torch(n, sizes, k, kind, peers, drop
     # the weighted rule is not the EL rule (a test of weights that changed nothing would pass trivially)
     el = x.clone()
     mix_received_(el, receivers, delivered, frag, backend="torch")
-    assert drop == 1.0 or not torch.equal(a, el)
+    if delivered is None or bool(delivered.any()):  # with every message lost both rules keep every value
+        assert not torch.equal(a, el)
 
 
 @needs_numba

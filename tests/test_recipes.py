@@ -248,6 +248,8 @@ def test_every_hint_in_a_yaml_comment_runs_as_written(where, command, request, t
     assert summary["rounds"] == 2
     pieces = [recipes.resolve(value) for option, value in zip(argv, argv[1:]) if option == "--config"]
     gossip = [yaml.safe_load(p.read_text())["gossip"]["fragments"] for p in pieces if p.parent.name == "gossip"]
+    if "--gossip.fragments" in argv:  # an override after the pieces wins
+        gossip.append(int(argv[argv.index("--gossip.fragments") + 1]))
     assert summary["fragments"] == (gossip[-1] if gossip else 8)
     assert summary_path.parts[-3] == yaml.safe_load(pieces[0].read_text())["trainer.logger.init_args.name"]
     if "--model" in argv:  # a model piece states its parameter count in its first comment line

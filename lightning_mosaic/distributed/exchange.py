@@ -51,7 +51,8 @@ class ShardedMixer:
             rank r holds nodes ``[bounds[r], bounds[r + 1])``.
         rank: This process's rank in ``group``.
         fragmentation: The fixed fragmentation (identical on every rank).
-        peers: s, only for :attr:`ExchangeStats.ideal_values_sent`.
+        peers: s (messages per node per fragment; a mean over the nodes on a fixed graph used whole), only for
+            :attr:`ExchangeStats.ideal_values_sent`.
         group: Process group (default: the world).
 
     Raises:
@@ -63,7 +64,7 @@ class ShardedMixer:
         bounds: list[int],
         rank: int,
         fragmentation: Fragmentation,
-        peers: int,
+        peers: float,
         group: dist.ProcessGroup | None = None,
     ) -> None:
         world = len(bounds) - 1
@@ -204,5 +205,5 @@ class ShardedMixer:
         return ExchangeStats(
             values_sent=values,
             bytes_sent=values * local.element_size(),
-            ideal_values_sent=m * self.peers * d,
+            ideal_values_sent=round(m * self.peers * d),
         )
