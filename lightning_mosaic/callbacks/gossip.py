@@ -25,10 +25,10 @@ from lightning_mosaic.distributed.exchange import ShardedMixer
 from lightning_mosaic.distributed.sharding import node_bounds
 from lightning_mosaic.distributed.strategy import check_multiprocess_module
 from lightning_mosaic.gossip.fragmentation import FRAGMENTATIONS
+from lightning_mosaic.gossip.graphs import ALL_TOPOLOGIES, GRAPH_TOPOLOGIES, WEIGHTS
 from lightning_mosaic.gossip.metrics import bytes_sent_per_node, values_sent_per_node
 from lightning_mosaic.gossip.mixing import KERNELS
 from lightning_mosaic.gossip.protocol import FragmentGossip, nonfinite_nodes
-from lightning_mosaic.gossip.graphs import ALL_TOPOLOGIES, GRAPH_TOPOLOGIES, WEIGHTS
 from lightning_mosaic.metrics import ConsensusDistance
 
 NONFINITE_POLICIES = ("raise", "isolate")
@@ -336,7 +336,9 @@ class MosaicGossip(Callback):
             raise self._communication_error(error, rounds_before + 1, step) from error
         metrics = {
             "gossip/consensus_distance": distance.float(),
-            "gossip/values_sent_per_node": float(values_sent_per_node(protocol.num_coordinates, protocol.messages_per_node)),
+            "gossip/values_sent_per_node": float(
+                values_sent_per_node(protocol.num_coordinates, protocol.messages_per_node)
+            ),
             "gossip/round": float(protocol.rounds),
         }
         if sharded:

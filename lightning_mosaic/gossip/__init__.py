@@ -3,8 +3,8 @@
 from lightning_mosaic.gossip import fused
 from lightning_mosaic.gossip.fragmentation import FRAGMENTATIONS, Fragmentation, make_fragmentation
 from lightning_mosaic.gossip.graphs import (
-    DENSE_NODES_LIMIT,
     ALL_TOPOLOGIES,
+    DENSE_NODES_LIMIT,
     GRAPH_TOPOLOGIES,
     WEIGHTS,
     Graph,

@@ -41,8 +41,8 @@ GraphTopologyName = Literal["ring", "torus", "regular", "exponential", "one-peer
 GRAPH_TOPOLOGIES: tuple[str, ...] = get_args(GraphTopologyName)
 
 ALL_TOPOLOGIES: tuple[str, ...] = TOPOLOGIES + GRAPH_TOPOLOGIES
-"""Every ``topology`` a run accepts: the EL ones, drawn each round (:data:`~lightning_mosaic.gossip.topology.TOPOLOGIES`),
-then the fixed graphs."""
+"""Every ``topology`` a run accepts: the EL ones, drawn each round
+(:data:`~lightning_mosaic.gossip.topology.TOPOLOGIES`), then the fixed graphs."""
 
 DENSE_NODES_LIMIT = math.isqrt(DENSE_DRAW_LIMIT)
 """Largest n (2048) for which an ``(n, n)`` matrix is built: :meth:`Graph.mixing_matrix`, and the dense eigenvalue

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from lightning_mosaic._validation import check_int, check_probability
 from lightning_mosaic.gossip.fragmentation import Fragmentation, make_fragmentation
+from lightning_mosaic.gossip.graphs import GRAPH_TOPOLOGIES, WEIGHTS, Graph, make_graph
 from lightning_mosaic.gossip.mixing import (
     KERNELS,
     default_backend,
@@ -23,7 +24,7 @@ from lightning_mosaic.gossip.mixing import (
     weighted_mixing_matrices,
     workspace_size,
 )
-from lightning_mosaic.gossip.graphs import GRAPH_TOPOLOGIES, WEIGHTS, Graph, make_graph
+from lightning_mosaic.gossip.spectral import topology_spectral_gap
 from lightning_mosaic.gossip.topology import (
     dense_draw,
     graph_receivers,
@@ -32,7 +33,6 @@ from lightning_mosaic.gossip.topology import (
     sample_receivers,
     validate_topology,
 )
-from lightning_mosaic.gossip.spectral import topology_spectral_gap
 from lightning_mosaic.seeding import FRAGMENTATION_STREAM, TOPOLOGY_STREAM, derive_seed
 
 
@@ -259,9 +259,7 @@ class FragmentGossip:
         if self._spectral_gap is None:
             peers = None if self.peers == "all" else int(self.peers)
             kind = None if self._weights is None else self._weights_kind
-            self._spectral_gap = float(
-                topology_spectral_gap(self.topology, self.num_nodes, peers, self.graph, kind)
-            )
+            self._spectral_gap = float(topology_spectral_gap(self.topology, self.num_nodes, peers, self.graph, kind))
         return self._spectral_gap
 
     @property

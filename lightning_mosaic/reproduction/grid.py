@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--topology",
         choices=ALL_TOPOLOGIES,
         default=None,
-        help="the gossip topology (el-local, el-oracle, or a fixed graph: ring, torus, regular, ...); default: recipe's",
+        help="the gossip topology (el-local, el-oracle, or a fixed graph: ring, regular, ...); default: recipe's",
     )
     parser.add_argument("--degree", type=_positive, default=None, help="degree of --topology regular")
     parser.add_argument("--graph", type=Path, default=None, help="edge-list file of --topology file")
