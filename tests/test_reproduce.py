@@ -318,3 +318,33 @@ def test_plot_curves_draws_a_log_curve_with_zeros_on_a_linear_axis():
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_reproduce_runs_a_topology_grid_and_names_its_folder(tmp_path, monkeypatch, capsys):
+    """``--topology ring --peers all`` reaches every run's MosaicGossip (D-PSGD); ``--graph`` needs ``--topology
+    file``; the default folder names the graph and s, so D-PSGD and EL on one graph do not share runs."""
+    fits = []
+    monkeypatch.setattr(grid, "write_report", lambda runs, out, *args: out / "report.md")
+    monkeypatch.chdir(tmp_path)
+    grid.run_grid(["--task", "digits", "--fragments", "1", "--seeds", "1", "--topology", "ring", "--peers", "all"],
+                  fit=fits.append)  # fmt: skip
+    grid.run_grid(["--task", "digits", "--fragments", "8", "--seeds", "1", "--topology", "regular", "--degree", "8",
+                   "--peers", "3"], fit=fits.append)  # fmt: skip
+    assert (tmp_path / "reports" / "digits-alpharecipe-ring-sall" / "runs" / "K1-seed0" / grid.ARGS_FILE).is_file()
+    assert (tmp_path / "reports" / "digits-alpharecipe-regular8-s3" / "runs" / "K8-seed0").is_dir()
+    options = dict(subclass_mode_model=True, subclass_mode_data=True, run=False)
+    for fit, expected in zip(fits, [("ring", "all", None, 1), ("regular", 3, 8, 8)]):
+        cli = MosaicCLI(MosaicModule, NodeDataModule, args=fit[1:], **options)
+        (gossip,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "MosaicGossip"]
+        assert (gossip.topology, gossip.peers, gossip.degree, gossip.fragments) == expected
+    capsys.readouterr()
+    for argv, line in [
+        (["--graph", "edges.txt"], "--graph edges.txt needs --topology file, got --topology None"),
+        (["--topology", "file"], "--topology file needs --graph PATH (an edge list, one 'u v' pair per line)"),
+        (["--topology", "rign"], "argument --topology: invalid choice: 'rign'"),
+        (["--peers", "every"], "argument --peers: must be an integer >= 1 or 'all', got 'every'"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            grid.run_grid(["--task", "digits", "--fragments", "1", *argv], fit=fits.append)
+        assert exit_info.value.code == 2 and line in capsys.readouterr().err
+    assert len(fits) == 2

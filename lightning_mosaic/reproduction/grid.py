@@ -67,7 +67,12 @@ def _positive(text: str) -> int:
 
 def _peers(text: str) -> int | str:
     """s: an integer >= 1, or ``all`` (every neighbour of a fixed graph: D-PSGD with ``--fragments 1``)."""
-    return text if text == "all" else _positive(text)
+    if text == "all":
+        return text
+    try:
+        return _positive(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 or 'all', got {text!r}") from None
 
 
 def _alpha(text: str) -> str:
