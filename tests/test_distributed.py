@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 # Only pure modules at import time: spawned workers re-import this file, and Lightning takes seconds to import.
 from lightning_mosaic.distributed import ShardedMixer, node_bounds
 from lightning_mosaic.gossip import FragmentGossip, mix_received_
-from lightning_mosaic.recipes import RECIPES_DIR
+from lightning_mosaic.recipes import CONFIGS_DIR, RECIPES_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = RECIPES_DIR / "quickstart.yaml"
@@ -478,3 +478,31 @@ def test_per_node_backward_over_two_processes_gives_the_joint_backward_gradients
         assert want.abs().sum() > 0
         got = torch.cat([part[step] for part in parts])
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=f"step {step}")
+
+
+# -- fixed graphs: sampled neighbours, and D-PSGD with Metropolis-Hastings weights on an irregular graph ---------------
+
+
+@pytest.mark.parametrize("case", ["mosaic over a regular graph", "dpsgd on an irregular file graph"])
+def test_a_fixed_graph_run_over_two_processes_equals_one_process_and_resumes(tmp_path, case):
+    from lightning_mosaic.cli import main
+
+    if case == "mosaic over a regular graph":
+        gossip = ["--config", str(CONFIGS_DIR / "gossip" / "mosaic_k8_regular8.yaml"), "--gossip.drop_prob", "0.1"]
+    else:  # 16 nodes: a ring with three chords, degrees 2 to 4
+        edges = tmp_path / "edges.txt"
+        edges.write_text("# ring\n" + "".join(f"{i} {(i + 1) % 16}\n" for i in range(16)) + "0 8\n3 11\n5 12\n")
+        gossip = ["--gossip.topology", "file", "--gossip.graph", str(edges), "--gossip.peers", "all"]
+    main([*_fit_args(tmp_path / "single", 40), *gossip])
+    single = _run_dir(tmp_path / "single")
+    result = _run_processes([*_fit_args(tmp_path / "two", 20), *gossip], 2, tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    torch.testing.assert_close(
+        _parameters(_run_dir(tmp_path / "two"), 20), _parameters(single, 20), rtol=1e-5, atol=1e-6
+    )
+    summary = json.loads((single / "summary.json").read_text())
+    assert summary["graph"]["weights"] == ("el" if case.startswith("mosaic") else "metropolis-hastings")
+    assert 0 < summary["spectral_gap"] < 1
+    # resume from round 20 in one process: bit for bit the same 40 rounds
+    main([*_fit_args(tmp_path / "resumed", 40), *gossip, "--ckpt_path", str(_checkpoint(single, 20))])
+    assert torch.equal(_parameters(_run_dir(tmp_path / "resumed"), 40), _parameters(single, 40))
