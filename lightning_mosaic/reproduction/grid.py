@@ -35,6 +35,7 @@ from typing import Any, NoReturn
 from lightning_mosaic.cli import run_lightning
 from lightning_mosaic.data.partition import _resolve_alpha
 from lightning_mosaic.gossip.graphs import ALL_TOPOLOGIES
+from lightning_mosaic.gossip.topology import TOPOLOGIES
 from lightning_mosaic.recipes import resolve
 from lightning_mosaic.reproduction.report import write_report
 
@@ -267,9 +268,10 @@ def run_grid(argv: list[str], fit: Callable[[list[str]], None] = run_lightning) 
             print(f"mosaic reproduce: {name} starts", flush=True)
             fit(fit_args)
     command = "mosaic reproduce " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["reproduce"] else argv)
-    title = f"Mosaic Learning vs EL: {args.task}, K in {sorted(set(args.fragments))}, {args.seeds} seed(s)"
+    versus = "EL" if args.topology in (None, *TOPOLOGIES) else "K = 1"
+    title = f"Mosaic Learning vs {versus}: {args.task}, K in {sorted(set(args.fragments))}, {args.seeds} seed(s)"
     if args.topology is not None:
-        title += f", topology {args.topology}"
+        title += f", topology {args.topology}" + ("" if args.peers is None else f", s = {args.peers}")
     report = write_report(runs, out, task_kind, title, command)
     print(f"mosaic reproduce: report written to {report}", flush=True)
     return report

@@ -342,8 +342,8 @@ def _setup_rows(
         "topology": (
             f"{summary.get('topology')}{_graph_text(summary.get('graph'))}, {summary.get('fragmentation')} "
             f"fragmentation, one round every {summary.get('every_n_steps')} local step(s)"
-            + ("" if summary.get("spectral_gap") is None else f"; spectral gap {summary['spectral_gap']:.4g}")
         ),
+        "spectral gap": "not recorded" if summary.get("spectral_gap") is None else f"{summary['spectral_gap']:.4g}",
         "fragments (K)": _text(summary.get("fragments")),
         "Dirichlet alpha": alpha,
         "rounds": _text(rounds) + ("" if steps == rounds else f" ({steps} local steps)"),
@@ -366,6 +366,16 @@ def _setup_rows(
             if key in config
         ),
     }
+
+
+def baseline_name(summary: Mapping[str, Any]) -> str:
+    """What K = 1 is, from a run's ``summary.json``: ``"EL"`` (Epidemic Learning) on the EL topologies,
+    ``"D-PSGD"`` on a fixed graph used whole (``peers="all"``), else ``"EL on <topology>"`` (peers sampled among
+    the neighbours of a fixed graph)."""
+    graph = summary.get("graph")
+    if not graph:
+        return "EL"
+    return "D-PSGD" if graph.get("weights") != "el" else f"EL on {summary.get('topology')}"
 
 
 def _graph_text(graph: Mapping[str, Any] | None) -> str:
@@ -428,7 +438,11 @@ def describe_setup(
         values = {name: per_run[name][label] for name in names}
         if label == "fragments (K)":  # the grid's axis: every value, one run per K and seed
             ks = sorted({int(v) for v in values.values() if v.isdigit()})
-            rows[label] = ", ".join(str(k) for k in ks) + " (one run per K and seed; K = 1 is Epidemic Learning)"
+            baseline = baseline_name(_load_run(next(iter(runs.values())))[1])
+            rows[label] = ", ".join(str(k) for k in ks) + f" (one run per K and seed; K = 1 is {baseline})"
+        elif label == "spectral gap" and len(set(values.values())) > 1 and "not recorded" not in values.values():
+            gaps = sorted(float(v) for v in values.values())  # a random graph per seed
+            rows[label] = f"{gaps[0]:.4g} to {gaps[-1]:.4g} over the runs (each seed draws its own graph)"
         else:
             rows[label] = _merged(values)
     rows["seeds"] = seed_text
@@ -475,6 +489,7 @@ def plot_curves(
     ylabel: str,
     title: str,
     log_scale: bool = False,
+    baseline: str = "EL",
 ) -> Any:
     """One figure of a metric over rounds, one curve per K with its own colour, line style and marker.
 
@@ -490,10 +505,11 @@ def plot_curves(
         title: The figure title.
         log_scale: Log y axis (consensus distance); a linear one, said so in the y label, when a curve has a
             value <= 0 (a log axis would leave it out: e.g. consensus distance exactly 0 with n = 2, s = 1).
+        baseline: The name of K = 1 (:func:`baseline_name`).
 
     Returns:
         The ``matplotlib.figure.Figure`` (the caller saves and closes it); its axes hold one ``Line2D`` per K,
-        labelled ``EL (K = 1)`` or ``Mosaic K = k``.
+        labelled ``<baseline> (K = 1)`` or ``Mosaic K = k``.
     """
     import matplotlib
 
@@ -507,7 +523,7 @@ def plot_curves(
         if not len(steps):
             continue
         step = max(1, len(steps) // 12)
-        label = "EL (K = 1)" if k == 1 else f"Mosaic K = {k}"
+        label = f"{baseline} (K = 1)" if k == 1 else f"Mosaic K = {k}"
         (line,) = axes.plot(
             steps,
             means,
@@ -538,10 +554,11 @@ def write_report(runs: Mapping[tuple[int, int], Path], directory: Path, task: st
     """Write ``report.md``, ``curves.csv`` and one PNG per curve into ``directory``.
 
     ``report.md``: the command, the setup (:func:`describe_setup`), and per K the final metrics (mean ± half-width
-    of the 95% Student-t interval over seeds, nothing after ``±`` with one seed) and their difference to EL (K = 1;
-    mean ± half-width over seeds of the per-seed differences, the same seed giving the same partition and
-    initialization for every K), every number written by :func:`format_metric`. ``curves.csv``: every plotted
-    number (``metric,fragments,round,mean,std,seeds``). PNGs: :func:`plot_curves`, mean ± std over seeds.
+    of the 95% Student-t interval over seeds, nothing after ``±`` with one seed) and their difference to K = 1
+    (EL, D-PSGD or EL on a fixed graph, :func:`baseline_name`; mean ± half-width over seeds of the per-seed
+    differences, the same seed giving the same partition and initialization for every K), every number written
+    by :func:`format_metric`. ``curves.csv``: every plotted number (``metric,fragments,round,mean,std,seeds``).
+    PNGs: :func:`plot_curves`, mean ± std over seeds.
 
     Args:
         runs: ``{(K, seed): run directory}``; each holds ``metrics.csv``, ``summary.json`` and ``config.yaml``.
@@ -588,6 +605,7 @@ def write_report(runs: Mapping[tuple[int, int], Path], directory: Path, task: st
             if summary.get(key) is not None:
                 finals[k][key][seed] = float(summary[key])
     setup = describe_setup(runs, task, validated, at_end)
+    baseline = baseline_name(json.loads((next(iter(runs.values())) / SUMMARY_FILE).read_text()))
 
     directory.mkdir(parents=True, exist_ok=True)
     rows = ["metric,fragments,round,mean,std,seeds"]
@@ -599,7 +617,7 @@ def write_report(runs: Mapping[tuple[int, int], Path], directory: Path, task: st
             rows += [f"{name},{k},{s},{m:.6g},{sd:.6g},{len(seeds)}" for s, (m, sd) in zip(steps, stats)]
             curves[k] = (steps, [m for m, _ in stats], [sd for _, sd in stats] if len(seeds) > 1 else None)
         title_k = f"{label} (mean ± std over {len(seeds)} seed(s))"
-        figure = plot_curves(curves, label, title_k, name == "gossip/consensus_distance")
+        figure = plot_curves(curves, label, title_k, name == "gossip/consensus_distance", baseline)
         png = directory / (name.split("/")[1] + ".png")
         tmp = png.with_name(png.stem + ".tmp.png")
         figure.savefig(tmp, dpi=100)
@@ -609,7 +627,7 @@ def write_report(runs: Mapping[tuple[int, int], Path], directory: Path, task: st
 
     keys = SUMMARY_KEYS[task]
     compared = keys[:1] + keys[2:3]
-    header = "| K | " + " | ".join(keys) + " | " + " | ".join(f"{key} − EL" for key in compared) + " |"
+    header = "| K | " + " | ".join(keys) + " | " + " | ".join(f"{key} − {baseline}" for key in compared) + " |"
     spread = (
         f"mean ± half-width of the {CONFIDENCE:.0%} Student-t confidence interval over the {len(seeds)} seeds"
         if len(seeds) > 1
@@ -625,7 +643,7 @@ def write_report(runs: Mapping[tuple[int, int], Path], directory: Path, task: st
     }
     kinds = dict.fromkeys(metric_kind(key) for key in keys)
     lines += ["Written as: " + "; ".join(written[kind] for kind in kinds) + "."]
-    lines += ["`− EL`: the per-seed difference to K = 1 (the same seed gives every K the same partition and"]
+    lines += [f"`− {baseline}`: the per-seed difference to K = 1 (the same seed gives every K the same partition and"]
     lines += ["initialization), in the same format.", ""]
     lines += [header, "|" + "---|" * (1 + len(keys) + len(compared))]
     for k in fragments:
@@ -643,7 +661,7 @@ def write_report(runs: Mapping[tuple[int, int], Path], directory: Path, task: st
                 diffs.append("—")
             else:
                 diffs.append(format_metric(aggregate(paired)[0], metric_kind(key), half_width(paired), signed=True))
-        name = "1 (EL)" if k == 1 else str(k)
+        name = f"1 ({baseline})" if k == 1 else str(k)
         lines.append(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(diffs) + " |")
     lines += ["", "Plots: " + ", ".join(f"`{n.split('/')[1]}.png`" for n in curve_names) + "; numbers: `curves.csv`."]
     report = directory / "report.md"
