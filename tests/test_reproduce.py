@@ -348,3 +348,22 @@ def test_reproduce_runs_a_topology_grid_and_names_its_folder(tmp_path, monkeypat
             grid.run_grid(["--task", "digits", "--fragments", "1", *argv], fit=fits.append)
         assert exit_info.value.code == 2 and line in capsys.readouterr().err
     assert len(fits) == 2
+
+
+def test_a_fixed_graph_report_names_its_baseline_and_the_spectral_gap(tmp_path):
+    """A real D-PSGD and EL-on-a-graph grid (1 seed, 10 rounds): K = 1 is named D-PSGD or "EL on regular", and the
+    setup states the graph, its weights and its spectral gap (a range: every seed draws its own regular graph)."""
+    common = ["--task", "digits", "--rounds", "10", "--", "--trainer.val_check_interval", "5"]
+    common += ["--data.init_args.steps_per_epoch", "5"]
+    dpsgd = grid.run_grid(["--fragments", "1", "--seeds", "1", "--topology", "ring", "--peers", "all",
+                           "--out", str(tmp_path / "dpsgd"), *common])  # fmt: skip
+    text = dpsgd.read_text()
+    assert "| 1 (D-PSGD) |" in text and "node_acc_mean − D-PSGD" in text and "K = 1 is D-PSGD" in text
+    assert "| topology | ring (degree 2, metropolis-hastings weights), random fragmentation" in text
+    gap = json.loads((tmp_path / "dpsgd" / "runs" / "K1-seed0" / "version_0" / "summary.json").read_text())
+    assert f"| spectral gap | {gap['spectral_gap']:.4g} |" in text
+    sampled = grid.run_grid(["--fragments", "1", "2", "--seeds", "2", "--topology", "regular", "--degree", "4",
+                             "--peers", "2", "--out", str(tmp_path / "sampled"), *common])  # fmt: skip
+    text = sampled.read_text()
+    assert "| 1 (EL on regular) |" in text and "| 2 |" in text
+    assert "over the runs (each seed draws its own graph)" in text
