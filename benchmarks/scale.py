@@ -20,7 +20,9 @@ with a Lightning ``Trainer``. Reported:
   ``clear_refs``), ``peak_rss_during_data_load_mib`` and ``rss_after_data_mib``; ``per_node_mib`` = (peak - after
   data) / n, everything the nodes add beyond the data they share; and ``ideal_per_node_mib`` = parameters +
   gradients + optimizer state (plain SGD: none) = 2 * 4 d bytes. ``activation_mib_per_node_estimate``: bytes autograd
-  saves for one node's backward at batch B (alive for one node at a time: the backward runs per node).
+  saves for one node's backward at batch B (alive for one node at a time: the backward runs per node);
+* ``node_losses``: every round's training loss, the mean over nodes of each node's cross-entropy on its batch
+  (``loss_first``, ``loss_last``: the first and last), to show that the rows train.
 
 Matrix factorization (:func:`run_mf`, ``--model mf``): the same measurements for ``RatingModule`` +
 ``MatrixFactorization`` (943 users x 1,682 movies, 20 factors, d = 55,125, as in the ``movielens_mosaic`` recipe
@@ -155,7 +157,8 @@ def worker(data_dir: str | None, nodes: int, batch: int, rounds: int, fragments:
         return on_batch_start(*args, **kwargs)
 
     module.on_train_batch_start = timed_batch_start  # type: ignore[method-assign]
-    ends = fit_rounds(module, data, rounds, fragments, peers)
+    losses: list[float] = []
+    ends = fit_rounds(module, data, rounds, fragments, peers, losses=losses)
     d = module.replicas.num_coordinates
     peak = peak_rss_bytes()
     after_rounds = [b - a for a, b in zip(ends, ends[1:])]
@@ -186,6 +189,9 @@ def worker(data_dir: str | None, nodes: int, batch: int, rounds: int, fragments:
         "startup_without_data_s": ends[0] - _PROCESS_START - (loaded - imported),
         "rounds_per_s": len(after_rounds) / sum(after_rounds) if after_rounds else None,
         "seconds_per_round": sum(after_rounds) / len(after_rounds) if after_rounds else None,
+        "node_losses": [loss / nodes for loss in losses],
+        "loss_first": losses[0] / nodes,
+        "loss_last": losses[-1] / nodes,
         "rss_after_data_mib": rss_data / 2**20,
         "peak_rss_during_data_load_mib": load_peak / 2**20,
         "peak_reset_after_data": peak_was_reset,
@@ -409,7 +415,8 @@ def run(
             rows.append({**json.loads(lines[-1]), **warm})
             r = rows[-1]
             print(
-                f"  scale n={n} B={batch}: {r['rounds_per_s']:.3f} rounds/s, start-up {r['startup_s']:.1f} s "
+                f"  scale n={n} B={batch}: {r['rounds_per_s']:.3f} rounds/s, node loss {r['loss_first']:.3f} -> "
+                f"{r['loss_last']:.3f} in {r['rounds']} rounds, start-up {r['startup_s']:.1f} s "
                 f"(import {r['import_s']:.1f} s, data {r['data_s']:.1f} s from the cache: {r['data_cache_hit']}, "
                 f"model + Trainer + first round {r['first_round_s']:.1f} s), {r['per_node_mib']:.2f} MiB/node "
                 f"(ideal {r['ideal_per_node_mib']:.2f})",

@@ -227,3 +227,47 @@ def test_without_a_trainer_the_training_step_returns_the_loss_with_its_graph():
 def test_bad_backward_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MosaicModule(MLP, 4, **kwargs)
+
+
+def test_auto_chunk_off_cuda_holds_at_most_chunk_gradient_bytes_of_gradient(monkeypatch):
+    """Off CUDA a vmap chunk's fresh gradient tensors stay small enough for the allocator to reuse its memory."""
+    import lightning_mosaic.module as module_file
+
+    d = MosaicModule(MLP, N).replicas.num_coordinates
+    monkeypatch.setattr(module_file, "CHUNK_GRADIENT_BYTES", 2 * 4 * d + 1)  # two nodes' float32 gradient
+    module = MosaicModule(MLP, N, execution="vmap", activation_budget=10**12)  # the budget alone: all N
+    quiet_trainer(max_steps=1, limit_val_batches=0).fit(module, DigitsDataModule(num_nodes=N, alpha=0.5, batch_size=8))
+    assert module.resolved_backward_chunk == 2
+
+
+class GradientTensors(Callback):
+    """The gradient tensor the optimizer steps with, and a copy of its values, at every step."""
+
+    def __init__(self) -> None:
+        self.tensors: list[torch.Tensor] = []  # held: a freed tensor's address could be reused by the next one
+        self.values: list[torch.Tensor] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        grad = pl_module.gossip_parameters.grad
+        self.tensors.append(grad)
+        self.values.append(grad.clone())
+
+
+@pytest.mark.parametrize("execution", ["loop", "vmap"])
+def test_the_gradient_tensor_is_overwritten_from_step_to_step_with_the_joint_backwards_values(execution):
+    """No fresh (m, d) gradient per step (its first write page-faults): the previous step's tensor is overwritten,
+    with the values of the joint backward, which makes a new one every step."""
+    runs = {}
+    for chunk in ("all", "auto"):
+        torch.manual_seed(0)
+        module = MosaicModule(MLP, N, backward_chunk=chunk, execution=execution, seed=0)
+        seen = GradientTensors()
+        trainer = quiet_trainer(max_steps=4, limit_val_batches=0, callbacks=[seen], accumulate_grad_batches=2)
+        trainer.fit(module, DigitsDataModule(num_nodes=N, alpha=0.5, batch_size=8, seed=0))
+        runs[chunk] = seen
+    first, *later = runs["auto"].tensors
+    assert len(later) == 3 and all(t is first for t in later)
+    compare = torch.equal if execution == "loop" else (lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-6))
+    for joint, chunked in zip(runs["all"].values, runs["auto"].values, strict=True):
+        assert joint.abs().sum() > 0 and compare(joint, chunked)
+    assert not torch.equal(runs["auto"].values[0], runs["auto"].values[1])

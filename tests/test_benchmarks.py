@@ -64,6 +64,9 @@ def test_every_ratio_is_finite_and_positive(smoke):
     # In-process tiny run: the 4 nodes' few hundred KB can fit in memory the earlier sections freed, and Linux's RSS
     # counters are batched per thread, so the difference of two RSS readings is only known to about +-0.5 MiB.
     assert math.isfinite(scale["per_node_mib"]) and scale["per_node_mib"] * scale["n"] > -1
+    # it trains: one finite node loss per round, first and last reported (as the matrix-factorization rows)
+    assert len(scale["node_losses"]) == scale["rounds"] and all(_positive(loss) for loss in scale["node_losses"])
+    assert (scale["loss_first"], scale["loss_last"]) == (scale["node_losses"][0], scale["node_losses"][-1])
     soak = res["soak"]
     assert soak["last_round"] == 40 and _positive(soak["rss_mib_at_last_round"])
     assert math.isfinite(soak["growth_mib_per_1000_rounds"])

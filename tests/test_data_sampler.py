@@ -271,6 +271,62 @@ def test_node_data_loader_resumes_inside_an_epoch():
         NodeDataLoader(data, batch_size=2)
 
 
+def _reference_batches(partition, batch_size: int, seed: int, first: int, count: int) -> list[list[int]]:
+    """Batches ``first .. first + count - 1`` of the stream definition, one pass at a time: pass ``p`` of node ``i`` is
+    its shard permuted by ``torch.randperm`` under a fresh generator seeded ``derive_seed(seed, 5, i, p)``."""
+    from lightning_mosaic.seeding import SAMPLER_STREAM, derive_seed
+
+    def position(node: int, q: int) -> int:
+        shard = np.asarray(partition[node])
+        generator = torch.Generator().manual_seed(derive_seed(seed, SAMPLER_STREAM, node, q // len(shard)))
+        return int(shard[torch.randperm(len(shard), generator=generator)[q % len(shard)]])
+
+    return [
+        [position(i, q) for i in range(len(partition)) for q in range(t * batch_size, (t + 1) * batch_size)]
+        for t in range(first, first + count)
+    ]
+
+
+def test_streams_are_the_per_pass_seeded_permutations_bit_for_bit_over_epochs_and_after_a_resume(monkeypatch):
+    """The sampler derives all of a batch's (node, pass) seeds at once: the batches stay those of one derive_seed
+    and one fresh generator per pass (seeded runs and checkpoints keep their batches)."""
+    from lightning_mosaic.data import sampler as sampler_module
+    from lightning_mosaic.data.shard_sampler import NodeShardSampler
+    from lightning_mosaic.seeding import derive_seeds
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return derive_seeds(*args, **kwargs)
+
+    monkeypatch.setattr(sampler_module, "derive_seeds", counted)
+    rng = np.random.default_rng(1)
+    # shards of 1, 2 and 3 samples wrap several times into a batch of 4; 50 spans several batches per pass
+    partition = [rng.choice(1000, size=k, replace=False) for k in (1, 2, 3, 7, 50, 5)]
+    seed = 2**40 + 11
+    sampler = NodeBatchSampler(partition, 4, seed=seed, num_batches=3)
+    got = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        got.extend(sampler)
+    assert got == _reference_batches(partition, 4, seed, 0, 9)
+    assert len(calls) == 9  # one vectorized derivation per batch, none per pass
+    resumed = NodeBatchSampler(partition, 4, seed=seed, num_batches=3)
+    resumed.resume(1, 2)  # a checkpoint after batch 2 of epoch 1
+    resumed.set_epoch(0)
+    after = list(resumed)
+    resumed.set_epoch(1)
+    after += list(resumed)
+    assert after == _reference_batches(partition, 4, seed, 5, 4)
+    assert sampler.node_stream(4, 45, 60) == [
+        _reference_batches(partition, 1, seed, q, 1)[0][4] for q in range(45, 105)
+    ]
+    shard = NodeShardSampler(partition, rank=2, seed=seed, samples_per_epoch=5)
+    shard.set_epoch(2)
+    assert list(shard) == [_reference_batches(partition, 1, seed, q, 1)[0][2] for q in range(10, 15)]
+
+
 def _tensor_datasets():
     from lightning_mosaic.data.images import InMemoryImageDataset
     from lightning_mosaic.data.movielens import RatingsDataset

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lightning_mosaic.models import GNLeNet, MatrixFactorization, ResNet8, ResNet18
 from lightning_mosaic.replicas import ReplicaStack
@@ -59,6 +60,47 @@ def test_matrix_factorization_forward_and_init():
         model(torch.tensor([1, 2]))
     with pytest.raises(IndexError):
         model(torch.tensor([[5, 0]]))
+    with pytest.raises(IndexError):
+        model(torch.tensor([[-1, 0]]))  # not read from the end of the table
+
+
+class EmbeddingMF(MatrixFactorization):
+    """The lookups written with ``F.embedding`` (the reference for MatrixFactorization's ``index_select``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        users, items = x[:, 0], x[:, 1]
+        out = (F.embedding(users, self.user_factors) * F.embedding(items, self.item_factors)).sum(-1)
+        out = out + F.embedding(users, self.user_bias.unsqueeze(-1)).squeeze(-1)
+        out = out + F.embedding(items, self.item_bias.unsqueeze(-1)).squeeze(-1)
+        return out + self.global_mean
+
+
+@pytest.mark.parametrize("execution", ["vmap", "loop"])
+def test_matrix_factorization_lookups_give_f_embeddings_outputs_and_gradients_bit_for_bit(execution):
+    """One user per node and items repeated within a node's batch (a small MovieLens shard wraps into B): every
+    row's gradient adds the same terms in the same order as F.embedding's backward."""
+    n, users, items, b = 6, 9, 13, 32
+    stacks = {
+        kind: ReplicaStack(lambda kind=kind: kind(users, items, factors=5, global_mean=3.5), n, init="independent")
+        for kind in (MatrixFactorization, EmbeddingMF)
+    }
+    with torch.no_grad():
+        stacks[EmbeddingMF].flat.copy_(torch.randn(n, stacks[EmbeddingMF].num_coordinates))
+        stacks[MatrixFactorization].flat.copy_(stacks[EmbeddingMF].flat)
+    g = torch.Generator().manual_seed(0)
+    x = torch.stack([torch.arange(n)[:, None].expand(n, b), torch.randint(0, 4, (n, b), generator=g)], dim=-1)
+    target = torch.rand(n, b, generator=g) * 4 + 1
+    results = {}
+    for kind, stack in stacks.items():
+        out = stack(x, execution=execution)
+        ((out - target) ** 2).mean(dim=1).sum().backward()
+        results[kind] = (out.detach(), stack.flat.grad)
+    for new, old in zip(results[MatrixFactorization], results[EmbeddingMF], strict=True):
+        assert torch.equal(new.view(torch.int32), old.view(torch.int32))
+    assert results[MatrixFactorization][1].abs().sum() > 0
+    if execution == "vmap":
+        with pytest.raises(RuntimeError, match="out of bounds"):
+            stacks[MatrixFactorization](torch.full_like(x, users), execution="vmap")
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from lightning_mosaic._validation import check_int as _check_int
 from lightning_mosaic.data.gather import collate
-from lightning_mosaic.seeding import SAMPLER_STREAM, derive_seed
+from lightning_mosaic.seeding import SAMPLER_STREAM, derive_seeds
 
 __all__ = ["NodeBatchSampler", "NodeBatchCollate", "NodeDataLoader"]
 
@@ -90,6 +90,7 @@ class NodeBatchSampler(Sampler[list[int]]):
                 raise ValueError(f"partition[{node}] must hold non-negative integer dataset indices; got {array.dtype}")
             shards.append(array.astype(np.int64, copy=False))
         self._shards = shards
+        self._sizes = [len(s) for s in shards]
         self.num_nodes = len(shards)
         if nodes is None:
             nodes = range(self.num_nodes)
@@ -147,11 +148,19 @@ class NodeBatchSampler(Sampler[list[int]]):
             return self.num_batches
         return math.ceil(self.num_samples / (self.num_nodes * self.batch_size))
 
-    def _pass(self, node: int, pass_index: int) -> np.ndarray:
-        shard = self._shards[node]
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, SAMPLER_STREAM, node, pass_index))
-        order = torch.randperm(len(shard), generator=generator).numpy()
-        return shard[order]
+    def _passes(self, wanted: list[tuple[int, int]]) -> list[np.ndarray]:
+        """The permuted shards of the ``(node, pass)`` pairs ``wanted``: pass ``p`` of node ``i`` is ``shard_i``
+        permuted by ``torch.randperm`` under a generator seeded with ``derive_seed(seed, SAMPLER_STREAM, i, p)``
+        (the seeds of all pairs derived at once, :func:`~lightning_mosaic.seeding.derive_seeds`)."""
+        if not wanted:
+            return []
+        seeds = derive_seeds(self.seed, SAMPLER_STREAM, last=np.array(wanted, dtype=np.int64)).tolist()
+        generator, out = torch.Generator(), []
+        for (node, _), seed in zip(wanted, seeds):
+            shard = self._shards[node]
+            generator.manual_seed(seed)  # the state of a fresh generator with that seed
+            out.append(shard[torch.randperm(len(shard), generator=generator).numpy()])
+        return out
 
     def node_stream(self, node: int, start: int, length: int) -> list[int]:
         """Positions ``[start, start + length)`` of node ``node``'s infinite index stream.
@@ -164,22 +173,35 @@ class NodeBatchSampler(Sampler[list[int]]):
         Returns:
             ``length`` dataset indices from node ``node``'s shard.
         """
-        return self._read(node, start, length, {})
+        if length <= 0:
+            return []
+        return self._read([node], start, length, {}).tolist()
 
-    def _read(self, node: int, start: int, length: int, cache: dict[int, tuple[int, np.ndarray]]) -> list[int]:
-        size = len(self._shards[node])
-        out: list[int] = []
-        position = start
-        while len(out) < length:
-            pass_index, offset = divmod(position, size)
+    def _read(self, nodes: list[int], start: int, length: int, cache: dict[int, tuple[int, np.ndarray]]) -> np.ndarray:
+        """Positions ``[start, start + length)`` (``length >= 1``) of the streams of ``nodes``, node-major: an int64
+        array of ``len(nodes) * length`` dataset indices. ``cache`` maps a node to its latest pass ``(pass,
+        permuted shard)``: read first (a pass that continues from the previous batch is not permuted again) and
+        updated. The passes of all nodes are permuted together (:meth:`_passes`)."""
+        spans = []  # per node: (shard size, first pass, last pass)
+        wanted: list[tuple[int, int]] = []
+        for node in nodes:
+            size = self._sizes[node]
+            first, last = start // size, (start + length - 1) // size
             cached = cache.get(node)
-            if cached is None or cached[0] != pass_index:
-                cached = (pass_index, self._pass(node, pass_index))
-                cache[node] = cached
-            take = min(length - len(out), size - offset)
-            out.extend(cached[1][offset : offset + take].tolist())
-            position += take
-        return out
+            wanted.extend((node, p) for p in range(first, last + 1) if cached is None or cached[0] != p)
+            spans.append((size, first, last))
+        made = dict(zip(wanted, self._passes(wanted)))
+        out = []
+        for node, (size, first, last) in zip(nodes, spans):
+            cached = cache.get(node)
+            parts = [
+                cached[1] if cached is not None and cached[0] == p else made[node, p] for p in range(first, last + 1)
+            ]
+            cache[node] = (last, parts[-1])
+            stream = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            offset = start - first * size
+            out.append(stream[offset : offset + length])
+        return np.concatenate(out)
 
     def __iter__(self) -> Iterator[list[int]]:
         if self._pinned_epoch is not None:  # the first iteration after a resume: the loader state's epoch
@@ -190,11 +212,9 @@ class NodeBatchSampler(Sampler[list[int]]):
         first = self.epoch * num_batches
         start, self.start_batch = self.start_batch, 0  # a resume offset applies to one iteration only
         cache: dict[int, tuple[int, np.ndarray]] = {}
+        nodes = list(self.nodes)
         for step in range(first + start, first + num_batches):
-            batch: list[int] = []
-            for node in self.nodes:
-                batch.extend(self._read(node, step * self.batch_size, self.batch_size, cache))
-            yield batch
+            yield self._read(nodes, step * self.batch_size, self.batch_size, cache).tolist()
 
     def __repr__(self) -> str:
         return (

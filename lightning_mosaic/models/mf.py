@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_mosaic._validation import check_int
@@ -24,8 +23,12 @@ class MatrixFactorization(nn.Module):
     there is nothing to gossip): set it near the mean training rating so that the untrained model predicts a
     mid-scale rating and the biases learn only the deviations.
 
-    Plain tensors looked up with ``F.embedding`` (not ``nn.Embedding`` submodules) so that
-    ``reset_parameters`` is the one initialization used everywhere, including by ``ReplicaStack``.
+    Plain tensors looked up with ``index_select`` (not ``nn.Embedding`` submodules) so that ``reset_parameters`` is
+    the one initialization used everywhere, including by ``ReplicaStack``. The same values and gradients as
+    ``F.embedding``, bit for bit (both add a row's gradients in batch order), but faster for many nodes under
+    ``torch.func.vmap``: its batching rule reads the nodes' strided parameter views in place (``F.embedding``'s
+    copies them to one contiguous tensor), and its backward adds 20-value rows without a kernel call per looked-up
+    row (MovieLens 100K, 76 nodes of B = 256: 5.8 ms forward and backward instead of 8.3).
 
     Args:
         num_users: ``U >= 1``.
@@ -40,7 +43,8 @@ class MatrixFactorization(nn.Module):
 
     Raises:
         ValueError: An argument out of range; at call time, an input not shaped ``(B, 2)``.
-        IndexError: At call time, a user or item index out of range (from ``F.embedding``).
+        IndexError: At call time, a user or item index out of range (from ``index_select``; under ``vmap`` it
+            raises ``RuntimeError`` "index ... is out of bounds").
     """
 
     def __init__(
@@ -82,10 +86,10 @@ class MatrixFactorization(nn.Module):
         if x.ndim != 2 or x.shape[-1] != 2:
             raise ValueError(f"input must be (user, item) index pairs shaped (B, 2), got {tuple(x.shape)}")
         users, items = x[:, 0], x[:, 1]
-        out = (F.embedding(users, self.user_factors) * F.embedding(items, self.item_factors)).sum(-1)
+        out = (self.user_factors.index_select(0, users) * self.item_factors.index_select(0, items)).sum(-1)
         if self.user_bias is not None:
-            out = out + F.embedding(users, self.user_bias.unsqueeze(-1)).squeeze(-1)
-            out = out + F.embedding(items, self.item_bias.unsqueeze(-1)).squeeze(-1)
+            out = out + self.user_bias.index_select(0, users)
+            out = out + self.item_bias.index_select(0, items)
         return out + self.global_mean
 
     def extra_repr(self) -> str:
