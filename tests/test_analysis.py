@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from lightning_mosaic.analysis import (
+    SystemSpec,
     consensus_curves,
     disagreement_basis,
     exact_alpha,
@@ -26,6 +29,7 @@ from lightning_mosaic.analysis import (
     second_moment_radius,
     spectral_radius,
 )
+from lightning_mosaic.analysis.cli import analyze
 from lightning_mosaic.analysis.spectra import MixingMoments, mean_gram_largest
 from lightning_mosaic.analysis.systems import mixing_operator
 from lightning_mosaic.cli import main
@@ -308,3 +312,140 @@ def test_shipped_analysis_config_parses():
     parsed = build_parser().parse_args(["--config", str(config)])
     assert (parsed.num_nodes, parsed.dim, parsed.fragments) == (50, 16, [1, 2, 4, 8, 16])
     assert len(parsed.systems) == 4
+
+
+def test_mosaic_analyze_on_a_ring_gives_the_exact_radius_of_its_metropolis_hastings_round(tmp_path, capsys):
+    """D-PSGD on a ring (``--topology ring --peers all``): the rounds draw nothing, so the mean-square rate is
+    rho(M~)^2 with M~ = B kron W~, W the ring's Metropolis-Hastings matrix (1/3 on the diagonal and both
+    neighbours), built here by hand; lambda_max(E[M^T M]) = lambda_max(M~^T M~) = the same number (M~ symmetric)."""
+    n, d, eta, rho = 12, 4, 0.5, 0.6
+    out = tmp_path / "ring"
+    main(
+        ["analyze", "--topology", "ring", "--peers", "all", "--num_nodes", str(n), "--dim", str(d),
+         "--fragments", "[1, 2, 4]", "--systems", f'[{{"curvature": "equicorrelated", "correlation": {rho}}}]',
+         "--step_size", str(eta), "--draws", "2", "--seeds", "2", "--rounds", "4", "--output_dir", str(out)]
+    )  # fmt: skip
+    assert {p.name for p in out.iterdir()} >= {"spectra_summary.csv", "mixing_moments.json", "fig2_spectra.png"}
+    w = np.eye(n) / 3
+    for i in range(n):
+        w[i, (i + 1) % n] = w[i, (i - 1) % n] = 1 / 3
+    b = np.eye(d) - eta * make_system(n, d, rho, step_size=eta).curvature[0].numpy()
+    expected = float(np.abs(np.linalg.eigvals(np.kron(b, w - 1 / n))).max()) ** 2  # W - 11^T / n: W on 1^perp
+    assert expected == pytest.approx(
+        (np.abs(np.linalg.eigvalsh(b)).max() * (1 + 2 * math.cos(2 * math.pi / n)) / 3) ** 2
+    )
+    with (out / "spectra_summary.csv").open() as handle:
+        summary = list(csv.DictReader(handle))
+    assert [int(r["fragments"]) for r in summary] == [1, 2, 4]
+    for r in summary:
+        assert r["second_moment_radius_method"] == r["lambda_max_of_mean_gram_method"] == "exact-deterministic"
+        assert float(r["second_moment_radius"]) == pytest.approx(expected, rel=1e-9)
+        assert float(r["second_moment_radius_low"]) == pytest.approx(float(r["second_moment_radius_high"]), rel=1e-12)
+        assert float(r["lambda_max_of_mean_gram"]) == pytest.approx(expected, rel=1e-9)
+        assert float(r["lambda_max_mean"]) == pytest.approx(expected, rel=1e-8)  # every draw is the same round
+        assert r["not_available_reason"] == ""
+    moments = json.loads((out / "mixing_moments.json").read_text())
+    assert moments["topology"] == "ring" and moments["peers"] == "all" and moments["sampled"] is False
+    assert moments["weights_name"] == "metropolis-hastings" and moments["alpha"] is None
+    assert moments["spectral_gap"] == pytest.approx(1 - (1 + 2 * math.cos(2 * math.pi / n)) / 3, abs=1e-9)
+    assert moments["methods"]["second_moment_radius"] == "exact-deterministic"
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("limit", [0, 10**6])
+@pytest.mark.parametrize(("topology", "peers"), [("one-peer-exponential", 1), ("exponential", "all")])
+def test_deterministic_moments_dense_and_arpack_agree_with_the_brute_force(monkeypatch, limit, topology, peers):
+    """The exact rate of a fixed round sequence: rho of one period's product M~_{P-1} ... M~_0, to the power 2 / P
+    (P = tau = 3 for one-peer exponential on 6 nodes), equal to the spectral radius of the dense second-moment
+    operator of the period (E over its rounds of the product's kron square) to the 1 / P; both solvers."""
+    from lightning_mosaic.analysis import spectra
+
+    monkeypatch.setattr(spectra, "DENSE_ROUND_LIMIT", limit)
+    system = make_system(6, 3, 0.7, "random", step_size=0.5, seed=1)
+    gossip = FragmentGossip([3], 6, 2, peers, topology, seed=0)
+    rounds = spectra.deterministic_rounds(gossip)
+    assert gossip.rounds == 0 and rounds.shape[0] == (3 if topology == "one-peer-exponential" else 1)
+    operators = system.disagreement_operator(rounds, gossip.fragmentation)
+    product = operators[0]
+    for operator in operators[1:]:
+        product = operator @ product
+    first = second_moment_operator_dense(system, gossip.fragmentation, rounds[:1])  # one round: E = the round
+    assert torch.allclose(first, torch.kron(operators[0], operators[0]), atol=1e-14)
+    period = torch.kron(product, product)  # E[M kron M] of the deterministic period
+    radius, mean_gram = spectra.deterministic_moments(system, gossip)
+    assert radius == pytest.approx(spectral_radius(period) ** (1 / rounds.shape[0]), rel=1e-8)
+    gram = torch.einsum("rab,rac->bc", operators, operators) / rounds.shape[0]
+    assert mean_gram == pytest.approx(float(torch.linalg.eigvalsh(gram)[-1]), rel=1e-8)
+
+
+def regular_round_distribution(gossip: FragmentGossip) -> torch.Tensor:
+    """Every EL-rule mixing matrix of one round with s = 1 over ``gossip.graph`` (each node sends to one of its
+    neighbours, all equally likely)."""
+    graph = gossip.graph
+    choices = [graph.neighbours[i, : int(graph.degrees[i])].tolist() for i in range(graph.num_nodes)]
+    adjacency = torch.zeros(math.prod(map(len, choices)), graph.num_nodes, graph.num_nodes, dtype=torch.float64)
+    for r, choice in enumerate(itertools.product(*choices)):
+        for sender, receiver in enumerate(choice):
+            adjacency[r, receiver, sender] = 1.0
+    return mixing_matrices_from_adjacency(adjacency)
+
+
+def test_sampled_regular_graph_gives_a_monte_carlo_mean_gram_within_its_interval_and_no_radius(tmp_path):
+    """Peers sampled on a 3-regular graph (s = 1): no exact reduction, so the radius is NaN with the reason, and
+    lambda_max(E[M^T M]) = lambda_max(B^T B) lambda_max(E[W~^T W~]) is a Monte Carlo estimate; the brute force
+    enumerates all 3^6 rounds of each seed's graph."""
+    n, d, seed, seeds = 6, 2, 3, 2
+    out = tmp_path / "regular"
+    result = analyze(
+        output_dir=str(out), systems=[SystemSpec("random", 0.5)], fragments=[1, 2], num_nodes=n, dim=d, peers=1,
+        topology="regular", degree=3, draws=2, seeds=seeds, rounds=4, moment_draws=4000, seed=seed,
+    )  # fmt: skip
+    basis = disagreement_basis(n)
+    grams = []
+    for s in range(seed, seed + seeds):
+        single = basis.T @ regular_round_distribution(FragmentGossip([d], n, 1, 1, "regular", degree=3, seed=s)) @ basis
+        grams.append(torch.einsum("rab,rac->bc", single, single) / len(single))
+    b = make_system(n, d, 0.5, "random", step_size=0.5, seed=seed).contraction()[0]
+    exact = float(torch.linalg.eigvalsh(b.T @ b)[-1]) * float(torch.linalg.eigvalsh(torch.stack(grams).mean(0))[-1])
+    with open(result["summary_csv"]) as handle:
+        summary = list(csv.DictReader(handle))
+    for r in summary:
+        assert r["lambda_max_of_mean_gram_method"] == "monte-carlo"
+        value, stderr = float(r["lambda_max_of_mean_gram"]), float(r["lambda_max_of_mean_gram_stderr"])
+        assert 0 < stderr < 0.05 * value and abs(value - exact) <= 4 * stderr
+        assert r["second_moment_radius_method"] == "not-available" and math.isnan(float(r["second_moment_radius"]))
+        assert "not node-exchangeable" in r["not_available_reason"]
+    moments = json.loads(Path(result["moments_json"]).read_text())
+    assert moments["methods"] == {**moments["methods"], "lambda_max_of_mean_gram": "monte-carlo",
+                                  "second_moment_radius": "not-available"}  # fmt: skip
+    assert moments["gram_largest_draws"] == 4000 and moments["sampled"] is True and moments["weights_name"] == "el"
+    gaps = [FragmentGossip([d], n, 1, 1, "regular", degree=3, seed=s).spectral_gap() for s in range(seed, seed + 2)]
+    assert moments["spectral_gap"] == pytest.approx(gaps[0]) and moments["spectral_gap_max"] == pytest.approx(max(gaps))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--topology", "hypercube"], "topology must be one of ('el-local', 'el-oracle', 'ring'"),
+        (["--topology", "ring", "--peers", "3"], "peers (s) = 3 is above the degree of node 0 (2 neighbours)"),
+        (["--topology", "torus", "--peers", "all", "--num_nodes", "12", "--shape", "[3, 5]"], "shape (3, 5) gives"),
+        (["--topology", "regular", "--peers", "all"], "topology='regular' needs degree"),
+        (["--topology", "el-local", "--peers", "all"], "peers='all' (every neighbour) needs a fixed graph topology"),
+        (["--topology", "el-local", "--degree", "3"], "degree=3 applies to fixed graph topologies"),
+        (["--topology", "ring", "--peers", "all", "--weights", "mean"], "weights must be one of"),
+        (["--topology", "ring", "--peers", "1", "--weights", "metropolis-hastings"], "pass weights=None"),
+        (["--topology", "file", "--peers", "all", "--graph", "TWO_COMPONENTS"], "disconnected: 2 components"),
+        (["--topology", "file", "--peers", "all", "--graph", "/nonexistent/edges.txt"], "cannot read the edge-list"),
+    ],
+)
+def test_bad_topology_options_are_refused_before_any_write(tmp_path, capsys, args, message):
+    edges = tmp_path / "two.txt"
+    edges.write_text("0 1\n1 2\n2 0\n3 4\n4 5\n5 3\n")
+    args = [str(edges) if a == "TWO_COMPONENTS" else a for a in args]
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analyze", "--output_dir", str(out), "--num_nodes", "6", "--dim", "4", "--fragments", "[1]", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mosaic: error: ") and message in err[0]
+    assert not out.exists()

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
@@ -39,9 +40,15 @@ def analyze(
     fragments: list[int] | None = None,
     num_nodes: int = 50,
     dim: int = 16,
-    peers: int = 3,
+    peers: int | Literal["all"] = 3,
     topology: str = "el-local",
     fragmentation: str = "random",
+    degree: int | None = None,
+    graph: str | None = None,
+    shape: tuple[int, int] | None = None,
+    directed: bool = False,
+    weights: str | None = None,
+    allow_disconnected: bool = False,
     step_size: float = 0.5,
     heterogeneity: float = 0.0,
     draws: int = 64,
@@ -56,6 +63,11 @@ def analyze(
 ) -> dict[str, str]:
     """Analyse quadratic systems as a function of K and/or plot training consensus curves; write PNG + CSV.
 
+    Any topology of the run (docs/topologies.md), with the same options and the same errors. ``mixing_moments.json``
+    records the topology, the spectral gap of one fragment's (expected) mixing matrix and which method produced the
+    second-moment radius and lambda_max(E[M^T M]) (``reduced-operator``, ``exact-deterministic``, ``monte-carlo``
+    or ``not-available`` with the reason); ``spectra_summary.csv`` gives them per row.
+
     Args:
         output_dir: Directory for the figures and CSV files (created; files replaced atomically).
         systems: The systems to analyse: curvature (``equicorrelated``, ``random``, ``random-per-node``) and
@@ -64,15 +76,27 @@ def analyze(
         fragments: Values of K, each in [1, dim]. Default: 1, 2, 4, 8, 16.
         num_nodes: n, nodes.
         dim: d, parameters per node.
-        peers: s, peers per fragment per round.
-        topology: ``el-local`` or ``el-oracle``.
+        peers: s, peers per fragment per round, or ``all`` (every neighbour of a fixed graph: D-PSGD with K = 1).
+        topology: ``el-local``, ``el-oracle`` or a fixed graph: ``ring``, ``torus``, ``regular``, ``exponential``,
+            ``one-peer-exponential``, ``complete``, ``file`` (docs/topologies.md). The second-moment radius and
+            lambda_max(E[M^T M]) come from the reduced operator on the EL topologies; on a fixed graph they are
+            exact where the rounds draw nothing (a graph used whole, one-peer exponential), otherwise (peers
+            sampled among the neighbours) the radius is NaN with the reason and the mean Gram a Monte Carlo
+            estimate with its standard error; ``*_method`` columns and ``mixing_moments.json`` say which.
         fragmentation: ``random`` or ``contiguous``.
+        degree: Degree of ``topology: regular`` (default: ``peers``).
+        graph: Edge-list file of ``topology: file`` (one ``u v`` pair of node ids per line, ``#`` comments).
+        shape: ``[a, b]`` with a * b = n for ``topology: torus`` (default: the most square factorization).
+        directed: Whether the edges of ``graph`` are directed (u sends to v).
+        weights: ``metropolis-hastings`` (default) or ``uniform`` on a fixed graph used whole.
+        allow_disconnected: Accept a fixed graph with several connected components.
         step_size: eta in (0, 2), local gradient step (curvatures have largest eigenvalue 1).
         heterogeneity: zeta >= 0, scale of the per-node optima (0: shared optimum, consensus decays to 0).
         draws: Rounds sampled for lambda_max(M_t^T M_t) per (system, K).
         seeds: Monte Carlo runs (>= 2) of the consensus distance per (system, K).
         rounds: Rounds per Monte Carlo run.
-        moment_draws: EL-Local mixing matrices averaged for the second moment beta.
+        moment_draws: EL-Local mixing matrices averaged for the second moment beta, or rounds averaged for
+            lambda_max(E[W~^T W~]) with peers sampled on a fixed graph.
         confidence: Level of every interval, in (0, 1).
         seed: Base seed of everything random.
         workers: Processes analysing (system, K) pairs in parallel (the numbers do not depend on it).
@@ -84,7 +108,8 @@ def analyze(
         Name -> path of every file written.
 
     Raises:
-        ValueError: For any bad argument, before any work or write.
+        ValueError: For any bad argument, before any work or write (the topology and its options are checked by
+            building the protocol of every seed, so the errors are the run's).
         FileNotFoundError: For a missing training log, before any work or write.
     """
     systems = (
@@ -96,11 +121,11 @@ def analyze(
     training_logs = training_logs or {}
     if not systems and not training_logs:
         raise ValueError("nothing to do: systems is empty and no training_logs are given")
+    graph_options = {
+        "degree": degree, "graph": graph, "shape": shape, "directed": directed, "weights": weights,
+        "allow_disconnected": allow_disconnected,
+    }  # fmt: skip
     if systems:
-        validate_sweep(systems, fragments, num_nodes, dim, peers, topology)
-        from lightning_mosaic.analysis.systems import make_system
-
-        make_system(num_nodes, dim, 0.0, step_size=step_size, heterogeneity=heterogeneity)  # checks eta and zeta
         for name, value, low in (
             ("draws", draws, 1),
             ("seeds", seeds, 2),
@@ -109,10 +134,16 @@ def analyze(
             ("workers", workers, 1),
         ):
             check_int(name, value, low)
-        if topology == "el-local":
+        options = {**graph_options, "shape": None if shape is None else tuple(shape)}
+        (protocol, *_) = validate_sweep(
+            systems, fragments, num_nodes, dim, peers, topology, seeds=range(seed, seed + seeds),
+            fragmentation=fragmentation, topology_options=options,
+        )  # fmt: skip
+        from lightning_mosaic.analysis.systems import make_system
+
+        make_system(num_nodes, dim, 0.0, step_size=step_size, heterogeneity=heterogeneity)  # checks eta and zeta
+        if topology == "el-local" or (protocol.graph is not None and protocol.sampled):
             check_int("moment_draws", moment_draws, 2)
-        if fragmentation not in ("random", "contiguous"):
-            raise ValueError(f"fragmentation must be 'random' or 'contiguous', got {fragmentation!r}")
     if check_probability("confidence", confidence) in (0.0, 1.0):
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     from lightning_mosaic.analysis.logs import stack_consensus_logs
@@ -128,8 +159,9 @@ def analyze(
         start = time.perf_counter()
         result = run_sweep(
             systems, fragments, num_nodes=num_nodes, dim=dim, peers=peers, topology=topology,
-            fragmentation=fragmentation, step_size=step_size, heterogeneity=heterogeneity, draws=draws, seeds=seeds,
-            rounds=rounds, moment_draws=moment_draws, confidence=confidence, seed=seed, workers=workers,
+            fragmentation=fragmentation, **graph_options, step_size=step_size, heterogeneity=heterogeneity,
+            draws=draws, seeds=seeds, rounds=rounds, moment_draws=moment_draws, confidence=confidence, seed=seed,
+            workers=workers,
         )  # fmt: skip
         written["eigenvalues_csv"] = plots.write_csv(result.eigenvalues, out / OUTPUTS["eigenvalues_csv"])
         written["summary_csv"] = plots.write_csv(result.summary, out / OUTPUTS["summary_csv"])

@@ -9,7 +9,8 @@ initial parameters for every K (common random numbers, so differences between K 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,10 +45,11 @@ def consensus_curves(
     rounds: int,
     seeds: Sequence[int],
     *,
-    peers: int,
+    peers: int | str,
     topology: str = "el-local",
     fragmentation: str = "random",
     init_scale: float = 1.0,
+    topology_options: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """Consensus distance of ``system`` before the first round and after each of ``rounds`` rounds, per seed.
 
@@ -56,10 +58,12 @@ def consensus_curves(
         fragments: K in [1, d].
         rounds: Number of rounds T >= 1.
         seeds: One Monte Carlo run per seed (>= 0).
-        peers: s, as in :class:`~lightning_mosaic.gossip.FragmentGossip`.
-        topology: ``"el-local"`` or ``"el-oracle"``.
+        peers: s or ``"all"``, as in :class:`~lightning_mosaic.gossip.FragmentGossip`.
+        topology: One of :data:`~lightning_mosaic.gossip.ALL_TOPOLOGIES`.
         fragmentation: ``"random"`` or ``"contiguous"``.
         init_scale: Standard deviation of the initial parameters (:func:`initial_parameters`).
+        topology_options: Keyword arguments of ``FragmentGossip`` for fixed graphs (``degree``, ``graph``,
+            ``shape``, ``directed``, ``weights``, ``allow_disconnected``).
 
     Returns:
         ``(len(seeds), T + 1)`` float64 array (squared parameter units).
@@ -73,8 +77,9 @@ def consensus_curves(
     out = np.empty((len(seeds), rounds + 1))
     for row, seed in enumerate(seeds):
         gossip = FragmentGossip(
-            [system.dim], system.num_nodes, fragments, peers, topology, fragmentation, seed=int(seed)
-        )
+            [system.dim], system.num_nodes, fragments, peers, topology, fragmentation, seed=int(seed),
+            **(topology_options or {}),
+        )  # fmt: skip
         params = initial_parameters(system, seed, init_scale)
         out[row, 0] = float(consensus_distance(params))
         for t in range(1, rounds + 1):
