@@ -33,7 +33,12 @@ CASES = [
     (lambda: ReplicaStack(MLP(), 0), ValueError, r"num_nodes must be an integer >= 1, got 0"),
     (lambda: MosaicGossip(fragments=0), ValueError, r"fragments must be an integer >= 1, got 0"),
     (lambda: MosaicGossip(peers=1.5), ValueError, r"peers must be an integer >= 1, got 1.5 \(float\)"),
-    (lambda: MosaicGossip(topology="ring"), ValueError, r"topology must be one of \('el-local', 'el-oracle'\)"),
+    (
+        lambda: MosaicGossip(topology="rign"),
+        ValueError,
+        r"topology must be one of \('el-local', 'el-oracle', 'ring'.*"
+        r"got 'rign'; did you mean 'ring'\?",
+    ),
     (lambda: MosaicGossip(fragmentation="x"), ValueError, r"fragmentation must be one of"),
     (lambda: MosaicGossip(kernel="sparse"), ValueError, r"kernel must be one of \(.*\), got 'sparse'"),
     (lambda: MosaicGossip(drop_prob=2), ValueError, r"drop_prob must be a probability in \[0, 1\], got 2"),

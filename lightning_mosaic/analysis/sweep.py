@@ -41,7 +41,7 @@ from lightning_mosaic.analysis.spectra import (
     topology_methods,
 )
 from lightning_mosaic.analysis.systems import CURVATURES, make_system
-from lightning_mosaic.gossip.graphs import ALL_TOPOLOGIES
+from lightning_mosaic.gossip.graphs import check_topology
 from lightning_mosaic.gossip.protocol import FragmentGossip
 
 
@@ -118,8 +118,7 @@ def validate_sweep(
             edge-list line, a torus shape that does not give n, ...).
     """
     check_int("dim (d)", dim, 1)
-    if topology not in ALL_TOPOLOGIES:
-        raise ValueError(f"topology must be one of {ALL_TOPOLOGIES}, got {topology!r}")
+    check_topology(topology)
     if fragmentation not in ("random", "contiguous"):
         raise ValueError(f"fragmentation must be 'random' or 'contiguous', got {fragmentation!r}")
     if peers != "all":

@@ -25,7 +25,7 @@ from lightning_mosaic.distributed.exchange import ShardedMixer
 from lightning_mosaic.distributed.sharding import node_bounds
 from lightning_mosaic.distributed.strategy import check_multiprocess_module
 from lightning_mosaic.gossip.fragmentation import FRAGMENTATIONS
-from lightning_mosaic.gossip.graphs import ALL_TOPOLOGIES, GRAPH_TOPOLOGIES, WEIGHTS
+from lightning_mosaic.gossip.graphs import GRAPH_TOPOLOGIES, WEIGHTS, check_topology
 from lightning_mosaic.gossip.metrics import bytes_sent_per_node, values_sent_per_node
 from lightning_mosaic.gossip.mixing import KERNELS
 from lightning_mosaic.gossip.protocol import FragmentGossip, nonfinite_nodes
@@ -154,8 +154,7 @@ class MosaicGossip(Callback):
         check_probability("drop_prob", drop_prob)
         if on_nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
-        if topology not in ALL_TOPOLOGIES:
-            raise ValueError(f"topology must be one of {ALL_TOPOLOGIES}, got {topology!r}")
+        check_topology(topology)
         if peers == "all" and topology not in GRAPH_TOPOLOGIES:
             raise ValueError(
                 f"peers='all' (every neighbour) needs a fixed graph topology, one of {GRAPH_TOPOLOGIES}; got "

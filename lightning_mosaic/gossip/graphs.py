@@ -18,6 +18,7 @@ gives ``w_ji`` to the value it receives from an in-neighbour i and keeps ``1 - s
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass, replace
@@ -43,6 +44,20 @@ GRAPH_TOPOLOGIES: tuple[str, ...] = get_args(GraphTopologyName)
 ALL_TOPOLOGIES: tuple[str, ...] = TOPOLOGIES + GRAPH_TOPOLOGIES
 """Every ``topology`` a run accepts: the EL ones, drawn each round
 (:data:`~lightning_mosaic.gossip.topology.TOPOLOGIES`), then the fixed graphs."""
+
+
+def check_topology(topology: str) -> str:
+    """Return ``topology`` if it is one of :data:`ALL_TOPOLOGIES`.
+
+    Raises:
+        ValueError: Naming the value, every allowed one and the closest (``did you mean 'ring'?``).
+    """
+    if topology in ALL_TOPOLOGIES:
+        return topology
+    close = difflib.get_close_matches(str(topology), ALL_TOPOLOGIES, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"topology must be one of {ALL_TOPOLOGIES}, got {topology!r}{hint}")
+
 
 DENSE_NODES_LIMIT = math.isqrt(DENSE_DRAW_LIMIT)
 """Largest n (2048) for which an ``(n, n)`` matrix is built: :meth:`Graph.mixing_matrix`, and the dense eigenvalue

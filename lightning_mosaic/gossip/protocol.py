@@ -14,7 +14,7 @@ from torch import Tensor
 
 from lightning_mosaic._validation import check_int, check_probability
 from lightning_mosaic.gossip.fragmentation import Fragmentation, make_fragmentation
-from lightning_mosaic.gossip.graphs import GRAPH_TOPOLOGIES, WEIGHTS, Graph, make_graph
+from lightning_mosaic.gossip.graphs import GRAPH_TOPOLOGIES, WEIGHTS, Graph, check_topology, make_graph
 from lightning_mosaic.gossip.mixing import (
     KERNELS,
     default_backend,
@@ -144,6 +144,7 @@ class FragmentGossip:
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         self.drop_prob = check_probability("drop_prob", drop_prob)
+        check_topology(topology)
         self.graph: Graph | None = None
         """The fixed graph of a graph topology (``None`` for EL-Local and EL-Oracle)."""
         self._weights: Tensor | None = None
