@@ -22,7 +22,7 @@ import numpy as np
 from lightning_mosaic.gossip import fused
 assert fused.available()
 receivers = np.array([[[1], [0], [0]]], np.int64)
-indptr, senders = fused._kernels().in_lists(receivers, np.ones(receivers.shape, np.bool_), 3)
+indptr, senders, _ = fused._kernels().in_lists(receivers, np.ones(receivers.shape, np.bool_), 3)
 print(indptr.tolist(), senders.tolist())
 """
 

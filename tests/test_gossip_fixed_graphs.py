@@ -136,6 +136,11 @@ def test_bad_fixed_graph_settings_are_refused_at_attach(kwargs, message):
         MosaicGossip(fragments=2, **kwargs).attach(module)
 
 
+def test_the_complete_graph_is_refused_above_the_dense_limit():
+    with pytest.raises(ValueError, match=r"topology='complete' on num_nodes \(n\) = 2049 nodes needs an \(n, n - 1\)"):
+        FragmentGossip([10], 2049, 1, "all", "complete")
+
+
 def test_a_disconnected_graph_is_refused_unless_allowed(tmp_path):
     path = tmp_path / "two.txt"
     path.write_text("0 1\n1 2\n2 0\n3 4\n4 5\n5 3\n")

@@ -336,9 +336,16 @@ def complete(num_nodes: int) -> Graph:
     """Every node linked to every other node (undirected).
 
     Raises:
-        ValueError: If n < 2.
+        ValueError: If n < 2, or n > :data:`DENSE_NODES_LIMIT` (its ``(n, n - 1)`` neighbour table is a dense
+            ``n x n`` array).
     """
     n = check_int("num_nodes (n)", num_nodes, 2, hint=" for topology='complete'")
+    if n > DENSE_NODES_LIMIT:
+        raise ValueError(
+            f"topology='complete' on num_nodes (n) = {n} nodes needs an (n, n - 1) neighbour table "
+            f"({n * (n - 1) * 8 / 2**30:.1f} GiB), allowed up to n = {DENSE_NODES_LIMIT}; with sampled peers use "
+            "topology='el-local' (the same draws over all other nodes, without an n x n table)"
+        )
     everyone = torch.arange(n).expand(n, -1)
     neighbours = everyone[~torch.eye(n, dtype=torch.bool)].view(n, n - 1)
     return Graph("complete", neighbours, torch.full((n,), n - 1, dtype=torch.long), directed=False)
