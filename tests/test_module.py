@@ -144,7 +144,11 @@ def test_node_state_dict_exports_one_node(tmp_path):
     [
         ({"fragments": 0}, "fragments"),
         ({"peers": 0}, "peers"),
-        ({"topology": "ring"}, "topology"),
+        ({"topology": "hypercube"}, "topology"),
+        ({"peers": "every"}, "peers"),
+        ({"degree": 0}, "degree"),
+        ({"weights": "equal"}, "weights"),
+        ({"topology": "file"}, "topology='file' needs graph=PATH"),
         ({"fragmentation": "blocks"}, "fragmentation"),
         ({"every_n_steps": 0}, "every_n_steps"),
         ({"seed": -1}, "seed"),

@@ -30,7 +30,10 @@ TASKS = {
     "cifar100": RECIPES / "cifar100_mosaic.yaml",
     "movielens": RECIPES / "movielens_genre.yaml",
 }
-GOSSIP_PIECES = sorted((CONFIGS_DIR / "gossip").glob("*.yaml"))
+#: The K pieces of the grid (``el``, ``mosaic_k<K>``); the other gossip pieces set a fixed graph (``dpsgd_*``,
+#: ``mosaic_k<K>_<graph>``: topology, peers, degree and K together), tested below.
+GOSSIP_PIECES = [p for p in sorted((CONFIGS_DIR / "gossip").glob("*.yaml")) if re.fullmatch(r"el|mosaic_k\d+", p.stem)]
+GRAPH_PIECES = [p for p in sorted((CONFIGS_DIR / "gossip").glob("*.yaml")) if p not in GOSSIP_PIECES]
 PARTITION_PIECES = sorted((CONFIGS_DIR / "partition").glob("*.yaml"))
 #: The only keys a gossip piece and a partition piece may change.
 GRID_KEYS = {"gossip.fragments", "data.init_args.alpha"}
@@ -121,6 +124,22 @@ def test_every_task_k_alpha_combination_composes(cli, recipe_settings, task, gos
     changed = {key for key in recipe if values[key] != recipe[key]}
     assert changed <= GRID_KEYS, f"the pieces changed {sorted(changed - GRID_KEYS)}"
     assert values["data.class_path"] == recipe["data.class_path"]
+
+
+def test_the_graph_pieces_set_only_gossip_keys_on_every_task(cli, recipe_settings):
+    """``dpsgd_ring``, ``dpsgd_regular8``, ``mosaic_k8_ring``, ``mosaic_k8_regular8``: on every task recipe they
+    change only gossip settings (the topology, s, K and the graph's degree), and each builds its MosaicGossip."""
+    assert [p.stem for p in GRAPH_PIECES] == ["dpsgd_regular8", "dpsgd_ring", "mosaic_k8_regular8", "mosaic_k8_ring"]
+    for piece in GRAPH_PIECES:
+        gossip = yaml.safe_load(piece.read_text())["gossip"]
+        assert set(gossip) <= {"topology", "peers", "fragments", "degree"}, piece.name
+        for task, recipe in TASKS.items():
+            values = leaves(cli.parser.parse_args(argv(recipe, piece), defaults=False))
+            changed = {key for key in values if values[key] != recipe_settings[task].get(key)}
+            assert changed <= {f"gossip.{key}" for key in gossip}, (piece.name, task, changed)
+            assert all(values[f"gossip.{key}"] == value for key, value in gossip.items()), (piece.name, task)
+        callback = MosaicGossip(**gossip)
+        assert callback.topology in ("ring", "regular") and callback.fragments in (1, 8)
 
 
 def test_a_partial_data_piece_keeps_every_other_data_setting(cli, recipe_values):
