@@ -125,6 +125,7 @@ def test_the_one_peer_exponential_graph_cycles_through_the_powers_of_two():
         ),
         ({"topology": "torus", "peers": "all", "shape": (3, 5)}, "16"),
         ({"topology": "el-local", "peers": 2, "degree": 4}, "degree=4 applies to fixed graph topologies"),
+        ({"topology": "regular", "peers": "all"}, "topology='regular' with peers='all' needs degree"),
     ],
 )
 def test_bad_fixed_graph_settings_are_refused_at_attach(kwargs, message):
@@ -182,3 +183,47 @@ def test_dpsgd_ring_recipe_records_the_spectral_gap_and_communication(tmp_path):
     assert summary["values_sent_per_node_per_round"] == 2 * summary["parameters_per_node"]
     logged = (run / "metrics.csv").read_text()
     assert "gossip/spectral_gap" in logged.splitlines()[0]
+
+
+def _checkpoint_of(gossip: MosaicGossip) -> dict:
+    return {"callbacks": {gossip.state_key: gossip.state_dict()}}
+
+
+def _attached(module, **kwargs) -> MosaicGossip:
+    gossip = MosaicGossip(fragments=2, **kwargs)
+    gossip.attach(module)
+    return gossip
+
+
+def test_a_checkpoint_of_another_graph_or_weights_is_refused_and_the_same_graph_anywhere_accepted(
+    tmp_path, monkeypatch
+):
+    from lightning_mosaic import MosaicModule
+    from lightning_mosaic.models import MLP
+
+    module = MosaicModule(MLP(), num_nodes=16)
+    # the degree defaults to peers: a 4-regular checkpoint cannot continue as a 2-regular run
+    saved = _checkpoint_of(_attached(module, topology="regular", degree=4, peers=2))
+    with pytest.raises(ValueError, match=r"degree=4 in the checkpoint, 2 here"):
+        _attached(module, topology="regular", peers=2).on_load_checkpoint(None, module, saved)
+    # Metropolis-Hastings is the default on a graph used whole: giving it is the same run; uniform is not
+    ring = _checkpoint_of(_attached(module, topology="ring", peers="all"))
+    _attached(module, topology="ring", peers="all", weights="metropolis-hastings").on_load_checkpoint(
+        None, module, ring
+    )
+    with pytest.raises(ValueError, match=r"weights='metropolis-hastings' in the checkpoint, 'uniform' here"):
+        _attached(module, topology="ring", peers="all", weights="uniform").on_load_checkpoint(None, module, ring)
+    # an edge list: the same file by another path is the same graph; an edited file is refused
+    edges = tmp_path / "edges.txt"
+    edges.write_text("".join(f"{i} {(i + 1) % 16}\n" for i in range(16)) + "0 8\n")
+    monkeypatch.chdir(tmp_path)
+    saved = _checkpoint_of(_attached(module, topology="file", graph="edges.txt", peers="all"))
+    resumed = _attached(module, topology="file", graph=str(edges), peers="all")
+    resumed.on_load_checkpoint(None, module, saved)
+    assert resumed._latest_step == 0
+    edges.write_text("".join(f"{i} {(i + 1) % 16}\n" for i in range(16)) + "0 9\n")
+    with pytest.raises(ValueError, match=r"the file graph itself differs"):
+        _attached(module, topology="file", graph="edges.txt", peers="all").on_load_checkpoint(None, module, saved)
+    directed = _checkpoint_of(_attached(module, topology="file", graph="edges.txt", peers="all", directed=True))
+    with pytest.raises(ValueError, match=r"directed=True in the checkpoint, False here"):
+        _attached(module, topology="file", graph="edges.txt", peers="all").on_load_checkpoint(None, module, directed)

@@ -343,6 +343,7 @@ def test_reproduce_runs_a_topology_grid_and_names_its_folder(tmp_path, monkeypat
         (["--topology", "file"], "--topology file needs --graph PATH (an edge list, one 'u v' pair per line)"),
         (["--topology", "rign"], "argument --topology: invalid choice: 'rign'"),
         (["--peers", "every"], "argument --peers: must be an integer >= 1 or 'all', got 'every'"),
+        (["--peers", "all"], "--peers all (every neighbour) needs a fixed graph, --topology one of ring, torus"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             grid.run_grid(["--task", "digits", "--fragments", "1", *argv], fit=fits.append)
@@ -367,3 +368,15 @@ def test_a_fixed_graph_report_names_its_baseline_and_the_spectral_gap(tmp_path):
     text = sampled.read_text()
     assert "| 1 (EL on regular) |" in text and "| 2 |" in text
     assert "over the runs (each seed draws its own graph)" in text
+
+
+def test_a_run_refused_at_setup_leaves_no_record_that_would_hold_the_grid(tmp_path, capsys):
+    """``--topology ring --peers 3`` is refused inside the fit (a ring node has 2 neighbours); the corrected grid in
+    the same folder then runs instead of being refused for a recorded argument list."""
+    argv = ["--task", "digits", "--fragments", "1", "--seeds", "1", "--rounds", "4", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        grid.run_grid([*argv, "--topology", "ring", "--peers", "3"])
+    assert "above the degree of node 0" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "K1-seed0" / grid.ARGS_FILE).exists()
+    report = grid.run_grid([*argv, "--topology", "ring", "--peers", "2", "--", "--trainer.val_check_interval", "2"])
+    assert "| 1 (D-PSGD) |" in report.read_text()

@@ -389,7 +389,9 @@ class MosaicGossip(Callback):
 
     def graph_settings(self) -> dict[str, Any] | None:
         """The fixed-graph settings that differ from their defaults (``degree``, ``graph``, ``shape``,
-        ``directed``, ``weights``, ``allow_disconnected``) and the graph's degrees; ``None`` for EL topologies."""
+        ``directed``, ``weights``, ``allow_disconnected``), the rule the aggregation runs (``weights``:
+        ``"metropolis-hastings"``, ``"uniform"`` or ``"el"``), the smallest and largest degree and ``edges`` (undirected
+        edges, or directed links u -> v of a directed graph); ``None`` for EL topologies."""
         if self.protocol is None or self.protocol.graph is None:
             return None
         degrees = self.protocol.graph.degrees
@@ -399,7 +401,7 @@ class MosaicGossip(Callback):
             "weights": self.protocol.weights_name,
             "min_degree": int(degrees.min()),
             "max_degree": int(degrees.max()),
-            "edges": int(degrees.sum()),
+            "edges": int(degrees.sum()) if self.protocol.graph.directed else int(degrees.sum()) // 2,
         }
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -465,25 +467,61 @@ class MosaicGossip(Callback):
                     "trainer.callbacks"
                 )
         states = checkpoint.get("callbacks", {})
-        if self.state_key in states:
-            return
-        ours = self._config()
+        ours = self._comparable(self._config())
+        mine = self._graph_fingerprint()
         for key, state in states.items():
             if key.startswith(type(self).__qualname__) and isinstance(state, dict) and "config" in state:
-                saved = state["config"]
+                saved = self._comparable(state["config"])
+                theirs = state.get("graph_fingerprint")
+                same_graph = theirs is not None and mine is not None
+                names = [k for k in {**saved, **ours} if not (same_graph and k == "graph")]  # the file's path
                 diffs = [
-                    f"{k}={saved.get(k)!r} in the checkpoint, {v!r} here" for k, v in ours.items() if saved.get(k) != v
+                    f"{k}={saved.get(k)!r} in the checkpoint, {ours.get(k)!r} here"
+                    for k in names
+                    if saved.get(k) != ours.get(k)
                 ]
+                if same_graph and theirs != mine:
+                    diffs.append(
+                        f"the {ours['topology']} graph itself differs (its neighbour table and weights hash to "
+                        f"{theirs[:12]} in the checkpoint, {mine[:12]} here: another edge-list file, or the file was "
+                        "edited)"
+                    )
                 if diffs:
                     raise ValueError(
                         "the checkpoint was written by a run with other gossip settings, so it cannot continue this "
                         "one: " + "; ".join(diffs)
                     )
-                self.load_state_dict(state)  # same gossip, fault settings checked above: only its key differs
+                if key != self.state_key:
+                    self.load_state_dict(state)  # same gossip, fault settings checked above: only its key differs
                 return
+
+    def _comparable(self, config: dict[str, Any]) -> dict[str, Any]:
+        """A saved or current :meth:`_config` with every default filled in and resolved, so that two runs compare
+        equal exactly when they gossip alike: the graph settings at :data:`GRAPH_DEFAULTS`, a regular graph's
+        degree from ``peers``, and ``weights`` as the rule the aggregation runs (``"el"`` where peers are sampled or
+        on the one-peer exponential graph, else the weights, Metropolis-Hastings by default)."""
+        full = {**GRAPH_DEFAULTS, **config}
+        if full.get("topology") == "regular" and full["degree"] is None and full.get("peers") != "all":
+            full["degree"] = full.get("peers")
+        if full.get("topology") in GRAPH_TOPOLOGIES and self.protocol is not None:
+            same_graph = full.get("topology") == self.topology and full.get("peers") == self.peers
+            if same_graph and self.protocol.weights_name == "el":
+                full["weights"] = "el"  # None and "uniform" are the same rule there
+            elif full["weights"] is None:
+                full["weights"] = "metropolis-hastings"
+        return full
+
+    def _graph_fingerprint(self) -> str | None:
+        """The hash of this run's fixed graph and its weights
+        (:meth:`~lightning_mosaic.gossip.FragmentGossip.graph_fingerprint`), ``None`` for EL topologies or before
+        setup."""
+        return None if self.protocol is None else self.protocol.graph_fingerprint()
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"latest_step": self._latest_step, "config": self._config()}
+        fingerprint = self._graph_fingerprint()
+        if fingerprint is not None:
+            state["graph_fingerprint"] = fingerprint
         if self.protocol is not None:
             state.update(self.protocol.state_dict())
         elif self._pending_state is not None:

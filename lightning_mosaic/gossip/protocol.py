@@ -5,6 +5,7 @@ Pure tensor code (no Lightning); :class:`~lightning_mosaic.callbacks.MosaicGossi
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -149,7 +150,12 @@ class FragmentGossip:
         """The fixed graph of a graph topology (``None`` for EL-Local and EL-Oracle)."""
         self._weights: Tensor | None = None
         if topology in GRAPH_TOPOLOGIES:
-            if topology == "regular" and degree is None and peers != "all":
+            if topology == "regular" and degree is None:
+                if peers == "all":
+                    raise ValueError(
+                        "topology='regular' with peers='all' needs degree (the number of neighbours of every node, "
+                        "--gossip.degree on the command line); it defaults to peers only when peers is a number"
+                    )
                 degree = peers  # the degree defaults to s
             self.graph = make_graph(
                 topology,
@@ -253,6 +259,20 @@ class FragmentGossip:
         if self._weights is not None:
             return float(self.graph.degrees.double().mean())
         return float(self.peers)
+
+    def graph_fingerprint(self) -> str | None:
+        """SHA-256 (hex) of the fixed graph as this run uses it: its neighbour table, whether it is directed, and the
+        weights of a graph used whole; ``None`` for EL topologies. Equal for the same edge list wherever the file
+        lies, different once the file is edited (a checkpoint check, see
+        :meth:`~lightning_mosaic.callbacks.MosaicGossip.on_load_checkpoint`)."""
+        if self.graph is None:
+            return None
+        digest = hashlib.sha256()
+        digest.update(f"{self.graph.name}:{self.graph.directed}:{self.weights_name}:".encode())
+        digest.update(self.graph.neighbours.contiguous().numpy().tobytes())
+        if self._weights is not None:
+            digest.update(self._weights.contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def spectral_gap(self) -> float:
         """1 - the second largest eigenvalue modulus of the (expected) mixing matrix of one fragment

@@ -34,7 +34,7 @@ from typing import Any, NoReturn
 
 from lightning_mosaic.cli import run_lightning
 from lightning_mosaic.data.partition import _resolve_alpha
-from lightning_mosaic.gossip.graphs import ALL_TOPOLOGIES
+from lightning_mosaic.gossip.graphs import ALL_TOPOLOGIES, GRAPH_TOPOLOGIES
 from lightning_mosaic.gossip.topology import TOPOLOGIES
 from lightning_mosaic.recipes import resolve
 from lightning_mosaic.reproduction.report import write_report
@@ -213,6 +213,11 @@ def run_grid(argv: list[str], fit: Callable[[list[str]], None] = run_lightning) 
         parser.error(f"--recipe {error.args[0]}")
     if not recipe.is_file():
         raise FileNotFoundError(f"recipe {recipe} does not exist; pass --recipe PATH")
+    if args.peers == "all" and args.topology in (None, *TOPOLOGIES):
+        parser.error(
+            f"--peers all (every neighbour) needs a fixed graph, --topology one of {', '.join(GRAPH_TOPOLOGIES)}"
+            + (f"; got --topology {args.topology}" if args.topology else "; got no --topology")
+        )
     if args.graph is not None and args.topology != "file":
         parser.error(f"--graph {args.graph} needs --topology file, got --topology {args.topology}")
     if args.topology == "file" and args.graph is None:
@@ -266,7 +271,12 @@ def run_grid(argv: list[str], fit: Callable[[list[str]], None] = run_lightning) 
         else:
             _record_args(folder, fit_args)
             print(f"mosaic reproduce: {name} starts", flush=True)
-            fit(fit_args)
+            try:
+                fit(fit_args)
+            except BaseException:
+                if _newest_checkpoint(run_dir / "checkpoints") is None:  # refused or failed before any checkpoint:
+                    (folder / ARGS_FILE).unlink(missing_ok=True)  # nothing to resume, so no record to hold the grid
+                raise
     command = "mosaic reproduce " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["reproduce"] else argv)
     versus = "EL" if args.topology in (None, *TOPOLOGIES) else "K = 1"
     title = f"Mosaic Learning vs {versus}: {args.task}, K in {sorted(set(args.fragments))}, {args.seeds} seed(s)"
