@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from benchmarks import run as suite
+from benchmarks import scale as scale_bench
 
 
 def _positive(value) -> bool:
@@ -67,6 +68,7 @@ def test_every_ratio_is_finite_and_positive(smoke):
     # it trains: one finite node loss per round, first and last reported (as the matrix-factorization rows)
     assert len(scale["node_losses"]) == scale["rounds"] and all(_positive(loss) for loss in scale["node_losses"])
     assert (scale["loss_first"], scale["loss_last"]) == (scale["node_losses"][0], scale["node_losses"][-1])
+    assert scale["lr"] == scale_bench.GNLENET_LR == 0.01  # the rows say which lr trained them (see GNLENET_LR)
     soak = res["soak"]
     assert soak["last_round"] == 40 and _positive(soak["rss_mib_at_last_round"])
     assert math.isfinite(soak["growth_mib_per_1000_rounds"])
@@ -84,3 +86,4 @@ def test_scale_section_trains_matrix_factorization(smoke):
     # it trains: one finite node loss per round (first and last reported); the tiny run is too short to ask for a drop
     assert len(mf["node_losses"]) == mf["rounds"] and all(_positive(loss) for loss in mf["node_losses"])
     assert (mf["loss_first"], mf["loss_last"]) == (mf["node_losses"][0], mf["node_losses"][-1])
+    assert mf["lr"] == scale_bench.MF_LR
