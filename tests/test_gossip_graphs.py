@@ -423,6 +423,31 @@ def test_disconnected_graph_is_refused_unless_allowed(tmp_path):
         make_graph("regular", 20, degree=1)
 
 
+def test_directed_graph_with_two_source_groups_is_refused_unless_allowed(tmp_path):
+    # weakly connected, but nodes 0 and 2 receive from no one: they never agree
+    path = _write(tmp_path, "0 1\n2 1\n" + "".join(f"{u} {u + 1}\n" for u in range(2, 15)))
+    with pytest.raises(
+        ValueError,
+        match=r"on n = 16 nodes is directed and 2 groups of nodes receive from no other group \(nodes \[0\] and \[2\]\)"
+        r".*allow_disconnected=True \(it accepts this too\)",
+    ):
+        make_graph("file", 16, graph=path, directed=True)
+    graph = make_graph("file", 16, graph=path, directed=True, allow_disconnected=True)
+    assert graph.num_components() == 1 and [group.tolist() for group in graph.source_components()] == [[0], [2]]
+    ring_path = _write(tmp_path, "".join(f"{u} {(u + 1) % 16}\n" for u in range(16)), "ring.txt")
+    assert make_graph("file", 16, graph=ring_path, directed=True).source_components()[0].tolist() == list(range(16))
+    for topology in ("exponential", "one-peer-exponential"):
+        assert len(make_graph(topology, 12).source_components()) == 1
+    # a group of several nodes that hears no one, among many: a few nodes of a few groups
+    many = "".join(f"{u} {(u + 1) % 7}\n{u} 11\n" for u in range(7)) + "".join(f"{u} 11\n" for u in range(7, 11))
+    with pytest.raises(
+        ValueError, match=r"5 groups .* \(nodes \[0, 1, 2, 3, 4, \.\.\.\] \(7 nodes\), \[7\], \[8\] and 2 more groups\)"
+    ):
+        make_graph("file", 12, graph=_write(tmp_path, many, "many.txt"), directed=True)
+    star = "".join(f"0 {u}\n" for u in range(1, 12))  # one node every other hears from: consensus on node 0's value
+    assert len(make_graph("file", 12, graph=_write(tmp_path, star, "star.txt"), directed=True).source_components()) == 1
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
