@@ -31,6 +31,7 @@ from lightning_mosaic.gossip import (
     topology_spectral_gap,
     torus,
 )
+from lightning_mosaic.gossip import spectral as spectral_module
 from lightning_mosaic.gossip import topology as topology_module
 from lightning_mosaic.seeding import BASE_GRAPH_STREAM, derive_seed
 
@@ -207,6 +208,53 @@ def test_ring_gap_sparse_above_the_limit_builds_no_dense_matrix(monkeypatch):
         monkeypatch.setattr(np.linalg, name, refuse)
     monkeypatch.setattr(scipy.sparse.csr_array, "toarray", refuse)
     assert topology_spectral_gap("ring", n, None, ring(n)) == pytest.approx(_ring_gap(n), abs=1e-9)
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("ARPACK called on a circulant matrix")
+
+
+def test_ring_gap_of_20000_nodes_is_exact_from_the_dft(monkeypatch):
+    n = 20000
+    monkeypatch.setattr(spectral_module, "eigs", _refuse)
+    monkeypatch.setattr(spectral_module, "eigsh", _refuse)
+    gap = topology_spectral_gap("ring", n, None, ring(n))
+    assert gap == pytest.approx(1 - (1 + 2 * math.cos(2 * math.pi / n)) / 3, rel=0, abs=1e-12)
+
+
+@pytest.mark.parametrize("peers", [None, 2])
+def test_exponential_gap_above_the_limit_from_the_dft_matches_arpack(peers, monkeypatch):
+    n = DENSE_NODES_LIMIT + 1  # not a power of 2
+    matrix = expected_mixing_matrix(exponential(n), peers)
+    assert spectral_module.circulant_first_row(matrix) is not None
+    exact = spectral_gap(matrix)
+    monkeypatch.setattr(spectral_module, "circulant_first_row", lambda matrix: None)
+    assert exact == pytest.approx(spectral_gap(matrix), rel=0, abs=1e-9)
+
+
+def test_non_circulant_matrix_above_the_limit_goes_through_arpack(monkeypatch):
+    matrix = make_graph("regular", DENSE_NODES_LIMIT + 2, degree=3, seed=0).sparse_mixing_matrix()
+    assert spectral_module.circulant_first_row(matrix) is None
+    assert spectral_module.circulant_first_row(torus(DENSE_NODES_LIMIT + 2).sparse_mixing_matrix()) is None
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return scipy.sparse.linalg.eigsh(*args, **kwargs)
+
+    monkeypatch.setattr(spectral_module, "eigsh", counted)
+    assert 0 < spectral_gap(matrix) < 1 and len(calls) == 1
+    monkeypatch.setattr(spectral_module, "circulant_first_row", _refuse)  # the dense path never looks
+    assert spectral_gap(ring(50).sparse_mixing_matrix()) == pytest.approx(_ring_gap(50), abs=1e-12)
+
+
+def test_circulant_first_row():
+    w = expected_mixing_matrix(make_graph("one-peer-exponential", 8)).toarray()  # W[i + 2^k, i] = 1 / 6
+    np.testing.assert_array_equal(spectral_module.circulant_first_row(w), [0.5, 0, 0, 0, 1 / 6, 0, 1 / 6, 1 / 6])
+    w[3, 3] -= 1e-3
+    w[3, 4] += 1e-3  # still row-stochastic, no longer circulant
+    assert spectral_module.circulant_first_row(w) is None
+    assert spectral_module.circulant_first_row(complete(6).sparse_mixing_matrix("uniform")) is not None
 
 
 def test_complete_graph_gap_is_one():
@@ -421,6 +469,31 @@ def test_disconnected_graph_is_refused_unless_allowed(tmp_path):
     assert spectral_gap(graph.sparse_mixing_matrix()) == 0.0
     with pytest.raises(ValueError, match=r"topology='regular' on n = 20 nodes is disconnected: 10 components"):
         make_graph("regular", 20, degree=1)
+
+
+def test_directed_graph_with_two_source_groups_is_refused_unless_allowed(tmp_path):
+    # weakly connected, but nodes 0 and 2 receive from no one: they never agree
+    path = _write(tmp_path, "0 1\n2 1\n" + "".join(f"{u} {u + 1}\n" for u in range(2, 15)))
+    with pytest.raises(
+        ValueError,
+        match=r"on n = 16 nodes is directed and 2 groups of nodes receive from no other group \(nodes \[0\] and \[2\]\)"
+        r".*allow_disconnected=True \(it accepts this too\)",
+    ):
+        make_graph("file", 16, graph=path, directed=True)
+    graph = make_graph("file", 16, graph=path, directed=True, allow_disconnected=True)
+    assert graph.num_components() == 1 and [group.tolist() for group in graph.source_components()] == [[0], [2]]
+    ring_path = _write(tmp_path, "".join(f"{u} {(u + 1) % 16}\n" for u in range(16)), "ring.txt")
+    assert make_graph("file", 16, graph=ring_path, directed=True).source_components()[0].tolist() == list(range(16))
+    for topology in ("exponential", "one-peer-exponential"):
+        assert len(make_graph(topology, 12).source_components()) == 1
+    # a group of several nodes that hears no one, among many: a few nodes of a few groups
+    many = "".join(f"{u} {(u + 1) % 7}\n{u} 11\n" for u in range(7)) + "".join(f"{u} 11\n" for u in range(7, 11))
+    with pytest.raises(
+        ValueError, match=r"5 groups .* \(nodes \[0, 1, 2, 3, 4, \.\.\.\] \(7 nodes\), \[7\], \[8\] and 2 more groups\)"
+    ):
+        make_graph("file", 12, graph=_write(tmp_path, many, "many.txt"), directed=True)
+    star = "".join(f"0 {u}\n" for u in range(1, 12))  # one node every other hears from: consensus on node 0's value
+    assert len(make_graph("file", 12, graph=_write(tmp_path, star, "star.txt"), directed=True).source_components()) == 1
 
 
 @pytest.mark.parametrize(

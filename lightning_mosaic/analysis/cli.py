@@ -89,7 +89,8 @@ def analyze(
         shape: ``[a, b]`` with a * b = n for ``topology: torus`` (default: the most square factorization).
         directed: Whether the edges of ``graph`` are directed (u sends to v).
         weights: ``metropolis-hastings`` (default) or ``uniform`` on a fixed graph used whole.
-        allow_disconnected: Accept a fixed graph with several connected components.
+        allow_disconnected: Accept a fixed graph with several connected components, or a directed one with several
+            groups of nodes that hear no other group.
         step_size: eta in (0, 2), local gradient step (curvatures have largest eigenvalue 1).
         heterogeneity: zeta >= 0, scale of the per-node optima (0: shared optimum, consensus decays to 0).
         draws: Rounds sampled for lambda_max(M_t^T M_t) per (system, K).

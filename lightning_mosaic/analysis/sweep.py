@@ -299,7 +299,8 @@ def run_sweep(
         shape: ``(a, b)``, a * b = n, of ``topology="torus"``.
         directed: Whether the edges of ``graph`` are directed.
         weights: ``"metropolis-hastings"`` or ``"uniform"`` on a fixed graph used whole (``None``: the default).
-        allow_disconnected: Accept a fixed graph with several connected components.
+        allow_disconnected: Accept a fixed graph with several connected components, or a directed one with several
+            groups of nodes that hear no other group.
         step_size: eta.
         heterogeneity: zeta, scale of the per-node optima (0: one shared optimum).
         draws: Rounds sampled for lambda_max(M_t^T M_t), per (system, K): the first round of the protocols of seeds

@@ -108,8 +108,8 @@ class MosaicGossip(Callback):
         weights: Weights of a fixed graph used whole: ``"metropolis-hastings"`` (the default, D-PSGD's doubly
             stochastic choice) or ``"uniform"`` (1 / (1 + in-degree)). With sampled peers, EL and one-peer
             exponential topologies every node averages what it received with equal weights; leave it ``None``.
-        allow_disconnected: Accept a fixed graph with several connected components (refused by default, naming
-            how many).
+        allow_disconnected: Accept a fixed graph with several connected components, or a directed one with several
+            groups of nodes that hear no other group (refused by default, naming how many).
         kernel: How a single process mixes (:class:`~lightning_mosaic.gossip.FragmentGossip`): ``"auto"``
             (default; the index kernel, :func:`~lightning_mosaic.gossip.default_kernel`), ``"index"`` or
             ``"dense"`` (``(K, n, n)`` matrices; CHANGELOG.md says which documented results it reproduces bit for

@@ -200,6 +200,34 @@ class Graph:
         the direction of the links)."""
         return self.components()[0]
 
+    def source_components(self) -> list[Tensor]:
+        """The groups of nodes that receive from no other group: the source components of the condensation (the
+        graph of strongly connected components, ``scipy.sparse.csgraph.connected_components`` with
+        ``connection="strong"``, with a link from one component to another where a node of the first sends to a
+        node of the second).
+
+        Averaging with row-stochastic weights reaches consensus on a (weakly) connected graph only if there is
+        exactly one: every node then eventually hears from it, while two source groups never hear from each other.
+        An undirected graph has one per connected component.
+
+        Returns:
+            One ``(size,)`` int64 tensor of node ids (increasing) per source component, ordered by their smallest
+            node.
+        """
+        senders, receivers = (t.numpy() for t in self.edges())
+        n = self.num_nodes
+        adjacency = scipy.sparse.csr_array((np.ones(len(senders)), (senders, receivers)), shape=(n, n))
+        count, labels = csgraph.connected_components(adjacency, directed=True, connection="strong")
+        crossing = labels[senders] != labels[receivers]
+        hears_another = np.zeros(count, dtype=bool)
+        hears_another[labels[receivers[crossing]]] = True
+        is_source = ~hears_another[labels]
+        order = np.argsort(labels[is_source], kind="stable")  # nodes grouped by component, increasing within
+        nodes = np.flatnonzero(is_source)[order]
+        groups = np.split(nodes, np.flatnonzero(np.diff(labels[nodes])) + 1)
+        groups.sort(key=lambda group: int(group[0]))
+        return [torch.from_numpy(group.astype(np.int64)) for group in groups]
+
 
 def from_edges(name: str, num_nodes: int, senders: Tensor, receivers: Tensor, directed: bool) -> Graph:
     """A :class:`Graph` from its links (no self-loops, no duplicates: the callers guarantee it).
@@ -423,7 +451,8 @@ def make_graph(
         graph: ``topology="file"`` only (required there): the edge-list file (:func:`read_edge_list`).
         shape: ``topology="torus"`` only: the sides ``(a, b)``; ``None``: the most square one.
         directed: ``topology="file"`` only: read each line as a directed link.
-        allow_disconnected: Accept a graph with several components (for experiments on purpose).
+        allow_disconnected: Accept a graph with several components, and a directed graph with several groups of
+            nodes that receive from no other group (:meth:`Graph.source_components`), for experiments on purpose.
         seed: Run seed; the regular graph is drawn from a generator seeded with
             ``derive_seed(seed, BASE_GRAPH_STREAM)``, so the same seed gives the same graph.
 
@@ -434,8 +463,10 @@ def make_graph(
     Raises:
         ValueError: Naming the parameter (or ``file:line``) and the value, if the topology is unknown, n is too
             small for it, a parameter is given for another topology or missing, the torus shape does not give n,
-            the degree is impossible, the file is bad (:func:`read_edge_list`), or the graph is disconnected (with
-            the number of components and the size of the largest) and ``allow_disconnected`` is false.
+            the degree is impossible, the file is bad (:func:`read_edge_list`), or, unless ``allow_disconnected``,
+            the graph is disconnected (with the number of components and the size of the largest) or is directed
+            with more than one source component (:meth:`Graph.source_components`: their number and a few nodes of
+            each).
     """
     if topology not in GRAPH_TOPOLOGIES:
         raise ValueError(f"topology must be one of {GRAPH_TOPOLOGIES}, got {topology!r}")
@@ -463,13 +494,36 @@ def make_graph(
     else:
         built = read_edge_list(graph, num_nodes, directed)
     if not allow_disconnected:
+        what = f"graph={str(graph)!r}" if topology == "file" else f"topology={topology!r}"
         count, labels = built.components()
         if count > 1:
             largest = int(torch.bincount(labels).max())
-            source = f"graph={str(graph)!r}" if topology == "file" else f"topology={topology!r}"
             hint = " (another seed draws another graph)" if topology == "regular" else ""
             raise ValueError(
-                f"{source} on n = {built.num_nodes} nodes is disconnected: {count} components, the largest has "
+                f"{what} on n = {built.num_nodes} nodes is disconnected: {count} components, the largest has "
                 f"{largest} nodes{hint}; pass allow_disconnected=True to run on it on purpose"
             )
+        if built.directed:
+            sources = built.source_components()
+            if len(sources) > 1:
+                raise ValueError(
+                    f"{what} on n = {built.num_nodes} nodes is directed and {len(sources)} groups of nodes receive "
+                    f"from no other group ({_describe_groups(sources)}), so these groups never hear from each other "
+                    "and never agree; consensus needs exactly one such group, which every node then hears from "
+                    "(add links between them); pass allow_disconnected=True (it accepts this too) to run on it on "
+                    "purpose"
+                )
     return built
+
+
+def _describe_groups(groups: list[Tensor], shown_groups: int = 3, shown_nodes: int = 5) -> str:
+    """``"nodes [0] and [2]"``, ``"nodes [0, 1, 2, 3, 4, ...] (7 nodes), [9] and 3 more groups"``: a few nodes of
+    a few groups."""
+    parts = []
+    for group in groups[:shown_groups]:
+        listed = ", ".join(str(node) for node in group[:shown_nodes].tolist())
+        parts.append(f"[{listed}, ...] ({len(group)} nodes)" if len(group) > shown_nodes else f"[{listed}]")
+    if len(groups) > shown_groups:
+        parts.append(f"{len(groups) - shown_groups} more groups")
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"nodes {listed}"

@@ -116,8 +116,8 @@ class FragmentGossip:
             receiver. With peers sampled among the neighbours, and on EL and one-peer exponential topologies, a
             node averages its own fragment with the copies it received, equal weights (the EL rule); ``weights``
             must then be ``None`` or ``"uniform"``.
-        allow_disconnected: Accept a fixed graph with several connected components (on purpose: nodes of different
-            components never mix).
+        allow_disconnected: Accept a fixed graph with several connected components, or a directed one with several
+            groups of nodes that hear no other group (on purpose: such groups never mix).
 
     Raises:
         ValueError: For any argument outside the ranges above, naming it.

@@ -22,7 +22,11 @@ Which matrix, per topology:
 Eigenvalues: dense (``numpy.linalg.eigvalsh`` when W is symmetric, ``eigvals`` otherwise) up to
 :data:`~lightning_mosaic.gossip.graphs.DENSE_NODES_LIMIT` nodes; above, ARPACK (``scipy.sparse.linalg.eigsh`` /
 ``eigs``) on the deflated operator ``v -> W v - 1 (1^T v) / n`` (by Brauer's theorem its eigenvalues are those of W
-with one eigenvalue 1 replaced by 0, whether W is doubly or only row-stochastic), never an ``(n, n)`` array.
+with one eigenvalue 1 replaced by 0, whether W is doubly or only row-stochastic), never an ``(n, n)`` array, except
+when W is circulant (``W[i, j] = r[(j - i) mod n]``: the ring, the exponential graph, the one-peer exponential
+mean, also with sampled peers, with the library's weights; :func:`circulant_first_row`): its eigenvalues are then
+the discrete Fourier transform of r (``numpy.fft``, O(n log n); ARPACK converges slowly on a ring's clustered
+spectrum), exact.
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ from lightning_mosaic.gossip.topology import TOPOLOGIES, check_graph_peers, vali
 SYMMETRY_TOLERANCE = 1e-12
 """Largest ``|W - W^T|`` entry for which W is treated as symmetric (its eigenvalues then come from ``eigvalsh`` /
 ``eigsh``)."""
+
+CIRCULANT_TOLERANCE = 1e-15
+"""Largest difference between an entry and its offset's entry in the first row for which a matrix is treated as
+circulant (:func:`circulant_first_row`; a circulant matrix is normal, so its eigenvalues then move by at most the
+number of nonzeros per row times this)."""
 
 DP_CHUNK_VALUES = 1 << 20
 """Values per working array in the leave-one-out recursions of :func:`expected_mixing_matrix` (8 MiB)."""
@@ -190,6 +199,33 @@ def _divide_out(law: np.ndarray, p: np.ndarray, forwards: bool) -> np.ndarray:
     return np.clip(out, 0.0, None)
 
 
+def circulant_first_row(matrix: scipy.sparse.sparray | scipy.sparse.spmatrix | np.ndarray) -> np.ndarray | None:
+    """The first row r of ``matrix`` if it is circulant, ``W[i, j] = r[(j - i) mod n]``, else ``None``.
+
+    Checked on the nonzero entries in O(nnz), vectorized: every offset ``(j - i) mod n`` that holds a nonzero holds
+    one in all n rows, all within :data:`CIRCULANT_TOLERANCE` of the first row's.
+
+    Args:
+        matrix: ``(n, n)`` scipy.sparse matrix or numpy array.
+
+    Returns:
+        ``(n,)`` float64 ``r``, or ``None``.
+    """
+    coo = scipy.sparse.coo_array(matrix)
+    coo.sum_duplicates()
+    keep = coo.data != 0
+    rows, cols, values = coo.row[keep].astype(np.int64), coo.col[keep].astype(np.int64), coo.data[keep]
+    n = coo.shape[0]
+    offsets = (cols - rows) % n
+    if np.any(np.bincount(offsets, minlength=n) % n):  # an offset missing from some rows (each row has it once)
+        return None
+    first_row = np.zeros(n)
+    first_row[offsets[rows == 0]] = values[rows == 0]
+    if np.abs(values - first_row[offsets]).max(initial=0.0) > CIRCULANT_TOLERANCE:
+        return None
+    return first_row
+
+
 def spectral_gap(matrix: scipy.sparse.sparray | scipy.sparse.spmatrix | np.ndarray | Tensor) -> float:
     """``1 - |lambda_2|`` of a row-stochastic matrix (module docstring).
 
@@ -199,11 +235,12 @@ def spectral_gap(matrix: scipy.sparse.sparray | scipy.sparse.spmatrix | np.ndarr
             exists already), the eigenvalues still come from ARPACK.
 
     Returns:
-        The gap in [0, 1].
+        The gap in [0, 1]; above the dense limit, from the DFT of the first row when ``matrix`` is circulant
+        (:func:`circulant_first_row`).
 
     Raises:
         ValueError: If ``matrix`` is not square with n >= 2.
-        RuntimeError: If ARPACK does not converge (n above the dense limit).
+        RuntimeError: If ARPACK does not converge (n above the dense limit, ``matrix`` not circulant).
     """
     if isinstance(matrix, Tensor):
         matrix = matrix.detach().cpu().double().numpy()
@@ -212,6 +249,11 @@ def spectral_gap(matrix: scipy.sparse.sparray | scipy.sparse.spmatrix | np.ndarr
         raise ValueError(f"matrix must be square (n, n) with n >= 2, got shape {tuple(shape)}")
     n = shape[0]
     sparse = scipy.sparse.issparse(matrix)
+    if n > DENSE_NODES_LIMIT:
+        first_row = circulant_first_row(matrix)
+        if first_row is not None:
+            moduli = np.abs(np.fft.fft(first_row)[1:])  # the eigenvalues but lambda_0 = sum(first_row) = 1
+            return float(min(1.0, max(0.0, 1.0 - moduli.max())))
     asymmetry = abs(matrix - matrix.T).max() if sparse else np.abs(matrix - matrix.T).max()
     symmetric = float(asymmetry) <= SYMMETRY_TOLERANCE
     if n <= DENSE_NODES_LIMIT:
