@@ -429,7 +429,7 @@ def test_sampled_regular_graph_gives_a_monte_carlo_mean_gram_within_its_interval
         (["--topology", "hypercube"], "topology must be one of ('el-local', 'el-oracle', 'ring'"),
         (["--topology", "ring", "--peers", "3"], "peers (s) = 3 is above the degree of node 0 (2 neighbours)"),
         (["--topology", "torus", "--peers", "all", "--num_nodes", "12", "--shape", "[3, 5]"], "shape (3, 5) gives"),
-        (["--topology", "regular", "--peers", "all"], "topology='regular' needs degree"),
+        (["--topology", "regular", "--peers", "all"], "topology='regular' with peers='all' needs degree"),
         (["--topology", "el-local", "--peers", "all"], "peers='all' (every neighbour) needs a fixed graph topology"),
         (["--topology", "el-local", "--degree", "3"], "degree=3 applies to fixed graph topologies"),
         (["--topology", "ring", "--peers", "all", "--weights", "mean"], "weights must be one of"),

@@ -474,7 +474,9 @@ class MosaicGossip(Callback):
                 saved = self._comparable(state["config"])
                 theirs = state.get("graph_fingerprint")
                 same_graph = theirs is not None and mine is not None
-                names = [k for k in {**saved, **ours} if not (same_graph and k == "graph")]  # the file's path
+                # every key of this run's gossip, defaults included (an older checkpoint's fault keys are checked
+                # above); a fixed graph's file path is left to the graph's hash
+                names = [k for k in ours if not (same_graph and k == "graph")]
                 diffs = [
                     f"{k}={saved.get(k)!r} in the checkpoint, {ours.get(k)!r} here"
                     for k in names
