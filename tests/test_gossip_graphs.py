@@ -1,4 +1,4 @@
-"""Static base graphs (gossip/graphs.py), their per-round draws (topology.graph_receivers) and spectral gaps
+"""Static base graphs (gossip/graphs.py), their per-round draws (graphs.graph_receivers) and spectral gaps
 (gossip/spectral.py)."""
 
 from __future__ import annotations

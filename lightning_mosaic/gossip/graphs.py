@@ -2,7 +2,7 @@
 
 Pure tensor code (no Lightning). A :class:`Graph` stores, for every node, the nodes it sends to, as a padded
 ``(n, D)`` neighbour table (the same sender-major layout as a round's ``(K, n, s)`` receiver lists). The per-round
-draws over a base graph are :func:`~lightning_mosaic.gossip.topology.graph_receivers`; the spectral gap is in
+draws over a base graph are :func:`graph_receivers`; the spectral gap is in
 :mod:`~lightning_mosaic.gossip.spectral`.
 
 Weights (:meth:`Graph.weights`, Xiao and Boyd, "Fast linear iterations for distributed averaging", 2004): node j
@@ -127,7 +127,7 @@ class Graph:
         Args:
             receivers: ``(..., n, s)`` int64, ``receivers[..., i, r]`` a neighbour of node i in this graph, or i
                 itself for a slot that carries no message (e.g. a round of
-                :func:`~lightning_mosaic.gossip.topology.graph_receivers`).
+                :func:`graph_receivers`).
             kind: One of :data:`WEIGHTS`.
 
         Returns:
@@ -458,7 +458,7 @@ def make_graph(
 
     Returns:
         The graph; for ``"one-peer-exponential"`` the exponential graph named ``"one-peer-exponential"`` (its
-        per-round draw uses one of its neighbours, :func:`~lightning_mosaic.gossip.topology.graph_receivers`).
+        per-round draw uses one of its neighbours, :func:`graph_receivers`).
 
     Raises:
         ValueError: Naming the parameter (or ``file:line``) and the value, if the topology is unknown, n is too
@@ -527,3 +527,93 @@ def _describe_groups(groups: list[Tensor], shown_groups: int = 3, shown_nodes: i
         parts.append(f"{len(groups) - shown_groups} more groups")
     listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return f"nodes {listed}"
+
+
+def check_graph_peers(graph: Graph, peers: int | None) -> int | None:
+    """Check ``peers`` against a base graph: ``None`` (every neighbour) or an int in [1, the smallest degree]
+    (exactly 1 or ``None`` for ``"one-peer-exponential"``).
+
+    Returns:
+        ``peers`` as an int, or ``None``.
+
+    Raises:
+        ValueError: If ``peers`` is not a positive int, or it is above some node's degree (naming the first such
+            node, its degree and ``peers``).
+    """
+    if peers is None:
+        return None
+    s = check_int("peers (s)", peers, 1, hint=" or None (every neighbour)")
+    if graph.name == "one-peer-exponential":
+        if s != 1:
+            raise ValueError(
+                f"topology='one-peer-exponential' sends to one peer per round: peers (s) must be 1 or None "
+                f"(every neighbour), got {s}"
+            )
+        return s
+    short = graph.degrees < s
+    if bool(short.any()):
+        node = int(short.nonzero()[0, 0])
+        raise ValueError(
+            f"peers (s) = {s} is above the degree of node {node} ({int(graph.degrees[node])}) in the "
+            f"{graph.name!r} graph: a node cannot send to more distinct neighbours than it has; peers must be at "
+            f"most the smallest degree, {int(graph.degrees.min())}, or None (every neighbour)"
+        )
+    return s
+
+
+def graph_receivers(
+    graph: Graph, peers: int | None, num_fragments: int, generator: torch.Generator, round: int = 0
+) -> tuple[Tensor, Tensor | None]:
+    """One round's receiver lists over a fixed base graph: every node sends only to its neighbours there.
+
+    - ``peers=None``: every node sends every fragment to all its neighbours (static; D-PSGD when K = 1). Nothing
+      is drawn from ``generator``.
+    - ``peers = s``: each fragment goes, this round, to s distinct neighbours drawn uniformly among the node's
+      neighbours, independently per node and per fragment (EL-Local restricted to the graph): the s smallest of one
+      uniform score per neighbour. When every node has exactly s neighbours this is ``peers=None`` (no draw).
+      Draws one ``torch.rand(K, n, D)`` while ``K n D <= DENSE_DRAW_LIMIT``, else one ``(n, D)`` per fragment
+      (memory ``O(n D)``): the same numbers in the same order either way (the CPU generator fills a tensor in
+      order; ``tests/test_gossip_graphs.py`` checks it), so the size does not change the draws.
+    - ``graph.name == "one-peer-exponential"``: in round t (0-based) node i sends to ``(i + 2^(t mod tau)) mod n``,
+      tau = ceil(log2 n), every fragment alike (Ying et al. 2021); nothing is drawn.
+
+    Args:
+        graph: The base graph (:func:`~lightning_mosaic.gossip.graphs.make_graph`).
+        peers: s, or ``None`` for every neighbour (see :func:`check_graph_peers`).
+        num_fragments: K >= 1.
+        generator: Source of randomness (CPU ``torch.Generator``); advanced only when peers are sampled.
+        round: The round's index t >= 0 (used by ``"one-peer-exponential"`` only).
+
+    Returns:
+        ``(receivers, delivered)``: ``(K, n, s)`` int64 receivers (s = D, the largest degree, with ``peers=None``;
+        1 for the one-peer exponential graph), and a ``(K, n, s)`` bool mask that is ``False`` on the padding slots
+        of nodes with fewer than D neighbours (those hold the sender's own index), or ``None`` when there is none.
+
+    Raises:
+        ValueError: See :func:`check_graph_peers`; if ``num_fragments`` < 1 or ``round`` < 0.
+    """
+    k = check_int("num_fragments (K)", num_fragments, 1)
+    t = check_int("round", round, 0)
+    s = check_graph_peers(graph, peers)
+    n = graph.num_nodes
+    if graph.name == "one-peer-exponential":
+        offset = 2 ** (t % max(1, math.ceil(math.log2(n))))
+        receivers = (torch.arange(n) + offset) % n
+        return receivers.view(1, n, 1).expand(k, n, 1).clone(), None
+    table, degrees = graph.neighbours, graph.degrees
+    width = table.shape[1]
+    if s is None or bool((degrees == s).all()):
+        delivered = None if bool((degrees == width).all()) else graph.valid.expand(k, n, width).clone()
+        return table.expand(k, n, width).clone(), delivered
+    padding = ~graph.valid
+    if k * n * width <= DENSE_DRAW_LIMIT:
+        scores = torch.rand(k, n, width, generator=generator).masked_fill_(padding, math.inf)
+        slots = scores.topk(s, dim=2, largest=False).indices
+    else:
+        slots = torch.stack(
+            [
+                torch.rand(n, width, generator=generator).masked_fill_(padding, math.inf).topk(s, 1, largest=False)[1]
+                for _ in range(k)
+            ]
+        )
+    return table.expand(k, n, width).gather(2, slots), None

@@ -15,7 +15,14 @@ from torch import Tensor
 
 from lightning_mosaic._validation import check_int, check_probability
 from lightning_mosaic.gossip.fragmentation import Fragmentation, make_fragmentation
-from lightning_mosaic.gossip.graphs import GRAPH_TOPOLOGIES, WEIGHTS, Graph, check_topology, make_graph
+from lightning_mosaic.gossip.graphs import (
+    GRAPH_TOPOLOGIES,
+    WEIGHTS,
+    Graph,
+    check_topology,
+    graph_receivers,
+    make_graph,
+)
 from lightning_mosaic.gossip.mixing import (
     KERNELS,
     default_backend,
@@ -28,7 +35,6 @@ from lightning_mosaic.gossip.mixing import (
 from lightning_mosaic.gossip.spectral import topology_spectral_gap
 from lightning_mosaic.gossip.topology import (
     dense_draw,
-    graph_receivers,
     mixing_matrices_from_adjacency,
     receivers_to_adjacency,
     sample_receivers,

@@ -10,7 +10,7 @@ Which matrix, per topology:
 - ``el-local`` / ``el-oracle``: E[W] is invariant under relabelling the nodes, so
   ``E[W] = alpha I + (1 - alpha) 11^T / n`` and the gap is ``1 - alpha`` in closed form (:func:`el_alpha`).
 - a static graph, every neighbour used: W itself (:meth:`~lightning_mosaic.gossip.graphs.Graph.sparse_mixing_matrix`).
-- peers sampled on a graph (:func:`~lightning_mosaic.gossip.topology.graph_receivers` with ``peers = s``): node i's
+- peers sampled on a graph (:func:`~lightning_mosaic.gossip.graphs.graph_receivers` with ``peers = s``): node i's
   fragment reaches each of its neighbours with probability ``p_i = s / deg_i``, independently across senders, so the
   number m_j of values node j receives is Poisson-binomial. With the EL rule (average of one's own and the received
   values), ``E[W_jj] = E[1 / (1 + m_j)]`` and ``E[W_ji] = p_i E[1 / (2 + m_j^{(-i)})]`` (m_j without sender i),
@@ -37,8 +37,15 @@ from scipy import stats
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigs, eigsh
 from torch import Tensor
 
-from lightning_mosaic.gossip.graphs import DENSE_NODES_LIMIT, GRAPH_TOPOLOGIES, WEIGHTS, Graph, exponential_offsets
-from lightning_mosaic.gossip.topology import TOPOLOGIES, check_graph_peers, validate_topology
+from lightning_mosaic.gossip.graphs import (
+    DENSE_NODES_LIMIT,
+    GRAPH_TOPOLOGIES,
+    WEIGHTS,
+    Graph,
+    check_graph_peers,
+    exponential_offsets,
+)
+from lightning_mosaic.gossip.topology import TOPOLOGIES, validate_topology
 
 SYMMETRY_TOLERANCE = 1e-12
 """Largest ``|W - W^T|`` entry for which W is treated as symmetric (its eigenvalues then come from ``eigvalsh`` /
@@ -79,7 +86,7 @@ def expected_mixing_matrix(
 
     Args:
         graph: The base graph.
-        peers: s (sampled neighbours, as :func:`~lightning_mosaic.gossip.topology.graph_receivers` draws them) or
+        peers: s (sampled neighbours, as :func:`~lightning_mosaic.gossip.graphs.graph_receivers` draws them) or
             ``None`` (every neighbour).
         weights: One of :data:`~lightning_mosaic.gossip.graphs.WEIGHTS`, or ``None``: Metropolis-Hastings with every
             neighbour, the EL rule with sampled peers. Unused by ``"one-peer-exponential"`` (every weight is 1/2).
@@ -89,7 +96,7 @@ def expected_mixing_matrix(
 
     Raises:
         ValueError: For ``peers`` the graph cannot serve
-            (:func:`~lightning_mosaic.gossip.topology.check_graph_peers`) or unknown ``weights``.
+            (:func:`~lightning_mosaic.gossip.graphs.check_graph_peers`) or unknown ``weights``.
     """
     s = check_graph_peers(graph, peers)
     if weights is not None and weights not in WEIGHTS:
