@@ -28,6 +28,7 @@ import zipfile
 from collections.abc import Iterator
 from typing import Any, NoReturn, TextIO
 
+import torch
 from jsonargparse import ArgumentParser
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -325,8 +326,9 @@ class MosaicCLI(LightningCLI):
         A missing or truncated file is refused here, naming it, before any class is instantiated or anything is
         written. The config is the source of truth: LightningCLI would read the checkpoint's hyperparameters back
         into the config right after this method, so the path is held back until :meth:`before_instantiate_classes`
-        puts it back; a checkpoint of another configuration is refused when it is loaded
-        (``MosaicModule.on_load_checkpoint``, ``MosaicGossip.on_load_checkpoint``), naming the mismatch.
+        puts it back; a checkpoint of other gossip settings is refused by :meth:`before_fit`
+        (``MosaicGossip.check_checkpoint``) before anything is written, one of another configuration otherwise when it
+        is loaded (``MosaicModule.on_load_checkpoint``), naming the mismatch.
 
         Raises:
             FileNotFoundError: If ``--ckpt_path`` names a local file that does not exist.
@@ -369,6 +371,13 @@ class MosaicCLI(LightningCLI):
                 callback.attach(model)  # checks K, s and the topology against n and d (rebuilt per process later)
             if isinstance(callback, MosaicFaults) and isinstance(model, MosaicModule):
                 callback.attach(model)  # reads the churn trace against n (rebuilt per process later)
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        if ckpt_path and os.path.isfile(ckpt_path):  # a resume of other gossip settings: refused before any write
+            checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+            faults = next((c for c in trainer.callbacks if isinstance(c, MosaicFaults)), None)
+            for callback in trainer.callbacks:
+                if isinstance(callback, MosaicGossip) and isinstance(model, MosaicModule):
+                    callback.check_checkpoint(checkpoint, faults)
         if launches_the_processes(trainer):  # load and partition now: data errors come before the run folder
             data.prepare_data()
             data.setup("fit")

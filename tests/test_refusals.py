@@ -157,3 +157,32 @@ def test_the_data_modules_download_through_a_temporary_folder(tmp_path, monkeypa
     with pytest.raises(FileNotFoundError, match="download of .*ml-100k.zip failed"):
         MovieLensDataModule(tmp_path / "data" / "movielens", num_nodes=2, download=True).prepare_data()
     assert _leftovers(tmp_path) == []
+
+
+# -- a resume of other gossip settings: refused before the run folder exists -----------------------------------------
+
+
+def test_a_checkpoint_of_other_gossip_settings_is_refused_before_any_write(tmp_path, monkeypatch, capsys):
+    from lightning_mosaic.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    checkpoint = tmp_path / "ckpt.yaml"
+    checkpoint.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "      init_args:\n        every_n_train_steps: 10\n        save_top_k: -1\n"
+    )
+    common = ["fit", *QUICKSTART, "--config", str(checkpoint), "--trainer.max_steps", "10"]
+    common += ["--trainer.enable_progress_bar", "false"]
+    main(common)
+    (saved,) = (tmp_path / "runs" / "quickstart" / "version_0" / "checkpoints").glob("*.ckpt")
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+    for other, difference in [
+        (["--gossip.fragments", "4"], "fragments=8 in the checkpoint, 4 here"),
+        (["--gossip.topology", "ring", "--gossip.peers", "all"], "topology='el-local' in the checkpoint, 'ring' here"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*common, *other, "--trainer.max_steps", "20", "--ckpt_path", str(saved)])
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mosaic: error:")]
+        assert exit_info.value.code == 2 and len(errors) == 1 and difference in errors[0], errors
+        assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before  # no version_1

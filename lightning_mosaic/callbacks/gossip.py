@@ -456,7 +456,24 @@ class MosaicGossip(Callback):
         Raises:
             ValueError: Naming every setting that differs, with the checkpoint's and this run's values.
         """
-        if self.faults is None:
+        found = self.check_checkpoint(checkpoint, self.faults)
+        if found is not None and found[0] != self.state_key:
+            self.load_state_dict(found[1])  # same gossip, fault settings checked: only its key differs
+
+    def check_checkpoint(
+        self, checkpoint: dict[str, Any], faults: MosaicFaults | None
+    ) -> tuple[str, dict[str, Any]] | None:
+        """The checks of :meth:`on_load_checkpoint`, changing nothing: whether ``checkpoint`` can continue this run
+        (after :meth:`attach`), for a run whose fault model is ``faults`` (``None``: none). The CLI calls it before
+        anything is written, so a refused resume leaves no run folder.
+
+        Returns:
+            ``(state key, state)`` of the checkpoint's gossip state, or ``None`` if it holds none.
+
+        Raises:
+            ValueError: Naming every setting that differs, with the checkpoint's and this run's values.
+        """
+        if faults is None:
             saved = checkpoint_fault_settings(checkpoint)
             diffs = [d for d in fault_differences(saved, dict(NO_FAULTS)) if not d.startswith("seed=")]
             if diffs:
@@ -493,9 +510,8 @@ class MosaicGossip(Callback):
                         "the checkpoint was written by a run with other gossip settings, so it cannot continue this "
                         "one: " + "; ".join(diffs)
                     )
-                if key != self.state_key:
-                    self.load_state_dict(state)  # same gossip, fault settings checked above: only its key differs
-                return
+                return key, state
+        return None
 
     def _comparable(self, config: dict[str, Any]) -> dict[str, Any]:
         """A saved or current :meth:`_config` with every default filled in and resolved, so that two runs compare
