@@ -192,7 +192,9 @@ class MosaicGossip(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(**self._config())
+        """The gossip settings, without an edge-list file's path: the same graph read from another path is the same
+        run (the checkpoint compares the graph's hash, :meth:`check_checkpoint`)."""
+        return self._generate_state_key(**{k: v for k, v in self._config().items() if k != "graph"})
 
     @property
     def rounds(self) -> int:
